@@ -1,0 +1,25 @@
+# SVIP: rank the people in a video clip by social importance.
+# Stages: prepare -> extract -> train -> evaluate -> report, each under results/<stage>/<hash>/.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+report: "report/workflow.rst"
+
+
+include: "rules/common.smk"
+include: "rules/prepare.smk"
+include: "rules/extract.smk"
+include: "rules/train.smk"
+include: "rules/evaluate.smk"
+include: "rules/report.smk"
+
+
+rule all:
+    input:
+        REPORT_OUTPUTS,
+    default_target: True

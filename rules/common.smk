@@ -1,0 +1,53 @@
+# Shared helpers: config validation, stage hashes and paths, and the input functions of the rules.
+import json
+import os
+import sys
+from pathlib import Path
+
+from snakemake.utils import validate
+
+# Rules run `python workflow_scripts/...`; make the library importable in any environment (incl. --sdm conda).
+sys.path.insert(0, workflow.basedir)
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [workflow.basedir, os.environ.get("PYTHONPATH")]))
+
+from svip_core.features.backbone import EMBEDDED  # noqa: E402
+from svip_core.stages import STAGE_DIRS, all_stage_hashes, stage_inputs  # noqa: E402
+
+
+validate(config, schema="../config.schema.yaml")
+
+HASHES = all_stage_hashes(config)
+DIRS = {stage: f"results/{STAGE_DIRS[stage]}/{h}" for stage, h in HASHES.items()}
+PREPARE, FEATURES, TRAIN, EVALUATE, REPORT = (DIRS[s] for s in ("prepare", "extract", "train", "evaluate", "report"))
+ENV = "../envs/svip.yaml"
+USE_EMBEDDED = config["features"]["backbone"] == EMBEDDED
+BACKBONE = f"{FEATURES}/backbone" if USE_EMBEDDED else config["features"]["backbone"]
+REPORT_OUTPUTS = [f"{REPORT}/{name}" for name in ("training_curves.png", "top1_vs_baselines.png",
+                                                  "metrics_table.html", "top1_by_people.png", "rejected_clips.html")]
+
+
+def stage_config(stage):
+    """The resolved config of one stage (its keys, upstream hashes, external identities) as JSON."""
+    return json.dumps(stage_inputs(config, stage), sort_keys=True)
+
+
+def clip_files():
+    """The user's clip files, so that adding or changing one re-runs prepare (no input: synthetic data)."""
+    source = config["data"]["source"]
+    if source == "synthetic":
+        return []
+    return sorted(str(p) for split in ("train", "val", "test") for p in Path(source, split).glob("*.npz"))
+
+
+def shard_keys():
+    """Shard keys come from the data: known once the prepare checkpoint has run."""
+    shards = checkpoints.prepare.get().output.shards
+    return sorted(p.stem for p in Path(shards).glob("*.json"))
+
+
+def feature_stores(wildcards):
+    return [f"{FEATURES}/{key}.zarr" for key in shard_keys()]
+
+
+def backbone_input(wildcards):
+    return [BACKBONE] if USE_EMBEDDED else []

@@ -1,0 +1,24 @@
+rule report:
+    input:
+        manifest=f"{PREPARE}/manifest.parquet",
+        train_metrics=f"{TRAIN}/metrics.csv",
+        metrics=f"{EVALUATE}/metrics.json",
+    output:
+        curves=report(f"{REPORT}/training_curves.png", caption="../report/training_curves.rst", category="Training"),
+        top1=report(f"{REPORT}/top1_vs_baselines.png", caption="../report/top1.rst", category="Evaluation"),
+        table=report(f"{REPORT}/metrics_table.html", caption="../report/metrics_table.rst", category="Evaluation"),
+        people=report(f"{REPORT}/top1_by_people.png", caption="../report/by_people.rst", category="Evaluation"),
+        rejected=report(f"{REPORT}/rejected_clips.html", caption="../report/rejected.rst", category="Data"),
+    params:
+        config=lambda wildcards: stage_config("report"),
+    log:
+        f"{REPORT}/logs/report.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        ENV
+    shell:
+        "python workflow_scripts/report.py --config {params.config:q} --manifest {input.manifest} "
+        "--train-metrics {input.train_metrics} --metrics {input.metrics} --out-dir {REPORT} --log {log} 2>> {log}"

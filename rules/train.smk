@@ -1,0 +1,23 @@
+rule train:
+    input:
+        stores=feature_stores,
+        manifest=f"{PREPARE}/manifest.parquet",
+    output:
+        model=f"{TRAIN}/model.safetensors",
+        meta=f"{TRAIN}/model.json",
+        curves=f"{TRAIN}/metrics.csv",
+    params:
+        config=lambda wildcards: stage_config("train"),
+        nproc=config["train"]["nproc"],
+    log:
+        f"{TRAIN}/logs/train.log",
+    threads: config["train"]["nproc"]
+    resources:
+        mem_mb=8000,
+        gpu=config["train"]["nproc"],
+        runtime=720,
+    conda:
+        ENV
+    shell:
+        "torchrun --standalone --nproc_per_node={params.nproc} workflow_scripts/train.py "
+        "--config {params.config:q} --stores {input.stores} --out-dir {TRAIN} --log {log} 2>> {log}"

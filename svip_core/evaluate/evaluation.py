@@ -1,0 +1,82 @@
+"""The evaluate stage: score the evaluation split with the trained ranker and with every heuristic."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+
+from svip_core.evaluate.baselines import heuristic_scores
+from svip_core.evaluate.metrics import people_bucket, per_clip_hits, summarise
+from svip_core.model.ranker import build_ranker
+from svip_core.model.ranking import rank_people
+from svip_core.train.checkpoint import load_weights
+from svip_core.train.data import StoreClips
+
+log = logging.getLogger(__name__)
+
+
+def load_ranker(train_dir, device="cpu") -> torch.nn.Module:
+    train_dir = Path(train_dir)
+    meta = json.loads((train_dir / "model.json").read_text())
+    model = build_ranker(meta["model"], meta["visual_dim"], meta["geometry_dim"])
+    load_weights(model, train_dir / "model.safetensors")
+    return model.eval().to(device)
+
+
+@torch.no_grad()
+def score_split(model, dataset: StoreClips, batch_size: int = 16) -> dict[str, np.ndarray]:
+    """Model scores (V, N) plus the targets, validity and geometry needed by metrics and baselines."""
+    device = next(model.parameters()).device
+    parts: dict[str, list] = {"scores": [], "target": [], "valid": [], "geometry": []}
+    for batch in DataLoader(dataset, batch_size=batch_size):
+        out = model(batch["visual"].to(device), batch["geometry"].to(device), batch["valid"].to(device))
+        parts["scores"].append(out["logits"].float().cpu())
+        for k, src in (("target", "target"), ("valid", "valid"), ("geometry", "geometry")):
+            parts[k].append(batch[src])
+    return {k: torch.cat(v).numpy() for k, v in parts.items()}
+
+
+def evaluate(store_paths: list[str], train_dir, out_dir, split: str, ks: list[int], seed: int = 0) -> dict:
+    """Write ``metrics.json`` and ``predictions.parquet`` (one row per person of every clip) to ``out_dir``."""
+    out_dir = Path(out_dir)
+    dataset = StoreClips(store_paths, split)
+    if len(dataset) == 0 and split == "test":
+        log.warning("the dataset has no test split; evaluating on val (the reference's practice)")
+        split, dataset = "val", StoreClips(store_paths, "val")
+    torch.manual_seed(seed)
+    res = score_split(load_ranker(train_dir), dataset)
+    present = res["valid"].any(1)                                                     # (V, N)
+    clips = pd.DataFrame([dataset.describe(i) for i in range(len(dataset))])
+    clips["people"] = present.sum(1)
+    clips["bucket"] = people_bucket(clips["people"].to_numpy())
+
+    def block(scores: np.ndarray) -> dict:
+        hits = per_clip_hits(scores, res["target"], present, ks)
+        return {"overall": summarise(hits, seed=seed),
+                "by_people": {b: summarise(hits[clips.bucket == b], seed=seed) for b in sorted(clips.bucket.unique())},
+                "by_category": {c: summarise(hits[clips.scene_category == c], seed=seed)
+                                for c in sorted(clips.scene_category.unique())}}
+
+    metrics = {"split": split, "clips": len(dataset), "tie_rule": "expected value under uniformly random order "
+               "of tied scores", "model": block(res["scores"]),
+               "baselines": {name: block(s)["overall"]
+                             for name, s in heuristic_scores(res["geometry"], res["valid"], seed).items()}}
+    ranks = rank_people(torch.as_tensor(res["scores"]), torch.as_tensor(present)).numpy()
+    V, N = present.shape
+    predictions = pd.DataFrame({
+        "video_id": np.repeat(clips.video_id.to_numpy(), N), "scene_category": np.repeat(clips.scene_category.to_numpy(), N),
+        "slot": np.tile(np.arange(N), V), "present": present.ravel(),
+        "score": np.where(present, res["scores"], np.nan).ravel(), "rank": ranks.ravel(),
+        "is_target": (np.arange(N)[None, :] == res["target"][:, None]).ravel()})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    predictions[predictions.present].to_parquet(out_dir / "predictions.parquet", index=False)
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    m = metrics["model"]["overall"]
+    log.info("%s split, %d clips: top1 %.3f [%.3f, %.3f], mrr %.3f", split, len(dataset), m["top1"]["mean"],
+             *m["top1"]["ci95"], m["mrr"]["mean"])
+    return metrics

@@ -1,0 +1,41 @@
+"""Ranking metrics with bootstrap confidence intervals, overall and per group."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from svip_core.model.ranking import hit_at_k, reciprocal_rank, target_rank_stats
+
+
+def per_clip_hits(scores: np.ndarray, target: np.ndarray, present: np.ndarray, ks: list[int]) -> pd.DataFrame:
+    """One row per clip: cmc@k for each k (top-1 is cmc@1) and rr (reciprocal rank), tie-aware."""
+    above, tied = target_rank_stats(torch.as_tensor(scores), torch.as_tensor(target), torch.as_tensor(present))
+    cols = {f"cmc@{k}": hit_at_k(above, tied, k).numpy() for k in ks}
+    cols["rr"] = reciprocal_rank(above, tied).numpy()
+    return pd.DataFrame(cols)
+
+
+def bootstrap_ci(values: np.ndarray, n_boot: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile interval of the mean, resampling clips."""
+    if len(values) == 0:
+        return float("nan"), float("nan")
+    idx = np.random.default_rng(seed).integers(0, len(values), (n_boot, len(values)))
+    means = values[idx].mean(1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def summarise(hits: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> dict:
+    """{metric: {mean, ci95, n}} with top1 and mrr named as such."""
+    out = {}
+    for col in hits.columns:
+        name = {"cmc@1": "top1", "rr": "mrr"}.get(col, col)
+        values = hits[col].to_numpy(dtype=np.float64)
+        out[name] = {"mean": float(values.mean()) if len(values) else float("nan"),
+                     "ci95": list(bootstrap_ci(values, n_boot, seed)), "n": int(len(values))}
+    return out
+
+
+def people_bucket(count: np.ndarray) -> np.ndarray:
+    """The reference's buckets of persons present: <=2, 3, 4, >=5."""
+    return np.where(count <= 2, "<=2", np.where(count >= 5, ">=5", count.astype(str)))

@@ -1,0 +1,133 @@
+"""The extract stage: person features for every clip of a shard, written to one Zarr store.
+
+Frames are decoded and resized by DataLoader workers while the backbone runs on batches of frames; each
+batch is written to the store as it completes, so memory depends on the batch size, not the shard size.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+import svip_core
+from svip_core.features.backbone import load_backbone, normalisation
+from svip_core.features.geometry import GEOMETRY_FIELDS, box_geometry
+from svip_core.features.pooling import crop_boxes, roi_pool
+from svip_core.features.store import create_arrays, writing_store
+from svip_core.io.clip import read_clip
+
+log = logging.getLogger(__name__)
+
+
+def frame_indices(T: int, num_frames: int) -> np.ndarray:
+    """Uniformly spread ``num_frames`` indices over T frames; -1 marks padding when the clip is shorter."""
+    if T >= num_frames:
+        return np.linspace(0, T - 1, num_frames).round().astype(np.int64)
+    return np.concatenate([np.arange(T), np.full(num_frames - T, -1)])
+
+
+def person_slots(valid: np.ndarray, target: int, max_persons: int) -> np.ndarray:
+    """Slots to keep, at most ``max_persons``: the target, then the most visible people (stable order)."""
+    visible = valid.sum(0).astype(np.int64)
+    visible[target] = np.iinfo(np.int64).max
+    keep = np.sort(np.argsort(-visible, kind="stable")[:max_persons])
+    return np.concatenate([keep, np.full(max_persons - len(keep), -1)]) if len(keep) < max_persons else keep
+
+
+class ShardClips(Dataset):
+    """Clips of one shard, cut to (num_frames, max_persons) and resized to frame_size, as uint8 tensors."""
+
+    def __init__(self, members: list[dict], num_frames: int, max_persons: int, frame_size, max_array_bytes: int):
+        self.members, self.num_frames, self.max_persons = members, num_frames, max_persons
+        self.frame_size, self.max_array_bytes = tuple(frame_size), max_array_bytes
+
+    def __len__(self):
+        return len(self.members)
+
+    def __getitem__(self, i):
+        clip = read_clip(self.members[i]["path"], self.max_array_bytes)
+        t_idx = frame_indices(clip.num_frames, self.num_frames)
+        n_idx = person_slots(clip.valid, clip.target_index, self.max_persons)
+        t_ok, n_ok = t_idx >= 0, n_idx >= 0
+        pick = np.ix_(t_idx.clip(0), n_idx.clip(0))
+        valid = clip.valid[pick] & t_ok[:, None] & n_ok[None, :]
+        frames = torch.from_numpy(clip.frames[t_idx.clip(0)]).permute(0, 3, 1, 2)     # (T, 3, H, W) uint8
+        frames = F.interpolate(frames.float(), size=self.frame_size, mode="bilinear", antialias=True,
+                               align_corners=False).round().clamp(0, 255).to(torch.uint8)
+        return {"frames": frames, "boxes": torch.from_numpy(clip.boxes[pick] * valid[..., None]),
+                "valid": torch.from_numpy(valid), "frame_mask": torch.from_numpy(clip.frame_mask[t_idx.clip(0)] & t_ok),
+                "target": int(np.flatnonzero(n_idx == clip.target_index)[0]), "index": i,
+                "scene": clip.scene_category}
+
+
+@torch.no_grad()
+def person_features(backbone, frames: torch.Tensor, boxes: torch.Tensor, mode: str, roi_samples: int,
+                    crop_size: int, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """frames (F, 3, H, W) uint8, boxes (F, N, 4) -> L2-normalised person features (F, N, D) float32."""
+    pixels = (frames.float() / 255.0 - mean) / std
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=pixels.is_cuda)
+    patch = backbone.config.patch_size
+    with autocast:
+        if mode == "roi":
+            hidden = backbone(pixel_values=pixels).last_hidden_state                  # (F, 1 + h*w, D)
+            h, w = pixels.shape[-2] // patch, pixels.shape[-1] // patch
+            tokens = hidden[:, 1:1 + h * w].transpose(1, 2).reshape(len(pixels), -1, h, w)
+            feats = roi_pool(tokens.float(), boxes, roi_samples)
+        else:
+            crops = crop_boxes(pixels, boxes, crop_size).flatten(0, 1)                # (F*N, 3, S, S)
+            cls = backbone(pixel_values=crops).last_hidden_state[:, 0]
+            feats = cls.float().view(*boxes.shape[:2], -1)
+    return F.normalize(feats.float(), dim=-1)
+
+
+def extract_shard(members: list[dict], out_path, features_cfg: dict, max_persons: int, backbone_path,
+                  attrs: dict, max_array_bytes: int = 2_000_000_000, device: str | None = None) -> dict:
+    """Write the feature store of one shard to ``out_path``; returns timing figures."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    backbone = load_backbone(backbone_path, device)
+    mean, std = (torch.tensor(v, device=device).view(1, 3, 1, 1) for v in normalisation(backbone_path))
+    dataset = ShardClips(members, features_cfg["num_frames"], max_persons, features_cfg["frame_size"], max_array_bytes)
+    loader = DataLoader(dataset, batch_size=features_cfg["batch_clips"], num_workers=features_cfg["workers"],
+                        pin_memory=device.type == "cuda", collate_fn=_collate)
+    V, T, N = len(dataset), features_cfg["num_frames"], max_persons
+    D, G = backbone.config.hidden_size, len(GEOMETRY_FIELDS)
+    attrs = {**attrs, "feature_dim": D, "geometry_fields": list(GEOMETRY_FIELDS), "torch": torch.__version__,
+             "svip": svip_core.__version__, "device": device.type}
+    start = time.perf_counter()
+    with writing_store(out_path, attrs) as store:
+        create_arrays(store, V, T, N, D, G)
+        store["video_id"][:] = np.array([m["video_id"] for m in members], dtype=str)
+        store["split"][:] = np.array([m["split"] for m in members], dtype=str)
+        for batch in tqdm(loader, desc=f"extract {Path(out_path).name}", unit="batch"):
+            B = len(batch["index"])
+            frames = batch["frames"].to(device, non_blocking=True).flatten(0, 1)      # (B*T, 3, H, W)
+            boxes = batch["boxes"].to(device, non_blocking=True).flatten(0, 1)        # (B*T, N, 4)
+            frame_ok = batch["frame_mask"].flatten().to(device)
+            feats = torch.zeros(B * T, N, D, device=device)
+            # Padded and invalid frames never reach the backbone.
+            feats[frame_ok] = person_features(backbone, frames[frame_ok], boxes[frame_ok], features_cfg["mode"],
+                                              features_cfg["roi_samples"], features_cfg["crop_size"], mean, std)
+            valid = batch["valid"]
+            visual = (feats.view(B, T, N, D).cpu() * valid[..., None]).half()
+            rows = slice(int(batch["index"][0]), int(batch["index"][-1]) + 1)
+            store["visual"][rows] = visual.numpy()
+            store["geometry"][rows] = box_geometry(batch["boxes"], valid).numpy()
+            store["person_mask"][rows] = valid.numpy()
+            store["frame_mask"][rows] = batch["frame_mask"].numpy()
+            store["target_index"][rows] = batch["target"].numpy()
+            store["scene_category"][rows] = np.array(batch["scene"], dtype=str)
+    return {"clips": V, "seconds": time.perf_counter() - start}
+
+
+def _collate(items: list[dict]) -> dict:
+    out = {k: torch.stack([it[k] for it in items]) for k in ("frames", "boxes", "valid", "frame_mask")}
+    out["target"] = torch.tensor([it["target"] for it in items])
+    out["index"] = torch.tensor([it["index"] for it in items])
+    out["scene"] = [it["scene"] for it in items]
+    return out

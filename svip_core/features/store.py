@@ -1,0 +1,56 @@
+"""Zarr v3 feature stores, one per shard, readable by plain ``zarr`` (and ``xarray``) without SVIP.
+
+Arrays (V clips, T frames, N person slots): visual (V,T,N,D) float16, geometry (V,T,N,G) float32,
+person_mask (V,T,N) bool (already ANDed with frame_mask), frame_mask (V,T) bool, target_index (V,) int64,
+video_id, scene_category, split (V,) str. One clip is one chunk. A store is written under a temporary name
+and renamed when complete, so a killed job never leaves a store that looks finished.
+"""
+from __future__ import annotations
+
+import contextlib
+import shutil
+import uuid
+from pathlib import Path
+
+import zarr
+
+PARTIAL = ".partial-"
+
+
+@contextlib.contextmanager
+def writing_store(path, attrs: dict):
+    """Yield a fresh zarr group at a temporary path; on success stamp ``complete`` and rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(path.name + PARTIAL + "*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = path.with_name(f"{path.name}{PARTIAL}{uuid.uuid4().hex[:8]}")
+    group = zarr.open_group(tmp, mode="w", zarr_format=3)
+    group.attrs.update({**attrs, "complete": False})
+    try:
+        yield group
+        group.attrs["complete"] = True
+        if path.exists():
+            shutil.rmtree(path)
+        tmp.replace(path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def create_arrays(group, V: int, T: int, N: int, D: int, G: int) -> None:
+    spec = {"visual": ((V, T, N, D), "float16"), "geometry": ((V, T, N, G), "float32"),
+            "person_mask": ((V, T, N), "bool"), "frame_mask": ((V, T), "bool"),
+            "target_index": ((V,), "int64"), "video_id": ((V,), str), "scene_category": ((V,), str),
+            "split": ((V,), str)}
+    for name, (shape, dtype) in spec.items():
+        chunks = (1,) + shape[1:] if len(shape) > 1 else (max(V, 1),)
+        group.create_array(name, shape=shape, chunks=chunks, dtype=dtype)
+
+
+def open_store(path):
+    """Open a finished store read-only; refuse one that was never completed."""
+    group = zarr.open_group(path, mode="r")
+    if not group.attrs.get("complete", False):
+        raise RuntimeError(f"{path}: feature store is incomplete (its writer was interrupted); re-run extract")
+    return group

@@ -1,0 +1,71 @@
+"""The SVIP ranker: fused person features -> frame graph -> person tracks -> clip context -> scores.
+
+Shapes: B clips, T frames, N person slots, D visual dim, G geometry dim. ``valid`` (B,T,N) marks a person
+present in a valid frame; a person never valid in the clip gets no score (-inf logit).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from svip_core.model.graph import FrameGAT
+from svip_core.model.pooling import TemporalPool
+from svip_core.model.temporal import EventContext, PersonTemporalEncoder
+
+
+def scoring_head(dim: int, dropout: float) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(dim, dim // 2), nn.ReLU(), nn.Dropout(dropout), nn.Linear(dim // 2, 1))
+
+
+class SVIPRanker(nn.Module):
+    """Relational branch: fusion -> GATv2 per frame -> temporal Transformer -> event token -> pooling.
+    Self branch (dual head): fusion -> the same temporal encoder and pooling, no social context.
+    A learned per-person gate mixes the two scores."""
+
+    def __init__(self, visual_dim: int, geometry_in: int, cfg: dict):
+        super().__init__()
+        d, drop = cfg["d_model"], cfg["dropout"]
+        self.geometry = nn.Sequential(nn.Linear(geometry_in, cfg["geometry_dim"]), nn.ReLU(),
+                                      nn.Linear(cfg["geometry_dim"], cfg["geometry_dim"]))
+        self.fuse = nn.Sequential(nn.Linear(visual_dim + cfg["geometry_dim"], cfg["fused_dim"]), nn.ReLU(),
+                                  nn.Dropout(drop))
+        self.gat = (FrameGAT(cfg["fused_dim"], cfg["gat_hidden"], cfg["gat_layers"], cfg["gat_heads"], drop)
+                    if cfg["gat_layers"] > 0 else None)
+        rel_in = cfg["gat_hidden"] if self.gat is not None else cfg["fused_dim"]
+        temporal = dict(d_model=d, heads=cfg["temporal_heads"], ffn=cfg["temporal_ffn"],
+                        layers=cfg["temporal_layers"], dropout=drop, time_encoding=cfg["time_encoding"])
+        self.rel_temporal = PersonTemporalEncoder(rel_in, **temporal)
+        self.event = EventContext(d, cfg["temporal_heads"], cfg["temporal_ffn"], drop) if cfg["event_token"] else None
+        self.pool = TemporalPool(d, d, cfg["temporal_heads"], drop, cfg["pooling"])
+        self.rel_score = scoring_head(d, drop)
+        self.dual_head = cfg["dual_head"]
+        if self.dual_head:
+            self.self_proj = nn.Linear(cfg["fused_dim"], rel_in)
+            self.self_score = scoring_head(d, drop)
+            self.gate = nn.Sequential(nn.Linear(2 * d, d // 2), nn.ReLU(), nn.Dropout(drop), nn.Linear(d // 2, 1))
+
+    def forward(self, visual: torch.Tensor, geometry: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
+        """visual (B,T,N,D), geometry (B,T,N,G), valid (B,T,N) -> logits (B,N) (-inf for absent people)."""
+        m = valid[..., None].to(visual.dtype)
+        fused = self.fuse(torch.cat([visual, self.geometry(geometry)], -1)) * m
+        social = self.gat(fused, valid) if self.gat is not None else fused
+        rel = self.rel_temporal(social, valid)
+        if self.event is not None:
+            rel = self.event(rel, valid)
+        rel_pooled = self.pool(rel, valid)
+        logits = self.rel_score(rel_pooled)[..., 0]                                   # (B, N)
+        out = {"rel_logits": logits}
+        if self.dual_head:
+            # Self branch shares the temporal encoder and pooling with the relational one, as in the reference.
+            self_pooled = self.pool(self.rel_temporal(self.self_proj(fused) * m, valid), valid)
+            self_logits = self.self_score(self_pooled)[..., 0]
+            g = torch.sigmoid(self.gate(torch.cat([self_pooled, rel_pooled], -1)))[..., 0]
+            logits = (1 - g) * self_logits + g * logits
+            out.update(self_logits=self_logits, gate=g)
+        present = valid.any(1)
+        out["logits"] = logits.masked_fill(~present, float("-inf"))
+        return out
+
+
+def build_ranker(cfg: dict, visual_dim: int, geometry_dim: int) -> SVIPRanker:
+    return SVIPRanker(visual_dim, geometry_dim, cfg)

@@ -1,0 +1,229 @@
+"""Training under torchrun: DDP (gloo on CPU, NCCL on GPU), seeded, resumable, with early stopping.
+
+Launch: ``torchrun --nproc_per_node=K workflow_scripts/train.py ...`` (also for K=1).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from svip_core.model.loss import ranking_loss
+from svip_core.model.ranker import build_ranker
+from svip_core.model.ranking import hit_at_k, target_rank_stats
+from svip_core.train.checkpoint import load_checkpoint, load_weights, save_checkpoint, save_weights
+from svip_core.train.data import StoreClips
+
+log = logging.getLogger(__name__)
+METRIC_COLUMNS = ["epoch", "step", "lr", "train_loss", "train_ce", "train_preference", "train_top1", "val_loss",
+                  "val_top1", "seconds"]
+
+
+def setup_distributed() -> tuple[int, int, torch.device]:
+    """Join torchrun's process group (created for one process too, so every path is the same)."""
+    if "RANK" not in os.environ:  # plain `python`: behave as a one-process group
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    cuda = torch.cuda.is_available()
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if cuda else "gloo")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """No weight decay on biases, norms and other 1-d parameters (tokens and queries included)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 and p.shape[0] > 1 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def warmup_cosine(warmup: int, total: int, min_ratio: float):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return factor
+
+
+class PhaseTimer:
+    """--debug timing per phase; synchronises CUDA so a phase's time is its own."""
+
+    def __init__(self, enabled: bool, device: torch.device):
+        self.enabled, self.device, self.totals = enabled, device, {}
+
+    def mark(self, phase: str, since: float) -> float:
+        if not self.enabled:
+            return since
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        self.totals[phase] = self.totals.get(phase, 0.0) + now - since
+        return now
+
+
+def _forward(model, batch, device, cfg, amp):
+    visual, geometry = batch["visual"].to(device, non_blocking=True), batch["geometry"].to(device, non_blocking=True)
+    valid, target = batch["valid"].to(device, non_blocking=True), batch["target"].to(device, non_blocking=True)
+    with amp:
+        out = model(visual, geometry, valid)
+    logits = out["logits"].float()
+    present = valid.any(1)
+    losses = ranking_loss(logits, target, present, cfg["preference_weight"], cfg["pairwise_weight"],
+                          cfg["pairwise_margin"])
+    return logits, target, present, losses
+
+
+@torch.no_grad()
+def validate(model, dataset, device, cfg, amp, rank: int, world: int) -> tuple[float, float]:
+    """Exact (loss, top-1) over the whole split: each rank scores every world-th clip, sums are reduced."""
+    model.eval()
+    subset = torch.utils.data.Subset(dataset, range(rank, len(dataset), world))
+    sums = torch.zeros(3, dtype=torch.float64, device=device)
+    for batch in DataLoader(subset, batch_size=cfg["batch_size"], num_workers=cfg["workers"]):
+        logits, target, present, losses = _forward(model, batch, device, cfg, amp)
+        above, tied = target_rank_stats(logits, target, present)
+        sums += torch.stack([losses["total"].double() * len(target), hit_at_k(above, tied, 1).double().sum(),
+                             torch.tensor(len(target), dtype=torch.float64, device=device)])
+    dist.all_reduce(sums)
+    model.train()
+    return float(sums[0] / sums[2].clamp(min=1)), float(sums[1] / sums[2].clamp(min=1))
+
+
+def train(store_paths: list[str], out_dir, model_cfg: dict, cfg: dict, debug: bool = False) -> dict:
+    """Train the ranker on the stores' train split, select on val; write weights and curves to ``out_dir``."""
+    rank, world, device = setup_distributed()
+    out_dir = Path(out_dir)
+    seed_everything(cfg["seed"])
+    train_set, val_set = StoreClips(store_paths, "train"), StoreClips(store_paths, "val")
+    visual_dim, geometry_dim = train_set.dims()
+    model = build_ranker(model_cfg, visual_dim, geometry_dim).to(device)     # same init on every rank
+    torch.manual_seed(cfg["seed"] * 1000 + rank)                             # distinct dropout per rank
+    ddp = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    sampler = DistributedSampler(train_set, world, rank, shuffle=True, seed=cfg["seed"], drop_last=False)
+    loader = DataLoader(train_set, batch_size=cfg["batch_size"], sampler=sampler, num_workers=cfg["workers"],
+                        pin_memory=device.type == "cuda", drop_last=False)
+    steps_per_epoch = math.ceil(len(loader) / cfg["accumulation_steps"])
+    optimizer = torch.optim.AdamW(param_groups(model, cfg["weight_decay"]), lr=cfg["lr"])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(cfg["warmup_steps"], steps_per_epoch * cfg["epochs"], cfg["min_lr_ratio"]))
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+    state = load_checkpoint(out_dir / "checkpoints", model, optimizer, scheduler) or \
+        {"epoch": 0, "step": 0, "best_top1": -1.0, "best_epoch": 0, "bad_epochs": 0, "history": []}
+    if state["epoch"] and rank == 0:
+        log.info("resuming after epoch %d from %s", state["epoch"], out_dir / "checkpoints")
+    writer = None
+    if rank == 0:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=state["step"])
+    timer = PhaseTimer(debug, device)
+    model.train()
+    for epoch in range(state["epoch"] + 1, cfg["epochs"] + 1):
+        if state["bad_epochs"] >= cfg["patience"]:
+            break
+        sampler.set_epoch(epoch)
+        start, sums = time.perf_counter(), torch.zeros(5, dtype=torch.float64, device=device)
+        bar = tqdm(loader, desc=f"epoch {epoch}/{cfg['epochs']}", disable=rank != 0, leave=False)
+        optimizer.zero_grad(set_to_none=True)
+        t = time.perf_counter()
+        for i, batch in enumerate(bar):
+            t = timer.mark("data", t)
+            last_micro = (i + 1) % cfg["accumulation_steps"] == 0 or i + 1 == len(loader)
+            with (nullcontext() if last_micro else ddp.no_sync()):
+                logits, target, present, losses = _forward(ddp, batch, device, cfg, amp)
+                t = timer.mark("forward+loss", t)
+                (losses["total"] / cfg["accumulation_steps"]).backward()
+                t = timer.mark("backward", t)
+            if last_micro:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                state["step"] += 1
+                t = timer.mark("optimizer", t)
+            above, tied = target_rank_stats(logits.detach(), target, present)
+            n = len(target)
+            sums += torch.tensor([losses["total"].item() * n, losses["ce"].item() * n,
+                                  losses["preference"].item() * n, hit_at_k(above, tied, 1).sum().item(), n],
+                                 dtype=torch.float64, device=device)
+            bar.set_postfix(loss=f"{losses['total'].item():.3f}")
+        dist.all_reduce(sums)
+        val_loss, val_top1 = validate(ddp, val_set, device, cfg, amp, rank, world)
+        row = {"epoch": epoch, "step": state["step"], "lr": scheduler.get_last_lr()[0],
+               "train_loss": float(sums[0] / sums[4]), "train_ce": float(sums[1] / sums[4]),
+               "train_preference": float(sums[2] / sums[4]), "train_top1": float(sums[3] / sums[4]),
+               "val_loss": val_loss, "val_top1": val_top1, "seconds": time.perf_counter() - start}
+        # Ties count as improvement for patience (>=), but only a strictly better epoch replaces the best.
+        if val_top1 > state["best_top1"]:
+            state.update(best_top1=val_top1, best_epoch=epoch)
+            if rank == 0:
+                save_weights(model, out_dir / "checkpoints" / "best.safetensors")
+        state["bad_epochs"] = 0 if val_top1 >= state["best_top1"] else state["bad_epochs"] + 1
+        state["epoch"] = epoch
+        state["history"].append(row)
+        if rank == 0:
+            log.info("epoch %d: " + " ".join(f"{k}=%.4g" for k in METRIC_COLUMNS[1:]), epoch,
+                     *[row[k] for k in METRIC_COLUMNS[1:]])
+            if debug:
+                log.info("debug timing (s, cumulative): %s", json.dumps({k: round(v, 4) for k, v in timer.totals.items()}))
+            for k, v in row.items():
+                if k != "epoch":
+                    writer.add_scalar(k, v, epoch)
+            save_checkpoint(out_dir / "checkpoints", model, optimizer, scheduler, state)
+        dist.barrier()
+
+    if rank == 0:
+        writer.close()
+        _write_curves(out_dir / "metrics.csv", state["history"])
+        (out_dir / "model.json").write_text(json.dumps(
+            {"model": model_cfg, "visual_dim": visual_dim, "geometry_dim": geometry_dim, "best_epoch": state["best_epoch"],
+             "best_val_top1": state["best_top1"], "world_size": world}, indent=1))
+        best = out_dir / "checkpoints" / "best.safetensors"
+        if best.exists():
+            load_weights(model, best)
+        save_weights(model, out_dir / "model.safetensors")
+    dist.barrier()
+    dist.destroy_process_group()
+    return state
+
+
+def _write_curves(path: Path, history: list[dict]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
+        w.writeheader()
+        w.writerows(history)
+    os.replace(tmp, path)

@@ -1,0 +1,24 @@
+"""Report stage entry point: the figures and tables that the Snakemake HTML report shows."""
+import argparse
+import json
+from pathlib import Path
+
+from svip_core.logs import setup_logging
+from svip_core.report import figures
+
+p = argparse.ArgumentParser()
+p.add_argument("--config", required=True, help="the stage's resolved config as JSON")
+p.add_argument("--manifest", required=True)
+p.add_argument("--train-metrics", required=True)
+p.add_argument("--metrics", required=True)
+p.add_argument("--out-dir", required=True)
+p.add_argument("--log")
+args = p.parse_args()
+setup_logging(args.log)
+out = Path(args.out_dir)
+out.mkdir(parents=True, exist_ok=True)
+(out / "config.json").write_text(json.dumps(json.loads(args.config), indent=1))
+figures.training_curves(args.train_metrics, out / "training_curves.png")
+figures.metrics_vs_baselines(args.metrics, out / "top1_vs_baselines.png", out / "metrics_table.html")
+figures.by_people(args.metrics, out / "top1_by_people.png")
+figures.rejected_table(args.manifest, out / "rejected_clips.html")
