@@ -1,6 +1,7 @@
 # Shared helpers: config validation, stage hashes and paths, and the input functions of the rules.
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -8,7 +9,7 @@ from snakemake.utils import validate
 
 # Rules run `python workflow_scripts/...`; make the library importable in any environment (incl. --sdm conda).
 sys.path.insert(0, workflow.basedir)
-os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [workflow.basedir, os.environ.get("PYTHONPATH")]))
+shell.prefix(f"export PYTHONPATH={shlex.quote(workflow.basedir)}; ")
 
 from svip_core.features.backbone import EMBEDDED  # noqa: E402
 from svip_core.stages import STAGE_DIRS, all_stage_hashes, stage_inputs  # noqa: E402
@@ -51,3 +52,12 @@ def feature_stores(wildcards):
 
 def backbone_input(wildcards):
     return [BACKBONE] if USE_EMBEDDED else []
+
+
+def output_dir(name):
+    """Param function: the folder of one of the rule's outputs (the stage's hash folder)."""
+    return lambda wildcards, output: os.path.dirname(output[name])
+
+
+def input_dir(name):
+    return lambda wildcards, input: os.path.dirname(input[name])

@@ -7,6 +7,8 @@ rule evaluate:
         metrics=f"{EVALUATE}/metrics.json",
         predictions=f"{EVALUATE}/predictions.parquet",
     params:
+        out_dir=output_dir("metrics"),
+        train_dir=input_dir("model"),
         config=lambda wildcards: stage_config("evaluate"),
     log:
         f"{EVALUATE}/logs/evaluate.log",
@@ -18,4 +20,4 @@ rule evaluate:
         ENV
     shell:
         "python workflow_scripts/evaluate.py --config {params.config:q} --stores {input.stores} "
-        "--train-dir {TRAIN} --out-dir {EVALUATE} --log {log} 2>> {log}"
+        "--train-dir {params.train_dir} --out-dir {params.out_dir} --log-file {log} 2>> {log}"

@@ -12,7 +12,7 @@ rule embedded_backbone:
     conda:
         ENV
     shell:
-        "python workflow_scripts/backbone.py --embedded {params.embedded:q} --out-dir {output} --log {log} 2>> {log}"
+        "python workflow_scripts/backbone.py --embedded {params.embedded:q} --out-dir {output} --log-file {log} 2>> {log}"
 
 
 rule extract:
@@ -39,4 +39,4 @@ rule extract:
     shell:
         "python workflow_scripts/extract.py --config {params.config:q} --shard {input.shard} "
         "--backbone {params.backbone:q} --out {output} --stage-hash {params.stage_hash} "
-        "--max-array-bytes {params.max_array_bytes} --log {log} 2>> {log}"
+        "--max-array-bytes {params.max_array_bytes} --log-file {log} 2>> {log}"

@@ -5,6 +5,7 @@ checkpoint prepare:
         manifest=f"{PREPARE}/manifest.parquet",
         shards=directory(f"{PREPARE}/shards"),
     params:
+        out_dir=output_dir("manifest"),
         config=lambda wildcards: stage_config("prepare"),
     log:
         f"{PREPARE}/logs/prepare.log",
@@ -15,4 +16,4 @@ checkpoint prepare:
     conda:
         ENV
     shell:
-        "python workflow_scripts/prepare.py --config {params.config:q} --out-dir {PREPARE} --log {log} 2>> {log}"
+        "python workflow_scripts/prepare.py --config {params.config:q} --out-dir {params.out_dir} --log-file {log} 2>> {log}"

@@ -10,6 +10,7 @@ rule report:
         people=report(f"{REPORT}/top1_by_people.png", caption="../report/by_people.rst", category="Evaluation"),
         rejected=report(f"{REPORT}/rejected_clips.html", caption="../report/rejected.rst", category="Data"),
     params:
+        out_dir=output_dir("curves"),
         config=lambda wildcards: stage_config("report"),
     log:
         f"{REPORT}/logs/report.log",
@@ -21,4 +22,4 @@ rule report:
         ENV
     shell:
         "python workflow_scripts/report.py --config {params.config:q} --manifest {input.manifest} "
-        "--train-metrics {input.train_metrics} --metrics {input.metrics} --out-dir {REPORT} --log {log} 2>> {log}"
+        "--train-metrics {input.train_metrics} --metrics {input.metrics} --out-dir {params.out_dir} --log-file {log} 2>> {log}"

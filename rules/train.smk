@@ -7,6 +7,7 @@ rule train:
         meta=f"{TRAIN}/model.json",
         curves=f"{TRAIN}/metrics.csv",
     params:
+        out_dir=output_dir("model"),
         config=lambda wildcards: stage_config("train"),
         nproc=config["train"]["nproc"],
     log:
@@ -20,4 +21,4 @@ rule train:
         ENV
     shell:
         "torchrun --standalone --nproc_per_node={params.nproc} workflow_scripts/train.py "
-        "--config {params.config:q} --stores {input.stores} --out-dir {TRAIN} --log {log} 2>> {log}"
+        "--config {params.config:q} --stores {input.stores} --out-dir {params.out_dir} --log-file {log} 2>> {log}"

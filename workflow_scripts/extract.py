@@ -15,9 +15,9 @@ p.add_argument("--backbone", required=True, help="model folder or hub id")
 p.add_argument("--out", required=True)
 p.add_argument("--stage-hash", required=True)
 p.add_argument("--max-array-bytes", type=int, default=2_000_000_000)
-p.add_argument("--log")
+p.add_argument("--log-file")
 args = p.parse_args()
-setup_logging(args.log)
+setup_logging(args.log_file)
 stage = json.loads(args.config)
 cfg = stage["config"]
 config_json = Path(args.out).parent / "config.json"
