@@ -37,7 +37,9 @@ HASH_LEN = 12
 
 def load_config(path: str | os.PathLike | None = None, overrides: dict | None = None) -> dict:
     """Read a YAML config, merge overrides, validate it against the schema and fill in defaults."""
-    path = Path(path) if path else PROJECT_ROOT / "config.yaml"
+    if path is None:  # the working directory's config, as Snakemake would read it, else the project's
+        path = Path("config.yaml") if Path("config.yaml").exists() else PROJECT_ROOT / "config.yaml"
+    path = Path(path)
     with open(path) as f:
         config = yaml.safe_load(f) or {}
     if overrides:

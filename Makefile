@@ -1,0 +1,34 @@
+# The README's two commands: `make demo` and `make test`. Both create .venv and install on first use.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(abspath $(VENV)/bin)
+STAMP := $(VENV)/.installed
+RUN := PATH="$(BIN):$$PATH"
+
+.PHONY: install demo test lint clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch first and pinned: the CPU wheel of 2.13.0 is on local disk; anything else pulls a CUDA build.
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(RUN) snakemake
+	$(RUN) snakemake --report "$$($(BIN)/svip hash report --path)/report.html"
+	@echo
+	@echo "SVIP demo finished. Report: $$($(BIN)/svip hash report --path)/report.html"
+	@echo "Metrics:  $$($(BIN)/svip hash evaluate --path)/metrics.json"
+
+test: $(STAMP)
+	$(RUN) python -m pytest -q
+
+lint: $(STAMP)
+	$(RUN) snakemake --lint
+
+clean:
+	rm -rf results .snakemake

@@ -1,0 +1,71 @@
+"""Shared fixtures: a tiny config and a copy of the workflow in a temporary folder."""
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKFLOW_FILES = ("Snakefile", "rules", "workflow_scripts", "config.schema.yaml", "report", "envs", "profiles")
+BIN = Path(sys.executable).parent
+
+TINY = {
+    "data": {"source": "synthetic", "num_shards": 2, "max_persons": 4},
+    "synthetic": {"clips": {"train": 12, "val": 4, "test": 4}, "frames": 6, "persons": 4, "height": 48,
+                  "width": 80, "categories": ["meeting", "street"], "seed": 3},
+    "features": {"backbone": "embedded", "embedded": {"hidden_size": 16, "num_layers": 1, "num_heads": 2,
+                                                      "patch_size": 8, "seed": 0},
+                 "frame_size": [48, 80], "num_frames": 6, "batch_clips": 4, "roi_samples": 2, "crop_size": 16},
+    "model": {"fused_dim": 32, "geometry_dim": 8, "gat_hidden": 16, "gat_layers": 1, "gat_heads": 2, "d_model": 16,
+              "temporal_layers": 1, "temporal_heads": 2, "temporal_ffn": 32},
+    "train": {"seed": 0, "nproc": 2, "epochs": 2, "batch_size": 4, "accumulation_steps": 1, "lr": 0.001,
+              "warmup_steps": 1, "workers": 0},
+    "evaluate": {"split": "test"},
+}
+
+
+@pytest.fixture
+def tiny_config() -> dict:
+    return copy.deepcopy(TINY)
+
+
+def write_config(path: Path, config: dict) -> Path:
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture
+def workflow_dir(tmp_path, tiny_config) -> Path:
+    """A copy of the workflow with the tiny config as its config.yaml."""
+    for name in WORKFLOW_FILES:
+        src = ROOT / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
+    write_config(tmp_path / "config.yaml", tiny_config)
+    return tmp_path
+
+
+def snakemake(workdir: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run([str(BIN / "snakemake"), "--cores", "2", *args], cwd=workdir, env=env, text=True,
+                          capture_output=True, timeout=timeout)
+
+
+def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
+    """Job counts from a dry run's 'Job stats' table."""
+    counts, inside = {}, False
+    for line in result.stdout.splitlines() + result.stderr.splitlines():
+        parts = line.split()
+        if line.startswith("job ") and "count" in line:
+            inside = True
+        elif inside and len(parts) == 2 and parts[1].isdigit():
+            if parts[0] == "total":
+                inside = False
+            else:
+                counts[parts[0]] = int(parts[1])
+    return counts

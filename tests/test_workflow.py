@@ -1,0 +1,121 @@
+"""The real workflow, end to end, on a tiny config: Snakemake, torchrun (2 gloo processes), Zarr, HF DINOv2."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import zarr
+
+from conftest import planned_jobs, snakemake, write_config
+from svip_core.stages import STAGE_DIRS, all_stage_hashes, load_config
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """Run the whole workflow once; the tests below read what it left."""
+    import conftest
+
+    wd = tmp_path_factory.mktemp("workflow")
+    for name in conftest.WORKFLOW_FILES:
+        src = conftest.ROOT / name
+        (conftest.shutil.copytree if src.is_dir() else conftest.shutil.copy)(src, wd / name)
+    write_config(wd / "config.yaml", conftest.TINY)
+    result = snakemake(wd)
+    assert result.returncode == 0, result.stderr[-4000:]
+    hashes = all_stage_hashes(load_config(wd / "config.yaml"))
+    dirs = {s: wd / "results" / STAGE_DIRS[s] / h for s, h in hashes.items()}
+    return wd, dirs
+
+
+def test_every_stage_writes_its_hash_folder_with_config(finished_run):
+    _, dirs = finished_run
+    for stage, folder in dirs.items():
+        assert (folder / "config.json").is_file(), stage
+        recorded = json.loads((folder / "config.json").read_text())
+        assert recorded["stage"] == stage
+
+
+def test_manifest_and_feature_stores_agree(finished_run):
+    _, dirs = finished_run
+    manifest = pd.read_parquet(dirs["prepare"] / "manifest.parquet")
+    assert (manifest.verdict == "accepted").all() and len(manifest) == 20
+    stores = sorted(dirs["extract"].glob("*.zarr"))
+    assert len(stores) == manifest.shard.nunique()
+    total = 0
+    for store in stores:
+        g = zarr.open_group(store, mode="r")
+        V = g["visual"].shape[0]
+        total += V
+        assert g["visual"].shape == (V, 6, 4, 16) and g["geometry"].shape[:3] == (V, 6, 4)
+        assert g.attrs["complete"] and g.attrs["shard_key"] == store.stem
+        assert set(g["video_id"][:]) <= set(manifest.video_id)
+        assert g["person_mask"][:].any(axis=1)[range(V), g["target_index"][:]].all()
+    assert total == len(manifest)
+
+
+def test_train_and_evaluate_outputs(finished_run):
+    _, dirs = finished_run
+    curves = pd.read_csv(dirs["train"] / "metrics.csv")
+    assert list(curves.epoch) == [1, 2] and curves.train_loss.notna().all()
+    assert json.loads((dirs["train"] / "model.json").read_text())["world_size"] == 2
+    metrics = json.loads((dirs["evaluate"] / "metrics.json").read_text())
+    assert metrics["split"] == "test" and metrics["clips"] == 4
+    top1 = metrics["model"]["overall"]["top1"]
+    assert 0 <= top1["ci95"][0] <= top1["mean"] <= top1["ci95"][1] <= 1
+    for k in (1, 2, 3, 4, 5):
+        assert (f"cmc@{k}" if k > 1 else "top1") in metrics["model"]["overall"]
+    assert set(metrics["baselines"]) == {"random", "largest_box", "most_central", "longest_visible",
+                                         "most_motion", "least_motion"}
+    # With at most 4 people, CMC@4 is certain.
+    assert metrics["model"]["overall"]["cmc@4"]["mean"] == pytest.approx(1.0)
+
+
+def test_report_html_and_nothing_left_to_do(finished_run):
+    wd, dirs = finished_run
+    html = dirs["report"] / "report.html"
+    result = snakemake(wd, "--report", str(html))
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = html.read_text()
+    assert "top1_vs_baselines.png" in text and "rejected_clips.html" in text
+    again = snakemake(wd, "-n")
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_partial_reruns_follow_the_stage_hashes(finished_run):
+    wd, _ = finished_run
+    import conftest
+
+    def dry_run(edit):
+        cfg = json.loads(json.dumps(conftest.TINY))
+        edit(cfg)
+        path = write_config(wd / "edited.yaml", cfg)
+        result = snakemake(wd, "-n", "--configfile", str(path))
+        assert result.returncode == 0, result.stderr[-3000:]
+        return planned_jobs(result)
+
+    lr = dry_run(lambda c: c["train"].update(lr=0.002))
+    assert {k: v for k, v in lr.items() if k != "all"} == {"train": 1, "evaluate": 1, "report": 1}
+
+    feature = dry_run(lambda c: c["features"].update(mode="crop"))
+    assert feature.get("extract") == 2 and "prepare" not in feature
+    assert {"train", "evaluate", "report"} <= set(feature)
+
+    same = dry_run(lambda c: None)
+    assert same == {}
+
+
+def test_old_results_are_reused_when_the_config_goes_back(finished_run):
+    wd, dirs = finished_run
+    import conftest
+
+    cfg = json.loads(json.dumps(conftest.TINY))
+    cfg["train"]["epochs"] = 1
+    edited = write_config(wd / "one_epoch.yaml", cfg)
+    result = snakemake(wd, "--configfile", str(edited))
+    assert result.returncode == 0, result.stderr[-3000:]
+    new_train = dirs["train"].parent / all_stage_hashes(load_config(edited))["train"]
+    assert new_train != dirs["train"] and (new_train / "model.safetensors").exists()
+    assert (dirs["train"] / "model.safetensors").exists()       # the old config's results stay on disk
+    back = snakemake(wd, "-n")                                  # and count as done for the original config
+    assert "Nothing to be done" in back.stdout + back.stderr
