@@ -87,7 +87,9 @@ def stage_inputs(config: dict, stage: str, _memo: dict | None = None) -> dict:
     if stage == "extract":
         from svip_core.features.backbone import backbone_identity
 
+        # The weights, not the path string, identify the backbone (the extract job records the path).
         resolved["backbone_identity"] = backbone_identity(config["features"])
+        resolved["config"]["features"] = {**config["features"], "backbone": resolved["backbone_identity"]}
     if stage == "prepare" and config["data"]["source"] != "synthetic":
         # The folder is named by its absolute path; its content is tracked per clip by the shard keys.
         resolved["config"]["data.source"] = str(Path(config["data"]["source"]).resolve())

@@ -22,7 +22,7 @@ stage = json.loads(args.config)
 cfg = stage["config"]
 config_json = Path(args.out).parent / "config.json"
 if not config_json.exists():
-    config_json.write_text(json.dumps(stage, indent=1))
+    config_json.write_text(json.dumps({**stage, "backbone_source": args.backbone}, indent=1))
 attrs = {"backbone": args.backbone, "backbone_identity": stage["backbone_identity"], "stage_hash": args.stage_hash,
          "shard_key": Path(args.shard).stem, "feature_mode": cfg["features"]["mode"],
          "frame_size": cfg["features"]["frame_size"], "num_frames": cfg["features"]["num_frames"],

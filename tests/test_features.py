@@ -1,0 +1,109 @@
+"""Feature extraction on the real transformers DINOv2 code (tiny random model saved and reloaded)."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from svip_core.features.backbone import BackboneError, build_embedded, load_backbone
+from svip_core.features.extract import extract_shard, frame_indices, person_slots
+from svip_core.features.geometry import GEOMETRY_FIELDS, box_geometry
+from svip_core.features.pooling import crop_boxes, roi_pool
+from svip_core.features.store import open_store, writing_store
+from svip_core.io.clip import content_hash
+from svip_core.io.synth import write_dataset
+
+EMBEDDED = {"hidden_size": 16, "num_layers": 1, "num_heads": 2, "patch_size": 8, "seed": 0}
+FEATURES = {"mode": "roi", "frame_size": [48, 80], "crop_size": 16, "roi_samples": 2, "num_frames": 6,
+            "batch_clips": 2, "workers": 0}
+
+
+@pytest.fixture(scope="module")
+def backbone_dir(tmp_path_factory):
+    return build_embedded(EMBEDDED, tmp_path_factory.mktemp("bb") / "backbone")
+
+
+@pytest.fixture(scope="module")
+def members(tmp_path_factory):
+    paths = write_dataset(tmp_path_factory.mktemp("data"), {"train": 3}, 7, 4, 40, 64, ["meeting"], seed=2)
+    return [{"video_id": p.stem, "split": "train", "path": str(p), "content_hash": content_hash(p)} for p in paths]
+
+
+def test_embedded_backbone_loads_through_from_pretrained_and_is_frozen(backbone_dir):
+    model = load_backbone(backbone_dir)
+    assert type(model).__name__ == "Dinov2Model" and not model.training
+    assert not any(p.requires_grad for p in model.parameters())
+    again = load_backbone(backbone_dir)
+    x = torch.rand(1, 3, 48, 80)
+    torch.testing.assert_close(model(pixel_values=x).last_hidden_state, again(pixel_values=x).last_hidden_state)
+
+
+def test_unreachable_hub_id_fails_fast_with_a_fix(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.perf_counter()
+    with pytest.raises(BackboneError, match="features.backbone"):
+        load_backbone("facebook/dinov2-base-not-cached")
+    assert time.perf_counter() - start < 30
+
+
+def test_roi_pool_of_a_constant_region_returns_that_constant():
+    tokens = torch.zeros(1, 2, 4, 4)
+    tokens[0, :, :2, :2] = torch.tensor([3.0, -1.0])[:, None, None]   # top-left quarter
+    boxes = torch.tensor([[[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0]]])
+    pooled = roi_pool(tokens, boxes, samples=2)
+    torch.testing.assert_close(pooled, torch.tensor([[[3.0, -1.0], [0.0, 0.0]]]))
+
+
+def test_crop_of_the_full_frame_is_the_resized_frame():
+    frames = torch.rand(1, 3, 8, 8)
+    crops = crop_boxes(frames, torch.tensor([[[0.0, 0.0, 1.0, 1.0]]]), 8)
+    torch.testing.assert_close(crops[0, 0], frames[0], atol=1e-5, rtol=0)
+
+
+def test_geometry_has_no_jump_when_a_person_reappears():
+    boxes = torch.tensor([[0.1, 0.1, 0.2, 0.3], [0, 0, 0, 0], [0.6, 0.5, 0.7, 0.7], [0.62, 0.5, 0.72, 0.7]])[:, None]
+    valid = torch.tensor([True, False, True, True])[:, None]
+    g = box_geometry(boxes, valid)
+    speed = g[..., GEOMETRY_FIELDS.index("speed")][:, 0]
+    torch.testing.assert_close(speed, torch.tensor([0.0, 0.0, 0.0, 0.02]))
+
+
+def test_frame_and_person_selection():
+    assert frame_indices(10, 4).tolist() == [0, 3, 6, 9]
+    assert frame_indices(2, 4).tolist() == [0, 1, -1, -1]
+    valid = np.array([[1, 1, 0, 1], [1, 1, 0, 0]], bool)
+    assert person_slots(valid, target=2, max_persons=2).tolist() == [0, 2]      # the target is never cut
+    assert person_slots(valid, target=0, max_persons=5).tolist() == [0, 1, 2, 3, -1]
+
+
+@pytest.mark.parametrize("mode", ["roi", "crop"])
+def test_extract_shard_writes_a_complete_zarr_store(tmp_path, backbone_dir, members, mode):
+    out = tmp_path / "shard.zarr"
+    extract_shard(members, out, {**FEATURES, "mode": mode}, 4, backbone_dir, {"shard_key": "shard"})
+    g = zarr.open_group(out, mode="r")                       # plain zarr, no SVIP
+    assert g["visual"].shape == (3, 6, 4, 16) and g["visual"].chunks == (1, 6, 4, 16)
+    vis, mask = g["visual"][:].astype(np.float32), g["person_mask"][:]
+    np.testing.assert_allclose(np.linalg.norm(vis[mask], axis=-1), 1.0, atol=2e-3)
+    assert (vis[~mask] == 0).all()
+    assert list(g["video_id"][:]) == [m["video_id"] for m in members]
+    assert g.attrs["complete"] and g.attrs["feature_dim"] == 16
+    assert not list(tmp_path.glob("*.partial-*"))
+    again = tmp_path / "again.zarr"
+    extract_shard(members, again, {**FEATURES, "mode": mode}, 4, backbone_dir, {"shard_key": "shard"})
+    np.testing.assert_array_equal(zarr.open_group(again, mode="r")["visual"][:], g["visual"][:])
+
+
+def test_an_interrupted_store_is_never_taken_as_complete(tmp_path):
+    out = tmp_path / "s.zarr"
+    with pytest.raises(RuntimeError):
+        with writing_store(out, {}) as g:
+            g.create_array("x", shape=(2,), dtype="int64")
+            raise RuntimeError("killed")
+    assert not out.exists() and not list(tmp_path.iterdir())
+    g = zarr.open_group(tmp_path / "manual.zarr", mode="w")
+    g.attrs["complete"] = False
+    with pytest.raises(RuntimeError, match="incomplete"):
+        open_store(tmp_path / "manual.zarr")

@@ -1,0 +1,72 @@
+"""Stage hashes cover exactly what each stage reads, and `svip hash` prints them."""
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from svip_core.stages import all_stage_hashes, validate_config
+
+
+def hashes(cfg):
+    return all_stage_hashes(validate_config(copy.deepcopy(cfg)))
+
+
+@pytest.mark.parametrize("section,key,value,changed", [
+    ("train", "lr", 0.5, {"train", "evaluate", "report"}),
+    ("model", "pooling", "mean", {"train", "evaluate", "report"}),
+    ("features", "mode", "crop", {"extract", "train", "evaluate", "report"}),
+    ("data", "max_persons", 5, {"extract", "train", "evaluate", "report"}),
+    ("data", "num_shards", 3, {"prepare", "train", "evaluate", "report"}),
+    ("synthetic", "seed", 9, {"prepare", "train", "evaluate", "report"}),
+    ("evaluate", "ks", [1, 2], {"evaluate", "report"}),
+    ("report", "gallery_size", 1, {"report"}),
+])
+def test_an_edit_changes_exactly_the_downstream_hashes(tiny_config, section, key, value, changed):
+    before = hashes(tiny_config)
+    tiny_config.setdefault(section, {})[key] = value
+    after = hashes(tiny_config)
+    assert {s for s in before if before[s] != after[s]} == changed
+
+
+def test_embedded_backbone_recipe_is_part_of_the_feature_hash(tiny_config):
+    before = hashes(tiny_config)
+    tiny_config["features"]["embedded"]["seed"] = 1
+    assert hashes(tiny_config)["extract"] != before["extract"]
+
+
+def test_local_backbone_is_identified_by_its_weights_not_its_path(tiny_config, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for folder, content in ((a, b"weights-1"), (b, b"weights-1")):
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(content)
+    tiny_config["features"]["backbone"] = str(a)
+    ha = hashes(tiny_config)["extract"]
+    tiny_config["features"]["backbone"] = str(b)
+    assert hashes(tiny_config)["extract"] == ha               # same weights elsewhere: same features
+    (b / "model.safetensors").write_bytes(b"weights-2")
+    assert hashes(tiny_config)["extract"] != ha               # new weights at the same path: new features
+
+
+def test_schema_rejects_unknown_keys(tiny_config):
+    from snakemake.exceptions import WorkflowError
+
+    tiny_config["train"]["learning_rate"] = 0.1
+    with pytest.raises(WorkflowError):
+        validate_config(tiny_config)
+
+
+def test_svip_cli_prints_version_and_hash(tmp_path, tiny_config):
+    from conftest import write_config
+
+    write_config(tmp_path / "config.yaml", tiny_config)
+    svip = str(Path(sys.executable).parent / "svip")
+    version = subprocess.run([svip, "--version"], capture_output=True, text=True, check=True)
+    assert version.stdout.startswith("svip ")
+    out = subprocess.run([svip, "hash", "train"], cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == hashes(tiny_config)["train"]
+    path = subprocess.run([svip, "hash", "extract", "--path"], cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert path.stdout.strip() == f"results/features/{hashes(tiny_config)['extract']}"
