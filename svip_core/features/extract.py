@@ -5,6 +5,7 @@ batch is written to the store as it completes, so memory depends on the batch si
 """
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import time
 from pathlib import Path
@@ -97,7 +98,8 @@ def extract_shard(members: list[dict], out_path, features_cfg: dict, max_persons
                         pin_memory=device.type == "cuda", collate_fn=_collate)
     V, T, N = len(dataset), features_cfg["num_frames"], max_persons
     D, G = backbone.config.hidden_size, len(GEOMETRY_FIELDS)
-    attrs = {**attrs, "feature_dim": D, "geometry_fields": list(GEOMETRY_FIELDS), "torch": torch.__version__,
+    versions = {name: importlib.metadata.version(name) for name in ("torch", "transformers", "zarr", "numpy")}
+    attrs = {**attrs, "feature_dim": D, "geometry_fields": list(GEOMETRY_FIELDS), "versions": versions,
              "svip": svip_core.__version__, "device": device.type}
     start = time.perf_counter()
     with writing_store(out_path, attrs) as store:
