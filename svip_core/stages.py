@@ -84,15 +84,20 @@ def stage_inputs(config: dict, stage: str, _memo: dict | None = None) -> dict:
         keys = tuple(k for k in keys if k != "synthetic")
     resolved = {"stage": stage, "config": {k: _get(config, k) for k in keys},
                 "upstream": {u: stage_hash(config, u, _memo) for u in STAGE_UPSTREAM[stage]}}
+    if stage == "prepare":
+        if config["data"]["source"] == "synthetic":
+            from svip_core.io.synth import GENERATOR_VERSION
+
+            resolved["generator_version"] = GENERATOR_VERSION
+        else:
+            # The folder is named by its absolute path; its content is tracked per clip by the shard keys.
+            resolved["config"]["data.source"] = str(Path(config["data"]["source"]).resolve())
     if stage == "extract":
         from svip_core.features.backbone import backbone_identity
 
         # The weights, not the path string, identify the backbone (the extract job records the path).
         resolved["backbone_identity"] = backbone_identity(config["features"])
         resolved["config"]["features"] = {**config["features"], "backbone": resolved["backbone_identity"]}
-    if stage == "prepare" and config["data"]["source"] != "synthetic":
-        # The folder is named by its absolute path; its content is tracked per clip by the shard keys.
-        resolved["config"]["data.source"] = str(Path(config["data"]["source"]).resolve())
     return resolved
 
 

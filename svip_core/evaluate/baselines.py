@@ -26,3 +26,24 @@ def heuristic_scores(geometry: np.ndarray, valid: np.ndarray, seed: int = 0) -> 
         "most_motion": motion,
         "least_motion": -motion,
     }
+
+
+def heuristic_top1_on_clips(paths, seed: int = 0) -> dict[str, float]:
+    """Top-1 of every heuristic straight from clip files (no features needed): geometry as the extract
+    stage computes it, scored with the evaluate stage's tie-aware metric."""
+    import torch
+
+    from svip_core.evaluate.metrics import per_clip_hits
+    from svip_core.features.geometry import box_geometry
+    from svip_core.io.clip import inspect_clip
+
+    clips = [inspect_clip(p) for p in paths]
+    T, N = max(c.num_frames for c in clips), max(c.num_slots for c in clips)
+    boxes = np.zeros((len(clips), T, N, 4), np.float32)
+    valid = np.zeros((len(clips), T, N), bool)
+    for i, c in enumerate(clips):
+        boxes[i, : c.num_frames, : c.num_slots], valid[i, : c.num_frames, : c.num_slots] = c.boxes, c.valid
+    target = np.array([c.target_index for c in clips])
+    geometry = box_geometry(torch.from_numpy(boxes), torch.from_numpy(valid)).numpy()
+    return {name: float(per_clip_hits(scores, target, valid.any(1), [1])["cmc@1"].mean())
+            for name, scores in heuristic_scores(geometry, valid, seed).items()}

@@ -109,7 +109,10 @@ def _scalar_str(path, field: str, arr: np.ndarray) -> str:
         raise ClipError(path, field, f"must be a 0-d string array, got shape {arr.shape} dtype {arr.dtype}",
                         f"save it as np.array('...')")
     value = arr.item()
-    return value.decode() if isinstance(value, bytes) else str(value)
+    value = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+    if not value.strip():
+        raise ClipError(path, field, "is empty", f"give every clip a non-empty {field}")
+    return value
 
 
 def inspect_clip(path, max_array_bytes: int = 2_000_000_000, load_frames: bool = False) -> Clip:
@@ -121,7 +124,13 @@ def inspect_clip(path, max_array_bytes: int = 2_000_000_000, load_frames: bool =
         raise ClipError(path, "file", f"not a readable .npz (zip) file ({e})",
                         "write clips with numpy.savez or numpy.savez_compressed") from None
     with zf:
-        shapes = _check_headers(path, zf, max_array_bytes)
+        try:
+            shapes = _check_headers(path, zf, max_array_bytes)
+        except ClipError:
+            raise
+        except Exception as e:  # truncated or corrupt members fail in many ways (zlib, EOF, struct, ...)
+            raise ClipError(path, "file", f"corrupt or truncated archive ({type(e).__name__}: {e})",
+                            "re-export the clip") from None
         missing = [f for f in REQUIRED_FIELDS if f not in shapes]
         if missing:
             raise ClipError(path, missing[0], f"required field missing (missing: {', '.join(missing)})",
@@ -129,8 +138,9 @@ def inspect_clip(path, max_array_bytes: int = 2_000_000_000, load_frames: bool =
         try:
             with np.load(path, allow_pickle=False) as npz:
                 arr = {f: npz[f] for f in REQUIRED_FIELDS if f != "frames" or load_frames}
-        except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
-            raise ClipError(path, "file", f"member data unreadable ({e})", "re-save the clip") from None
+        except Exception as e:  # np.load refuses pickles with ValueError; corrupt data raises zlib/EOF errors
+            raise ClipError(path, "file", f"member data unreadable ({type(e).__name__}: {e})",
+                            "re-save the clip with numpy.savez") from None
 
     frame_shape, frame_dtype = shapes["frames"]
     if len(frame_shape) != 4 or frame_shape[-1] != 3:

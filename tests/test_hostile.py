@@ -1,0 +1,90 @@
+"""Hostile inputs: every bad clip is refused with its exact reason, and the good clips beside it still run."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import hostile_corpus
+from conftest import snakemake, write_config
+from svip_core.io.clip import ClipError, inspect_clip
+from svip_core.io.manifest import prepare_dataset
+from svip_core.stages import load_config, stage_dir
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("corpus") / "data"
+    expected, good = hostile_corpus.build(folder)
+    return folder, expected, good
+
+
+def test_every_hostile_clip_gets_its_reason(corpus):
+    _, expected, good = corpus
+    for path, (field, words) in expected.items():
+        with pytest.raises(ClipError) as err:
+            inspect_clip(path)
+        assert err.value.field == field, (path, str(err.value))
+        assert words in err.value.problem, (path, str(err.value))
+        assert str(err.value).startswith(path) and "Fix:" in str(err.value)
+    for path in good:
+        assert inspect_clip(path).video_id
+
+
+def test_prepare_keeps_the_good_and_lists_every_bad_file(corpus, tmp_path):
+    folder, expected, good = corpus
+    manifest = prepare_dataset(folder, tmp_path, num_shards=4, max_array_bytes=10**9, on_duplicate_id="error")
+    assert sorted(manifest[manifest.verdict == "accepted"].path) == sorted(good)
+    rejected = manifest[manifest.verdict == "rejected"].set_index("path")
+    assert sorted(rejected.index) == sorted(expected)
+    for path, (field, words) in expected.items():
+        assert rejected.loc[path, "reason"].startswith(field + ":") and words in rejected.loc[path, "reason"]
+    assert set(manifest.columns) >= {"path", "video_id", "split", "T", "N", "persons_present", "verdict",
+                                     "reason", "content_hash"}
+
+
+def test_svip_validate_names_bad_files_and_exits_1_without_traceback(corpus):
+    folder, expected, _ = corpus
+    result = subprocess.run([str(Path(sys.executable).parent / "svip"), "validate", str(folder)],
+                            capture_output=True, text=True)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stdout + result.stderr
+    for path in expected:
+        assert any(line.startswith("rejected") and path in line for line in result.stdout.splitlines()), path
+    good_file = subprocess.run([str(Path(sys.executable).parent / "svip"), "validate",
+                                str(folder / "train" / "good one.npz")], capture_output=True, text=True)
+    assert good_file.returncode == 0
+
+
+def test_duplicate_ids_under_the_drop_policy_keep_the_first_copy(tmp_path):
+    for split in ("train", "val"):
+        (tmp_path / split).mkdir()
+    a = hostile_corpus.good(1, "same")
+    np.savez(tmp_path / "train" / "a.npz", **a)
+    np.savez(tmp_path / "train" / "b.npz", **a)          # duplicate within train
+    np.savez(tmp_path / "val" / "c.npz", **a)            # leak into val
+    np.savez(tmp_path / "val" / "d.npz", **hostile_corpus.good(2, "other"))
+    manifest = prepare_dataset(tmp_path, tmp_path / "out", 2, 10**9, "drop").set_index("path")
+    assert manifest.loc[str(tmp_path / "train" / "a.npz"), "verdict"] == "accepted"
+    assert manifest.loc[str(tmp_path / "train" / "b.npz"), "reason"].startswith("video_id: duplicate of")
+    assert manifest.loc[str(tmp_path / "val" / "c.npz"), "reason"].startswith("video_id: leak of")
+
+
+def test_the_workflow_trains_on_the_good_clips_and_reports_the_bad(corpus, workflow_dir, tiny_config):
+    folder, expected, good = corpus
+    tiny_config["data"]["source"] = str(folder)
+    tiny_config["evaluate"]["split"] = "val"
+    write_config(workflow_dir / "config.yaml", tiny_config)
+    result = snakemake(workflow_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = load_config(workflow_dir / "config.yaml")
+    manifest = pd.read_parquet(workflow_dir / stage_dir(config, "prepare") / "manifest.parquet")
+    assert (manifest.verdict == "accepted").sum() == len(good)
+    assert (workflow_dir / stage_dir(config, "train") / "model.safetensors").exists()
+    html = (workflow_dir / stage_dir(config, "report") / "rejected_clips.html").read_text()
+    for path in expected:
+        assert path in html.replace("&amp;", "&")
