@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -41,12 +42,22 @@ def person_slots(valid: np.ndarray, target: int, max_persons: int) -> np.ndarray
     return np.concatenate([keep, np.full(max_persons - len(keep), -1)]) if len(keep) < max_persons else keep
 
 
-class ShardClips(Dataset):
-    """Clips of one shard, cut to (num_frames, max_persons) and resized to frame_size, as uint8 tensors."""
+def resize_frames(frames: torch.Tensor, size) -> torch.Tensor:
+    """(T, 3, H, W) uint8 -> (T, 3, *size) uint8, antialiased (on whatever device the frames are)."""
+    if tuple(frames.shape[-2:]) == tuple(size):
+        return frames
+    out = F.interpolate(frames.float(), size=tuple(size), mode="bilinear", antialias=True, align_corners=False)
+    return out.round().clamp(0, 255).to(torch.uint8)
 
-    def __init__(self, members: list[dict], num_frames: int, max_persons: int, frame_size, max_array_bytes: int):
+
+class ShardClips(Dataset):
+    """Clips of one shard, cut to (num_frames, max_persons), as uint8 tensors. Frames are resized to
+    frame_size here (in the workers) when ``resize``; else the GPU resizes them, which is cheaper."""
+
+    def __init__(self, members: list[dict], num_frames: int, max_persons: int, frame_size, max_array_bytes: int,
+                 resize: bool = True):
         self.members, self.num_frames, self.max_persons = members, num_frames, max_persons
-        self.frame_size, self.max_array_bytes = tuple(frame_size), max_array_bytes
+        self.frame_size, self.max_array_bytes, self.resize = tuple(frame_size), max_array_bytes, resize
 
     def __len__(self):
         return len(self.members)
@@ -59,8 +70,8 @@ class ShardClips(Dataset):
         pick = np.ix_(t_idx.clip(0), n_idx.clip(0))
         valid = clip.valid[pick] & t_ok[:, None] & n_ok[None, :]
         frames = torch.from_numpy(clip.frames[t_idx.clip(0)]).permute(0, 3, 1, 2)     # (T, 3, H, W) uint8
-        frames = F.interpolate(frames.float(), size=self.frame_size, mode="bilinear", antialias=True,
-                               align_corners=False).round().clamp(0, 255).to(torch.uint8)
+        if self.resize:
+            frames = resize_frames(frames, self.frame_size)
         return {"frames": frames, "boxes": torch.from_numpy(clip.boxes[pick] * valid[..., None]),
                 "valid": torch.from_numpy(valid), "frame_mask": torch.from_numpy(clip.frame_mask[t_idx.clip(0)] & t_ok),
                 "target": int(np.flatnonzero(n_idx == clip.target_index)[0]), "index": i,
@@ -93,42 +104,57 @@ def extract_shard(members: list[dict], out_path, features_cfg: dict, max_persons
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     backbone = load_backbone(backbone_path, device)
     mean, std = (torch.tensor(v, device=device).view(1, 3, 1, 1) for v in normalisation(backbone_path))
-    dataset = ShardClips(members, features_cfg["num_frames"], max_persons, features_cfg["frame_size"], max_array_bytes)
+    dataset = ShardClips(members, features_cfg["num_frames"], max_persons, features_cfg["frame_size"], max_array_bytes,
+                         resize=device.type == "cpu")
     loader = DataLoader(dataset, batch_size=features_cfg["batch_clips"], num_workers=features_cfg["workers"],
-                        pin_memory=device.type == "cuda", collate_fn=_collate)
+                        pin_memory=device.type == "cuda", collate_fn=_collate,
+                        prefetch_factor=4 if features_cfg["workers"] else None)
     V, T, N = len(dataset), features_cfg["num_frames"], max_persons
     D, G = backbone.config.hidden_size, len(GEOMETRY_FIELDS)
     versions = {name: importlib.metadata.version(name) for name in ("torch", "transformers", "zarr", "numpy")}
     attrs = {**attrs, "feature_dim": D, "geometry_fields": list(GEOMETRY_FIELDS), "versions": versions,
              "svip": svip_core.__version__, "device": device.type}
     start = time.perf_counter()
-    with writing_store(out_path, attrs) as store:
+    # One writer thread compresses and writes batch i while the backbone runs on batch i+1; waiting for the
+    # previous write before queueing the next keeps at most two batches in memory.
+    with writing_store(out_path, attrs) as store, ThreadPoolExecutor(max_workers=1) as writer:
         create_arrays(store, V, T, N, D, G)
         store["video_id"][:] = np.array([m["video_id"] for m in members], dtype=str)
         store["split"][:] = np.array([m["split"] for m in members], dtype=str)
+        pending = None
         for batch in tqdm(loader, desc=f"extract {Path(out_path).name}", unit="batch"):
             B = len(batch["index"])
-            frames = batch["frames"].to(device, non_blocking=True).flatten(0, 1)      # (B*T, 3, H, W)
+            frames = torch.stack([resize_frames(f.to(device, non_blocking=True), features_cfg["frame_size"])
+                                  for f in batch["frames"]]).flatten(0, 1)            # (B*T, 3, H, W)
             boxes = batch["boxes"].to(device, non_blocking=True).flatten(0, 1)        # (B*T, N, 4)
             frame_ok = batch["frame_mask"].flatten().to(device)
             feats = torch.zeros(B * T, N, D, device=device)
             # Padded and invalid frames never reach the backbone.
             feats[frame_ok] = person_features(backbone, frames[frame_ok], boxes[frame_ok], features_cfg["mode"],
                                               features_cfg["roi_samples"], features_cfg["crop_size"], mean, std)
-            valid = batch["valid"]
-            visual = (feats.view(B, T, N, D).cpu() * valid[..., None]).half()
-            rows = slice(int(batch["index"][0]), int(batch["index"][-1]) + 1)
-            store["visual"][rows] = visual.numpy()
-            store["geometry"][rows] = box_geometry(batch["boxes"], valid).numpy()
-            store["person_mask"][rows] = valid.numpy()
-            store["frame_mask"][rows] = batch["frame_mask"].numpy()
-            store["target_index"][rows] = batch["target"].numpy()
-            store["scene_category"][rows] = np.array(batch["scene"], dtype=str)
+            visual = (feats.view(B, T, N, D) * batch["valid"].to(device)[..., None]).half().cpu()
+            if pending is not None:
+                pending.result()
+            pending = writer.submit(_write_batch, store, batch, visual)
+        if pending is not None:
+            pending.result()
     return {"clips": V, "seconds": time.perf_counter() - start}
 
 
+def _write_batch(store, batch: dict, visual: torch.Tensor) -> None:
+    rows = slice(int(batch["index"][0]), int(batch["index"][-1]) + 1)
+    valid = batch["valid"]
+    store["visual"][rows] = visual.numpy()
+    store["geometry"][rows] = box_geometry(batch["boxes"], valid).numpy()
+    store["person_mask"][rows] = valid.numpy()
+    store["frame_mask"][rows] = batch["frame_mask"].numpy()
+    store["target_index"][rows] = batch["target"].numpy()
+    store["scene_category"][rows] = np.array(batch["scene"], dtype=str)
+
+
 def _collate(items: list[dict]) -> dict:
-    out = {k: torch.stack([it[k] for it in items]) for k in ("frames", "boxes", "valid", "frame_mask")}
+    out = {k: torch.stack([it[k] for it in items]) for k in ("boxes", "valid", "frame_mask")}
+    out["frames"] = [it["frames"] for it in items]          # clips may differ in size until resized
     out["target"] = torch.tensor([it["target"] for it in items])
     out["index"] = torch.tensor([it["index"] for it in items])
     out["scene"] = [it["scene"] for it in items]
