@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # GPU checks as one prepared script, for a lent GPU machine (the `device` tool), from the repository root:
-#   bash benchmarks/device_checks.sh            (results under $OUT, or results/device)
+#   bash benchmarks/device_checks.sh [tests] [smoke] [train] [extract]      (default: all; results under $OUT)
 # The machine has torch, transformers and torch_geometric; zarr and its needs travel as wheels in .whl/.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-results/device}
+STEPS=${*:-tests smoke train extract}
 mkdir -p "$OUT"
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
@@ -14,12 +15,20 @@ else
 fi
 nvidia-smi -L
 python3 -c "import torch, transformers, torch_geometric, zarr; print(torch.__version__, transformers.__version__, torch_geometric.__version__, zarr.__version__)"
-echo "== unit tests on the GPU path"
-python3 -m pytest -q -p no:cacheprovider tests/test_features.py tests/test_model.py 2>&1 | tail -3
-echo "== pipeline smoke (extract on GPU, torchrun + NCCL)"
-python3 benchmarks/pipeline_smoke.py --out "$OUT/pipeline_smoke_gpu.json" 2>&1 | grep -v "it/s\]" | tail -12
-echo "== train step"
-python3 benchmarks/train_step.py --out "$OUT/train_step_gpu.json" 2>&1 | grep -v "^ \|^{\|^}" | tail -4
-echo "== extract throughput"
-python3 benchmarks/extract_throughput.py --arch base --clips 64 --batch-clips 16 --workers 12 \
-  --out "$OUT/extract_gpu.json" 2>&1 | grep -v "it/s\]" | tail -30
+if [[ $STEPS == *tests* ]]; then
+  echo "== unit tests on the GPU path"
+  python3 -m pytest -q -p no:cacheprovider tests/test_features.py tests/test_model.py 2>&1 | tail -15
+fi
+if [[ $STEPS == *smoke* ]]; then
+  echo "== pipeline smoke (extract on GPU, torchrun + NCCL)"
+  python3 benchmarks/pipeline_smoke.py --out "$OUT/pipeline_smoke_gpu.json" 2>&1 | grep -v "it/s\]" | tail -12
+fi
+if [[ $STEPS == *train* ]]; then
+  echo "== train step"
+  python3 benchmarks/train_step.py --out "$OUT/train_step_gpu.json" 2>&1 | tail -40
+fi
+if [[ $STEPS == *extract* ]]; then
+  echo "== extract throughput"
+  python3 benchmarks/extract_throughput.py --arch base --clips 512 --batch-clips 16 --workers 14 \
+    --out "$OUT/extract_gpu.json" 2>&1 | grep -v "it/s\]" | tail -40
+fi

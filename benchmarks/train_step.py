@@ -21,7 +21,9 @@ from torch_geometric.utils import dense_to_sparse
 
 from svip_core.model.loss import ranking_loss
 from svip_core.model.ranker import build_ranker
-from svip_core.stages import validate_config
+import yaml
+
+from svip_core.stages import SCHEMA_PATH
 
 SHAPES = {"reference": (8, 120, 20), "small": (8, 16, 6)}
 VISUAL_DIM, GEOMETRY_DIM = 768, 12
@@ -121,7 +123,9 @@ def main() -> None:
     args = p.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
-    model_cfg = validate_config({})["model"]            # the reference's dimensions (the schema defaults)
+    # The reference's dimensions are the schema's defaults (read directly: GPU boxes may lack snakemake).
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())["properties"]["model"]["properties"]
+    model_cfg = {key: spec["default"] for key, spec in schema.items()}
     rate = matmul_rate(device)
     result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)",
               "torch": torch.__version__, "precision": "bf16 autocast" if device.type == "cuda" else "fp32",

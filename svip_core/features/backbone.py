@@ -94,7 +94,7 @@ def load_backbone(source, device: torch.device | str = "cpu") -> torch.nn.Module
     os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "10")
     try:
         model = AutoModel.from_pretrained(str(source))
-    except (OSError, ValueError) as e:
+    except Exception as e:  # missing folder, unknown hub id, offline hub, corrupt weights: one clear line
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise BackboneError(
             f"cannot load backbone {source!r} ({first}). Without network a hub id only works if it is in the "
