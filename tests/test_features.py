@@ -90,6 +90,10 @@ def test_extract_shard_writes_a_complete_zarr_store(tmp_path, backbone_dir, memb
     assert (vis[~mask] == 0).all()
     assert list(g["video_id"][:]) == [m["video_id"] for m in members]
     assert g.attrs["complete"] and g.attrs["feature_dim"] == 16
+    import xarray
+
+    ds = xarray.open_zarr(out, consolidated=False)
+    assert ds["visual"].dims == ("clip", "frame", "person", "feature") and ds.sizes["clip"] == 3
     assert not list(tmp_path.glob("*.partial-*"))
     again = tmp_path / "again.zarr"
     extract_shard(members, again, {**FEATURES, "mode": mode}, 4, backbone_dir, {"shard_key": "shard"})
@@ -107,3 +111,47 @@ def test_an_interrupted_store_is_never_taken_as_complete(tmp_path):
     g.attrs["complete"] = False
     with pytest.raises(RuntimeError, match="incomplete"):
         open_store(tmp_path / "manual.zarr")
+
+
+def test_a_killed_extract_job_leaves_no_complete_store_and_the_rerun_matches(tmp_path, backbone_dir):
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    paths = write_dataset(tmp_path / "clips", {"train": 24}, 7, 4, 40, 64, ["meeting"], seed=4)
+    members = [{"video_id": p.stem, "split": "train", "path": str(p), "content_hash": content_hash(p)} for p in paths]
+    shard = tmp_path / "shard.json"
+    shard.write_text(json.dumps(members))
+    stage = {"config": {"features": {**FEATURES, "batch_clips": 1}, "data.max_persons": 4}, "backbone_identity": "x"}
+
+    def extract(out):
+        return subprocess.Popen([sys.executable, str(ROOT / "workflow_scripts/extract.py"), "--config", json.dumps(stage),
+                                 "--shard", str(shard), "--backbone", str(backbone_dir), "--out", str(out),
+                                 "--stage-hash", "h"], stderr=subprocess.DEVNULL)
+
+    killed = tmp_path / "killed" / "store.zarr"
+    job = extract(killed)
+    deadline = time.time() + 120
+    while time.time() < deadline and job.poll() is None:
+        written = list(killed.parent.glob("store.zarr.partial-*/visual/c/*"))
+        if len(written) >= 3:           # some clips written, not all: kill it mid-write
+            break
+        time.sleep(0.05)
+    assert job.poll() is None, "the job finished before it could be killed"
+    job.send_signal(signal.SIGKILL)
+    job.wait()
+    assert not killed.exists()                                  # nothing looks finished
+    assert list(killed.parent.glob("store.zarr.partial-*"))      # the half-written store is under its temporary name
+    with pytest.raises(Exception):
+        open_store(next(killed.parent.glob("store.zarr.partial-*")))
+
+    assert extract(killed).wait() == 0                          # re-run: replaces the partial store
+    assert not list(killed.parent.glob("store.zarr.partial-*"))
+    clean = tmp_path / "clean" / "store.zarr"
+    assert extract(clean).wait() == 0
+    a, b = open_store(killed), open_store(clean)
+    for name in ("visual", "geometry", "person_mask", "frame_mask", "target_index", "video_id"):
+        np.testing.assert_array_equal(a[name][:], b[name][:])

@@ -20,6 +20,7 @@ args = p.parse_args()
 setup_logging(args.log_file)
 stage = json.loads(args.config)
 cfg = stage["config"]
+Path(args.out).parent.mkdir(parents=True, exist_ok=True)
 config_json = Path(args.out).parent / "config.json"
 if not config_json.exists():
     config_json.write_text(json.dumps({**stage, "backbone_source": args.backbone}, indent=1))

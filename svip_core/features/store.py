@@ -39,13 +39,16 @@ def writing_store(path, attrs: dict):
 
 
 def create_arrays(group, V: int, T: int, N: int, D: int, G: int) -> None:
-    spec = {"visual": ((V, T, N, D), "float16"), "geometry": ((V, T, N, G), "float32"),
-            "person_mask": ((V, T, N), "bool"), "frame_mask": ((V, T), "bool"),
-            "target_index": ((V,), "int64"), "video_id": ((V,), str), "scene_category": ((V,), str),
-            "split": ((V,), str)}
-    for name, (shape, dtype) in spec.items():
+    # Dimension names let xarray open the store as a Dataset.
+    spec = {"visual": ((V, T, N, D), "float16", ("clip", "frame", "person", "feature")),
+            "geometry": ((V, T, N, G), "float32", ("clip", "frame", "person", "geometry_field")),
+            "person_mask": ((V, T, N), "bool", ("clip", "frame", "person")),
+            "frame_mask": ((V, T), "bool", ("clip", "frame")),
+            "target_index": ((V,), "int64", ("clip",)), "video_id": ((V,), str, ("clip",)),
+            "scene_category": ((V,), str, ("clip",)), "split": ((V,), str, ("clip",))}
+    for name, (shape, dtype, dims) in spec.items():
         chunks = (1,) + shape[1:] if len(shape) > 1 else (max(V, 1),)
-        group.create_array(name, shape=shape, chunks=chunks, dtype=dtype)
+        group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, dimension_names=dims)
 
 
 def open_store(path):
