@@ -12,24 +12,65 @@ sys.path.insert(0, workflow.basedir)
 shell.prefix(f"export PYTHONPATH={shlex.quote(workflow.basedir)}; ")
 
 from svip_core.features.backbone import EMBEDDED  # noqa: E402
-from svip_core.stages import STAGE_DIRS, all_stage_hashes, stage_inputs  # noqa: E402
+from svip_core.stages import STAGE_DIRS, all_stage_hashes, runs, stage_hash, stage_inputs  # noqa: E402
 
 
 validate(config, schema="../config.schema.yaml")
 
 HASHES = all_stage_hashes(config)
 DIRS = {stage: f"results/{STAGE_DIRS[stage]}/{h}" for stage, h in HASHES.items()}
-PREPARE, FEATURES, TRAIN, EVALUATE, REPORT = (DIRS[s] for s in ("prepare", "extract", "train", "evaluate", "report"))
+PREPARE, FEATURES, REPORT = DIRS["prepare"], DIRS["extract"], DIRS["report"]
+# Every trained model (full and ablations, per seed) has its own train and evaluate hash.
+RUNS = runs(config)
+RUN_HASHES = {name: {"train": stage_hash(run, "train"), "evaluate": stage_hash(run, "evaluate")}
+              for name, run in RUNS.items()}
+TRAIN_RUNS = {h["train"]: RUNS[name] for name, h in RUN_HASHES.items()}
+EVAL_RUNS = {h["evaluate"]: RUNS[name] for name, h in RUN_HASHES.items()}
+EVAL_TRAIN = {h["evaluate"]: h["train"] for h in RUN_HASHES.values()}
+PRIMARY = next(iter(RUN_HASHES.values()))
+
+
+wildcard_constraints:
+    train_hash="|".join(TRAIN_RUNS),
+    eval_hash="|".join(EVAL_RUNS),
 ENV = "../envs/svip.yaml"
 USE_EMBEDDED = config["features"]["backbone"] == EMBEDDED
 BACKBONE = f"{FEATURES}/backbone" if USE_EMBEDDED else config["features"]["backbone"]
-REPORT_OUTPUTS = [f"{REPORT}/{name}" for name in ("training_curves.png", "top1_vs_baselines.png",
-                                                  "metrics_table.html", "top1_by_people.png", "rejected_clips.html")]
+REPORT_OUTPUTS = [f"{REPORT}/{name}" for name in ("training_curves.png", "top1_vs_baselines.png", "metrics_table.html",
+                                                  "top1_by_people.png", "rejected_clips.html", "ablations.png",
+                                                  "ablations.html")]
 
 
 def stage_config(stage):
     """The resolved config of one stage (its keys, upstream hashes, external identities) as JSON."""
     return json.dumps(stage_inputs(config, stage), sort_keys=True)
+
+
+def train_config(wildcards):
+    return json.dumps(stage_inputs(TRAIN_RUNS[wildcards.train_hash], "train"), sort_keys=True)
+
+
+def evaluate_config(wildcards):
+    return json.dumps(stage_inputs(EVAL_RUNS[wildcards.eval_hash], "evaluate"), sort_keys=True)
+
+
+def trained_model(wildcards):
+    folder = f"results/train/{EVAL_TRAIN[wildcards.eval_hash]}"
+    return {"model": f"{folder}/model.safetensors", "meta": f"{folder}/model.json"}
+
+
+def run_results(name):
+    """Where one run's training curves and metrics live."""
+    return {"curves": f"results/train/{RUN_HASHES[name]['train']}/metrics.csv",
+            "metrics": f"results/evaluate/{RUN_HASHES[name]['evaluate']}/metrics.json"}
+
+
+def all_run_results():
+    return [path for name in RUNS for path in run_results(name).values()]
+
+
+def runs_json(wildcards):
+    return json.dumps({name: run_results(name) for name in RUNS})
 
 
 def clip_files():

@@ -1,17 +1,16 @@
 rule evaluate:
     input:
+        unpack(trained_model),
         stores=feature_stores,
-        model=f"{TRAIN}/model.safetensors",
-        meta=f"{TRAIN}/model.json",
     output:
-        metrics=f"{EVALUATE}/metrics.json",
-        predictions=f"{EVALUATE}/predictions.parquet",
+        metrics="results/evaluate/{eval_hash}/metrics.json",
+        predictions="results/evaluate/{eval_hash}/predictions.parquet",
     params:
+        config=evaluate_config,
         out_dir=output_dir("metrics"),
         train_dir=input_dir("model"),
-        config=lambda wildcards: stage_config("evaluate"),
     log:
-        f"{EVALUATE}/logs/evaluate.log",
+        "results/evaluate/{eval_hash}/logs/evaluate.log",
     threads: 1
     resources:
         mem_mb=4000,

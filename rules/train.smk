@@ -3,15 +3,15 @@ rule train:
         stores=feature_stores,
         manifest=f"{PREPARE}/manifest.parquet",
     output:
-        model=f"{TRAIN}/model.safetensors",
-        meta=f"{TRAIN}/model.json",
-        curves=f"{TRAIN}/metrics.csv",
+        model="results/train/{train_hash}/model.safetensors",
+        meta="results/train/{train_hash}/model.json",
+        curves="results/train/{train_hash}/metrics.csv",
     params:
+        config=train_config,
         out_dir=output_dir("model"),
-        config=lambda wildcards: stage_config("train"),
         nproc=config["train"]["nproc"],
     log:
-        f"{TRAIN}/logs/train.log",
+        "results/train/{train_hash}/logs/train.log",
     threads: config["train"]["nproc"]
     resources:
         mem_mb=8000,

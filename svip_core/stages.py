@@ -75,15 +75,44 @@ def digest(obj) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:HASH_LEN]
 
 
+def runs(config: dict) -> dict[str, dict]:
+    """Every model the workflow trains: the full model and each named ablation, once per seed in train.seeds.
+    Returns {"<variant>/seed<s>": run config}, the full model's first seed first. A run config has the
+    ablation's model overrides applied and ``train.seed`` in place of ``train.seeds``, so adding seeds or
+    ablations leaves the hashes of existing runs unchanged."""
+    out = {}
+    for variant, overrides in {"full": {}, **config.get("ablations", {})}.items():
+        unknown = set(overrides) - set(config["model"])
+        if unknown:
+            raise ValueError(f"ablations.{variant}: unknown model keys {sorted(unknown)}; use keys of the model section")
+        for seed in config["train"]["seeds"]:
+            run = copy.deepcopy(config)
+            run["model"].update(overrides)
+            del run["train"]["seeds"]
+            run["train"]["seed"] = seed
+            out[f"{variant}/seed{seed}"] = run
+    return out
+
+
+def _is_run(config: dict) -> bool:
+    return "seeds" not in config["train"]
+
+
 def stage_inputs(config: dict, stage: str, _memo: dict | None = None) -> dict:
-    """Everything a stage's hash covers: its config keys, its upstream hashes, and external identities."""
+    """Everything a stage's hash covers: its config keys, its upstream hashes, and external identities.
+    Train and evaluate of a whole config mean those of its first run (the full model, first seed)."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
+    if stage in ("train", "evaluate") and not _is_run(config):
+        config = next(iter(runs(config).values()))
+        _memo = None
     keys = STAGE_KEYS[stage]
     if stage == "prepare" and config["data"]["source"] != "synthetic":
         keys = tuple(k for k in keys if k != "synthetic")
     resolved = {"stage": stage, "config": {k: _get(config, k) for k in keys},
                 "upstream": {u: stage_hash(config, u, _memo) for u in STAGE_UPSTREAM[stage]}}
+    if stage == "report":
+        resolved["upstream"]["evaluate"] = [stage_hash(run, "evaluate") for run in runs(config).values()]
     if stage == "prepare":
         if config["data"]["source"] == "synthetic":
             from svip_core.io.synth import GENERATOR_VERSION

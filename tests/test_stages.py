@@ -70,3 +70,27 @@ def test_svip_cli_prints_version_and_hash(tmp_path, tiny_config):
     assert out.stdout.strip() == hashes(tiny_config)["train"]
     path = subprocess.run([svip, "hash", "extract", "--path"], cwd=tmp_path, capture_output=True, text=True, check=True)
     assert path.stdout.strip() == f"results/features/{hashes(tiny_config)['extract']}"
+
+
+def test_ablations_and_seeds_add_runs_without_touching_existing_ones(tiny_config):
+    from svip_core.stages import runs, stage_hash
+
+    base = validate_config(copy.deepcopy(tiny_config))
+    full = stage_hash(base, "train")
+    tiny_config["ablations"] = {"no_gat": {"gat_layers": 0}}
+    tiny_config["train"]["seeds"] = [0, 1]
+    more = validate_config(tiny_config)
+    all_runs = runs(more)
+    assert list(all_runs) == ["full/seed0", "full/seed1", "no_gat/seed0", "no_gat/seed1"]
+    train_hashes = {name: stage_hash(run, "train") for name, run in all_runs.items()}
+    assert train_hashes["full/seed0"] == full and len(set(train_hashes.values())) == 4
+    assert all_runs["no_gat/seed1"]["model"]["gat_layers"] == 0 and all_runs["no_gat/seed1"]["train"]["seed"] == 1
+    assert stage_hash(more, "report") != stage_hash(base, "report")
+
+
+def test_an_ablation_of_an_unknown_model_key_is_refused(tiny_config):
+    from svip_core.stages import runs
+
+    tiny_config["ablations"] = {"typo": {"gat_layer": 0}}
+    with pytest.raises(ValueError, match="unknown model keys"):
+        runs(validate_config(tiny_config))

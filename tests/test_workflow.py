@@ -104,6 +104,11 @@ def test_partial_reruns_follow_the_stage_hashes(finished_run):
     same = dry_run(lambda c: None)
     assert same == {}
 
+    ablation = dry_run(lambda c: c.update(ablations={"no_gat": {"gat_layers": 0}}))
+    assert {k: v for k, v in ablation.items() if k != "all"} == {"train": 1, "evaluate": 1, "report": 1}
+    seeds = dry_run(lambda c: c["train"].update(seeds=[0, 1, 2]))
+    assert seeds.get("train") == 2 and seeds.get("evaluate") == 2
+
 
 def test_old_results_are_reused_when_the_config_goes_back(finished_run):
     wd, dirs = finished_run

@@ -77,3 +77,32 @@ def rejected_table(manifest_parquet, out_html) -> None:
                f"{len(rejected)} rejected.</p>")
     body = rejected.to_html(index=False, border=0) if len(rejected) else "<p>No clip was rejected.</p>"
     Path(out_html).write_text(summary + body)
+
+
+def ablation_summary(metrics_by_run: dict[str, str]) -> pd.DataFrame:
+    """{"<variant>/seed<s>": metrics.json path} -> one row per variant: mean and std over seeds."""
+    rows = []
+    for name, path in metrics_by_run.items():
+        variant, seed = name.rsplit("/seed", 1)
+        overall = json.loads(Path(path).read_text())["model"]["overall"]
+        rows.append({"variant": variant, "seed": int(seed), "top1": overall["top1"]["mean"], "mrr": overall["mrr"]["mean"]})
+    runs = pd.DataFrame(rows)
+    summary = runs.groupby("variant", sort=False).agg(seeds=("seed", "count"), top1_mean=("top1", "mean"),
+                                                      top1_std=("top1", "std"), mrr_mean=("mrr", "mean"),
+                                                      mrr_std=("mrr", "std")).reset_index()
+    full = summary.top1_mean.iloc[0]
+    summary["top1_change_vs_full"] = summary.top1_mean - full
+    return summary.fillna({"top1_std": 0.0, "mrr_std": 0.0})
+
+
+def ablations(metrics_by_run: dict[str, str], out_png, out_html) -> None:
+    summary = ablation_summary(metrics_by_run)
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    ax.bar(summary.variant, summary.top1_mean, yerr=summary.top1_std, capsize=4,
+           color=["C0"] + ["C1"] * (len(summary) - 1))
+    ax.set(ylabel="top-1", ylim=(0, 1), title="Full model and ablations (mean ± std over seeds)")
+    ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    Path(out_html).write_text(summary.to_html(index=False, float_format="{:.3f}".format, border=0))
