@@ -26,24 +26,38 @@ def load_weights(model: torch.nn.Module, path) -> None:
     model.load_state_dict(load_file(str(path)))
 
 
+def save_rng(folder, rank: int, epoch: int) -> None:
+    """Each rank's RNG state (dropout differs per rank), so a resumed run draws what the first run would."""
+    rng = {"torch": torch.get_rng_state(), "epoch": torch.tensor(epoch)}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state()
+    _atomic(Path(folder) / f"rng_rank{rank}_epoch{epoch}.pt", lambda p: torch.save(rng, p))
+
+
 def save_checkpoint(folder, model, optimizer, scheduler, state: dict) -> None:
-    """One epoch's checkpoint: weights, then trainer state; ``state.json`` last marks it complete."""
+    """One epoch's checkpoint (rank 0, after every rank saved its RNG): weights, then trainer state;
+    ``state.json`` is written last and marks the checkpoint complete."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     save_weights(model, folder / "last.safetensors")
-    trainer = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-               "torch_rng": torch.get_rng_state()}
+    trainer = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
     _atomic(folder / "last_trainer.pt", lambda p: torch.save(trainer, p))
     _atomic(folder / "state.json", lambda p: p.write_text(json.dumps(state, indent=1)))
+    for old in folder.glob("rng_rank*_epoch*.pt"):
+        if not old.name.endswith(f"_epoch{state['epoch']}.pt"):
+            old.unlink(missing_ok=True)
 
 
-def load_checkpoint(folder, model, optimizer, scheduler) -> dict | None:
+def load_checkpoint(folder, model, optimizer, scheduler, rank: int) -> dict | None:
     folder = Path(folder)
     if not (folder / "state.json").exists():
         return None
+    state = json.loads((folder / "state.json").read_text())
     load_weights(model, folder / "last.safetensors")
     trainer = torch.load(folder / "last_trainer.pt", weights_only=True)
     optimizer.load_state_dict(trainer["optimizer"])
     scheduler.load_state_dict(trainer["scheduler"])
-    torch.set_rng_state(trainer["torch_rng"])
-    return json.loads((folder / "state.json").read_text())
+    rng = torch.load(folder / f"rng_rank{rank}_epoch{state['epoch']}.pt", weights_only=True)
+    torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state(rng["cuda"])
+    return state

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from svip_core.model.loss import ranking_loss
 from svip_core.model.ranker import build_ranker
 from svip_core.model.ranking import hit_at_k, target_rank_stats
-from svip_core.train.checkpoint import load_checkpoint, load_weights, save_checkpoint, save_weights
+from svip_core.train.checkpoint import load_checkpoint, load_weights, save_checkpoint, save_rng, save_weights
 from svip_core.train.data import StoreClips
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,17 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
         if p.requires_grad:
             (decay if p.ndim >= 2 and p.shape[0] > 1 else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def weights_checksum(model: torch.nn.Module) -> str:
+    """Exact fingerprint of a model's weights, to check that DDP ranks hold the same model."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, p in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(p.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def warmup_cosine(warmup: int, total: int, min_ratio: float):
@@ -140,7 +151,7 @@ def train(store_paths: list[str], out_dir, model_cfg: dict, cfg: dict, debug: bo
         optimizer, warmup_cosine(cfg["warmup_steps"], steps_per_epoch * cfg["epochs"], cfg["min_lr_ratio"]))
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
-    state = load_checkpoint(out_dir / "checkpoints", model, optimizer, scheduler) or \
+    state = load_checkpoint(out_dir / "checkpoints", model, optimizer, scheduler, rank) or \
         {"epoch": 0, "step": 0, "best_top1": -1.0, "best_epoch": 0, "bad_epochs": 0, "history": []}
     if state["epoch"] and rank == 0:
         log.info("resuming after epoch %d from %s", state["epoch"], out_dir / "checkpoints")
@@ -202,19 +213,29 @@ def train(store_paths: list[str], out_dir, model_cfg: dict, cfg: dict, debug: bo
             for k, v in row.items():
                 if k != "epoch":
                     writer.add_scalar(k, v, epoch)
+        save_rng(out_dir / "checkpoints", rank, epoch)
+        dist.barrier()                        # every rank's RNG is on disk before state.json names the epoch
+        if rank == 0:
             save_checkpoint(out_dir / "checkpoints", model, optimizer, scheduler, state)
         dist.barrier()
 
+    checksums = [None] * world
+    dist.all_gather_object(checksums, weights_checksum(model))
     if rank == 0:
         writer.close()
         _write_curves(out_dir / "metrics.csv", state["history"])
         (out_dir / "model.json").write_text(json.dumps(
             {"model": model_cfg, "visual_dim": visual_dim, "geometry_dim": geometry_dim, "best_epoch": state["best_epoch"],
-             "best_val_top1": state["best_top1"], "world_size": world}, indent=1))
+             "best_val_top1": state["best_top1"], "world_size": world, "rank_weight_checksums": checksums},
+            indent=1))
+        if len(set(checksums)) != 1:
+            raise RuntimeError(f"DDP ranks ended with different weights: {checksums}")
         best = out_dir / "checkpoints" / "best.safetensors"
         if best.exists():
             load_weights(model, best)
         save_weights(model, out_dir / "model.safetensors")
+    # Release DDP's reducer while the group is alive: freeing it after destroy_process_group can hang gloo.
+    del ddp
     dist.barrier()
     dist.destroy_process_group()
     return state

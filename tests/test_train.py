@@ -1,0 +1,99 @@
+"""Training under real torchrun (2 gloo processes): ranks stay in sync, seeds reproduce, a killed run resumes."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from safetensors.torch import load_file
+
+from conftest import ROOT, TINY
+from svip_core.features.backbone import build_embedded
+from svip_core.features.extract import extract_shard
+from svip_core.io.manifest import prepare_dataset, read_shard
+from svip_core.io.synth import write_dataset
+from svip_core.stages import runs, validate_config
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("stores")
+    s, f = TINY["synthetic"], {**TINY["features"], "mode": "roi", "crop_size": 16, "workers": 0}
+    write_dataset(tmp / "clips", {"train": 16, "val": 6}, s["frames"], s["persons"], s["height"], s["width"],
+                  s["categories"], s["seed"])
+    prepare_dataset(tmp / "clips", tmp / "prepare", 2, 10**9, "error")
+    backbone = build_embedded(f["embedded"], tmp / "backbone")
+    paths = []
+    for shard in sorted((tmp / "prepare" / "shards").glob("*.json")):
+        paths.append(str(tmp / f"{shard.stem}.zarr"))
+        extract_shard(read_shard(shard), paths[-1], f, TINY["data"]["max_persons"], backbone, {})
+    return paths
+
+
+def launch(stores, out: Path, epochs: int, nproc: int = 2, batch_size: int = 4) -> subprocess.Popen:
+    run = next(iter(runs(validate_config(json.loads(json.dumps(TINY)))).values()))
+    run["train"].update(epochs=epochs, patience=100, batch_size=batch_size)
+    stage = {"config": {"model": run["model"], "train": run["train"]}}
+    return subprocess.Popen([str(BIN / "torchrun"), "--standalone", f"--nproc_per_node={nproc}",
+                             str(ROOT / "workflow_scripts/train.py"), "--config", json.dumps(stage), "--stores", *stores,
+                             "--out-dir", str(out), "--log-file", str(out / "train.log")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def finish(job: subprocess.Popen, timeout: int = 240) -> int:
+    """Wait for a torchrun job; on timeout kill it and its ranks so nothing outlives the test."""
+    try:
+        return job.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(job.pid, signal.SIGKILL)
+        raise
+
+
+def curves(out: Path) -> pd.DataFrame:
+    return pd.read_csv(out / "metrics.csv").drop(columns="seconds")
+
+
+def test_two_ranks_hold_identical_weights_and_the_same_seed_gives_the_same_loss(stores, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for out in (a, b):
+        out.mkdir()
+        assert finish(launch(stores, out, epochs=2)) == 0, (out / "train.log").read_text()[-2000:]
+    meta = json.loads((a / "model.json").read_text())
+    assert meta["world_size"] == 2 and len(set(meta["rank_weight_checksums"])) == 1
+    pd.testing.assert_frame_equal(curves(a), curves(b))
+    assert curves(a).train_loss.notna().all()
+    wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    assert all((wa[k] == wb[k]).all() for k in wa)
+
+
+def test_a_killed_run_resumes_and_ends_with_the_same_metrics(stores, tmp_path):
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
+    for out in (clean, killed):
+        out.mkdir()
+    # Small batches make epochs long enough to kill the job between two of them.
+    assert finish(launch(stores, clean, epochs=8, batch_size=1)) == 0
+
+    job = launch(stores, killed, epochs=8, batch_size=1)
+    state = killed / "checkpoints" / "state.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (state.exists() and json.loads(state.read_text())["epoch"] >= 2):
+        assert job.poll() is None, "training ended before it could be killed"
+        time.sleep(0.02)
+    os.killpg(job.pid, signal.SIGKILL)           # torchrun and both ranks, mid-run
+    job.wait()
+    done = json.loads(state.read_text())["epoch"]
+    assert 2 <= done < 8 and not (killed / "model.safetensors").exists()
+
+    assert finish(launch(stores, killed, epochs=8, batch_size=1)) == 0
+    assert "resuming after epoch" in (killed / "train.log").read_text()
+    pd.testing.assert_frame_equal(curves(clean), curves(killed))
+    wa, wb = load_file(clean / "model.safetensors"), load_file(killed / "model.safetensors")
+    assert all((wa[k] == wb[k]).all() for k in wa)
