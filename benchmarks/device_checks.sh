@@ -29,6 +29,6 @@ if [[ $STEPS == *train* ]]; then
 fi
 if [[ $STEPS == *extract* ]]; then
   echo "== extract throughput"
-  python3 benchmarks/extract_throughput.py --arch base --clips 512 --batch-clips 16 --workers 14 \
+  python3 benchmarks/extract_throughput.py --arch base --clips 1024 --batch-clips 16 --workers 14 \
     --out "$OUT/extract_gpu.json" 2>&1 | grep -v "it/s\]" | tail -40
 fi

@@ -5,7 +5,7 @@
 Measures, on the same synthetic clips (N=20 people):
   (a) bare backbone forward throughput (frames/s) at the batch size the pipeline uses, inputs already on device;
   (b) the whole extract pipeline (decode, resize, backbone, ROI pooling, geometry, Zarr writes), frames/s in
-      steady state (after the first batch: model loading and worker start-up excluded; the total is reported too);
+      steady state (the second half of the batches: model loading and worker start-up excluded; the total too);
   (c) `roi` vs `crop` feature modes on the same frames (persons/s);
   (d) peak RSS and peak GPU memory of one extract job at two shard sizes (each in its own process).
 `--arch base` builds a randomly initialised DINOv2 with dinov2-base's shape (timing equals the real model's);

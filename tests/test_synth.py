@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from svip_core.evaluate.baselines import heuristic_top1_on_clips
 from svip_core.io.synth import write_dataset
-from svip_core.stages import load_config, validate_config
+from svip_core.stages import validate_config
 
 
 def test_box_heuristics_stay_at_or_under_half_on_the_default_benchmark(tmp_path):
@@ -14,8 +14,3 @@ def test_box_heuristics_stay_at_or_under_half_on_the_default_benchmark(tmp_path)
     print("heuristic top-1 on the default benchmark:", {k: round(v, 3) for k, v in top1.items()})
     assert set(top1) == {"random", "largest_box", "most_central", "longest_visible", "most_motion", "least_motion"}
     assert all(v <= 0.5 for v in top1.values()), top1
-
-
-def test_the_demo_config_uses_the_default_benchmark_sizes():
-    demo, default = load_config()["synthetic"], validate_config({})["synthetic"]
-    assert demo == default

@@ -114,7 +114,7 @@ def extract_shard(members: list[dict], out_path, features_cfg: dict, max_persons
     versions = {name: importlib.metadata.version(name) for name in ("torch", "transformers", "zarr", "numpy")}
     attrs = {**attrs, "feature_dim": D, "geometry_fields": list(GEOMETRY_FIELDS), "versions": versions,
              "svip": svip_core.__version__, "device": device.type}
-    start = first_batch_done = time.perf_counter()
+    start, batch_done = time.perf_counter(), []
     # One writer thread compresses and writes batch i while the backbone runs on batch i+1; waiting for the
     # previous write before queueing the next keeps at most two batches in memory.
     with writing_store(out_path, attrs) as store, ThreadPoolExecutor(max_workers=1) as writer:
@@ -135,16 +135,15 @@ def extract_shard(members: list[dict], out_path, features_cfg: dict, max_persons
             visual = (feats.view(B, T, N, D) * batch["valid"].to(device)[..., None]).half().cpu()
             if pending is not None:
                 pending.result()
-            else:
-                first_batch_done = time.perf_counter()
+            batch_done.append(time.perf_counter())
             pending = writer.submit(_write_batch, store, batch, visual)
         if pending is not None:
             pending.result()
-    end = time.perf_counter()
-    # Steady state: after the first batch, i.e. without model loading and DataLoader start-up.
-    steady_frames = (V - min(V, features_cfg["batch_clips"])) * T
-    return {"clips": V, "seconds": end - start, "steady_frames_per_s": steady_frames / (end - first_batch_done)
-            if V > features_cfg["batch_clips"] else None}
+    # Steady state: the second half of the batches, once the model is loaded and the workers are running.
+    half = len(batch_done) // 2
+    steady = (len(batch_done) - 1 - half) * features_cfg["batch_clips"] * T / (batch_done[-1] - batch_done[half]) \
+        if len(batch_done) >= 4 else None
+    return {"clips": V, "seconds": time.perf_counter() - start, "steady_frames_per_s": steady}
 
 
 def _write_batch(store, batch: dict, visual: torch.Tensor) -> None:
