@@ -45,6 +45,27 @@ def cmd_validate(args) -> int:
     return 1 if bad else 0
 
 
+def cmd_predict(args) -> int:
+    from svip_core.predict import predict_video
+
+    out = Path(args.out or Path("results") / "predict" / Path(args.video).stem)
+    result = predict_video(args.video, out, args.checkpoint, args.tracks, args.detect_every, args.detect_upscale)
+    for row in result["ranking"]:
+        print(f"rank {row['rank']:2d}  track {row['track_id']:4d}  score {row['score']:.3f}  "
+              f"visible in {row['frames_visible']} frames")
+    print(f"VIP: track {result['vip_track_id']}. Wrote {out}/ranking.csv, ranking.json and annotated.mp4")
+    return 0
+
+
+def cmd_import(args) -> int:
+    from svip_core.io.convert import video_to_clip
+
+    path = video_to_clip(args.video, args.tracks, args.vip, args.out, args.split, args.video_id, args.category,
+                         args.max_frames, args.max_side)
+    print(f"wrote {path}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="svip", description=__doc__)
     parser.add_argument("--version", action="version", version=f"svip {svip_core.__version__}")
@@ -65,8 +86,34 @@ def main(argv=None) -> int:
     p.add_argument("path", help="a dataset folder (train/ val/ test/) or one .npz file")
     p.set_defaults(func=cmd_validate)
 
+    p = sub.add_parser("predict", help="rank the people of a video with a trained model")
+    p.add_argument("video")
+    p.add_argument("--tracks", help="MOTChallenge tracks; without it people are detected and tracked")
+    p.add_argument("--checkpoint", help="a train results folder (default: the newest under results/train/)")
+    p.add_argument("--out", help="output folder (default: results/predict/<video name>)")
+    p.add_argument("--detect-every", type=int, default=4, help="run the detector on every k-th frame")
+    p.add_argument("--detect-upscale", type=float, default=1.5,
+                   help="enlarge frames before detection (HOG finds people of at least ~128 px)")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("import", help="turn a video and its tracks into a clip of the MSG_VIP format")
+    p.add_argument("video")
+    p.add_argument("tracks", help="MOTChallenge tracks of the video")
+    p.add_argument("out", help="dataset folder; the clip goes to OUT/SPLIT/VIDEO_ID.npz")
+    p.add_argument("--vip", type=int, required=True, help="track id of the most important person")
+    p.add_argument("--split", default="train", choices=["train", "val", "test"])
+    p.add_argument("--video-id")
+    p.add_argument("--category", default="unknown")
+    p.add_argument("--max-frames", type=int, default=120)
+    p.add_argument("--max-side", type=int, default=384)
+    p.set_defaults(func=cmd_import)
+
     args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:  # bad input: one clear line, no traceback
+        print(f"svip {args.command}: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

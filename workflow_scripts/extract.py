@@ -24,7 +24,8 @@ Path(args.out).parent.mkdir(parents=True, exist_ok=True)
 config_json = Path(args.out).parent / "config.json"
 if not config_json.exists():
     config_json.write_text(json.dumps({**stage, "backbone_source": args.backbone}, indent=1))
-attrs = {"backbone": args.backbone, "backbone_identity": stage["backbone_identity"], "stage_hash": args.stage_hash,
+backbone = str(Path(args.backbone).resolve()) if Path(args.backbone).is_dir() else args.backbone
+attrs = {"features": cfg["features"], "backbone": backbone, "backbone_identity": stage["backbone_identity"], "stage_hash": args.stage_hash,
          "shard_key": Path(args.shard).stem, "feature_mode": cfg["features"]["mode"],
          "frame_size": cfg["features"]["frame_size"], "num_frames": cfg["features"]["num_frames"],
          "max_persons": cfg["data.max_persons"]}

@@ -40,6 +40,10 @@ class StoreClips(Dataset):
         g = self._group(s)
         return {"video_id": str(g["video_id"][row]), "scene_category": str(g["scene_category"][row])}
 
+    def provenance(self) -> dict:
+        """The first store's attributes: how its features were made (backbone, feature config, ...)."""
+        return dict(open_store(self.paths[0]).attrs)
+
     def dims(self) -> tuple[int, int]:
         """(visual dim D, geometry dim G)."""
         g = self._group(self.index[0][0]) if self.index else open_store(self.paths[0])

@@ -226,7 +226,8 @@ def train(store_paths: list[str], out_dir, model_cfg: dict, cfg: dict, debug: bo
         _write_curves(out_dir / "metrics.csv", state["history"])
         (out_dir / "model.json").write_text(json.dumps(
             {"model": model_cfg, "visual_dim": visual_dim, "geometry_dim": geometry_dim, "best_epoch": state["best_epoch"],
-             "best_val_top1": state["best_top1"], "world_size": world, "rank_weight_checksums": checksums},
+             "best_val_top1": state["best_top1"], "world_size": world, "rank_weight_checksums": checksums,
+             "features": train_set.provenance()},
             indent=1))
         if len(set(checksums)) != 1:
             raise RuntimeError(f"DDP ranks ended with different weights: {checksums}")

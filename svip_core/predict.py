@@ -1,0 +1,151 @@
+"""Rank the people of a raw video with a trained model (``svip predict``).
+
+The video is cut into windows of the model's clip length (``features.num_frames`` consecutive frames). In each
+window the people are scored as in training (same backbone, feature mode and sizes, read from the model's
+``model.json``); a track's final score is the mean, over the windows where it is present, of its softmax
+probability of being the VIP in that window.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from svip_core.evaluate.evaluation import load_ranker
+from svip_core.features.backbone import load_backbone, normalisation
+from svip_core.features.extract import person_features, resize_frames
+from svip_core.features.geometry import box_geometry
+from svip_core.io.tracks import PeopleDetector, Tracks, read_mot, track_detections, write_mot
+from svip_core.io.video import VideoWriter, read_frames, video_info
+
+log = logging.getLogger(__name__)
+
+
+def newest_checkpoint(results="results") -> Path:
+    models = sorted(Path(results).glob("train/*/model.safetensors"), key=lambda p: p.stat().st_mtime)
+    if not models:
+        raise FileNotFoundError(f"no trained model under {results}/train/. Fix: run the workflow (`make demo`) "
+                                "or pass --checkpoint DIR")
+    return models[-1].parent
+
+
+def load_video(video, frame_size, tracks_path=None, detect_every: int = 4, detect_upscale: float = 1.5):
+    """One pass over the video: frames resized for the backbone (T, 3, h, w) uint8, and the tracks."""
+    info = video_info(video)
+    detector = None if tracks_path else PeopleDetector(upscale=detect_upscale)
+    small, detections = [], {}
+    for t, frame in enumerate(tqdm(read_frames(video), total=info["frames"], desc="read video", unit="frame")):
+        rgb = torch.from_numpy(frame[..., ::-1].copy()).permute(2, 0, 1)
+        small.append(resize_frames(rgb[None], frame_size)[0])
+        if detector is not None and t % detect_every == 0:
+            detections[t] = detector(frame)
+    frames = torch.stack(small)
+    T = len(frames)
+    tracks = read_mot(tracks_path, T) if tracks_path else track_detections(detections, T)
+    return frames, tracks, {**info, "frames": T}
+
+
+def window_slots(valid: np.ndarray, max_persons: int) -> np.ndarray:
+    """valid (T, K) of one window -> indices of at most max_persons tracks present in it, most visible first
+    (padded with -1)."""
+    seen = valid.sum(0)
+    order = [k for k in np.argsort(-seen, kind="stable") if seen[k] > 0][:max_persons]
+    return np.array(order + [-1] * (max_persons - len(order)), dtype=np.int64)
+
+
+@torch.no_grad()
+def score_tracks(frames: torch.Tensor, tracks: Tracks, size: tuple[int, int], checkpoint, device=None,
+                 batch_windows: int = 8) -> np.ndarray:
+    """Mean per-window VIP probability of every track, (K,); NaN for a track the model never saw."""
+    meta = json.loads((Path(checkpoint) / "model.json").read_text())
+    feats = meta["features"]
+    cfg, max_persons = feats["features"], feats["max_persons"]
+    T_win = cfg["num_frames"]
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    backbone = load_backbone(feats["backbone"], device)
+    mean, std = (torch.tensor(v, device=device).view(1, 3, 1, 1) for v in normalisation(feats["backbone"]))
+    model = load_ranker(checkpoint, device)
+    W_px, H_px = size
+    norm = np.where(tracks.valid[..., None], np.clip(tracks.boxes / np.array([W_px, H_px, W_px, H_px]), 0, 1), 0)
+
+    T, K = tracks.valid.shape
+    starts = list(range(0, T, T_win))
+    prob_sum, count = np.zeros(K), np.zeros(K)
+    for chunk in tqdm([starts[i:i + batch_windows] for i in range(0, len(starts), batch_windows)], desc="score",
+                      unit="batch"):
+        idx = np.stack([np.arange(s, s + T_win) for s in chunk])                          # (B, T_win)
+        inside = idx < T
+        idx = np.minimum(idx, T - 1)
+        slots = np.stack([window_slots(tracks.valid[i[ok]], max_persons) for i, ok in zip(idx, inside)])  # (B, N)
+        valid = np.take_along_axis(tracks.valid[idx], slots.clip(0)[:, None, :], 2)        # (B, T_win, N)
+        valid &= inside[..., None] & (slots >= 0)[:, None, :]
+        boxes = np.take_along_axis(norm[idx], slots.clip(0)[:, None, :, None], 2) * valid[..., None]
+        boxes_t, valid_t = torch.from_numpy(boxes.astype(np.float32)), torch.from_numpy(valid)
+        B = len(chunk)
+        window_frames = frames[torch.from_numpy(idx).flatten()].to(device)                 # (B*T_win, 3, h, w)
+        visual = person_features(backbone, window_frames, boxes_t.flatten(0, 1).to(device), cfg["mode"],
+                                 cfg["roi_samples"], cfg["crop_size"], mean, std).view(B, T_win, max_persons, -1)
+        visual = visual * valid_t.to(device)[..., None]
+        geometry = box_geometry(boxes_t, valid_t).to(device)
+        logits = model(visual, geometry, valid_t.to(device))["logits"].float().cpu()
+        probs = torch.softmax(logits, -1).numpy()                                          # (B, N), 0 for absent
+        present = valid.any(1) & (slots >= 0)
+        np.add.at(prob_sum, slots[present], probs[present])
+        np.add.at(count, slots[present], 1)
+    return np.where(count > 0, prob_sum / np.maximum(count, 1), np.nan)
+
+
+def annotate(video, out_path, tracks: Tracks, scores: np.ndarray, fps: float, width: int, height: int) -> int:
+    """Write the video with every track's box and score; the VIP in thick red. Returns frames written."""
+    import cv2
+    import matplotlib
+
+    finite = np.nan_to_num(scores, nan=0.0)
+    vip = int(np.argmax(finite)) if len(scores) else -1
+    colours = (np.array(matplotlib.colormaps["viridis"](finite / max(finite.max(initial=0), 1e-9)))[:, :3] * 255)[:, ::-1]
+    writer = VideoWriter(out_path, fps, width, height)
+    written = 0
+    for t, frame in enumerate(read_frames(video)):
+        for k in np.flatnonzero(tracks.valid[t]):
+            x1, y1, x2, y2 = tracks.boxes[t, k].astype(int)
+            is_vip = k == vip
+            colour = (0, 0, 255) if is_vip else tuple(int(c) for c in colours[k])
+            cv2.rectangle(frame, (x1, y1), (x2, y2), colour, 4 if is_vip else 2)
+            label = f"{'VIP ' if is_vip else ''}#{tracks.ids[k]} {finite[k]:.2f}"
+            cv2.putText(frame, label, (x1, max(12, y1 - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, colour, 2 if is_vip else 1)
+        writer.write(frame)
+        written += 1
+    writer.close()
+    return written
+
+
+def predict_video(video, out_dir, checkpoint=None, tracks_path=None, detect_every: int = 4, detect_upscale: float = 1.5,
+                  device=None) -> dict:
+    """Rank the people of ``video``; writes ranking.csv, ranking.json, tracks.txt and annotated.mp4."""
+    checkpoint = Path(checkpoint) if checkpoint else newest_checkpoint()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    meta = json.loads((checkpoint / "model.json").read_text())
+    frame_size = meta["features"]["features"]["frame_size"]
+    frames, tracks, info = load_video(video, frame_size, tracks_path, detect_every, detect_upscale)
+    if len(tracks.ids) == 0:
+        raise RuntimeError(f"{video}: no person was detected or tracked. Fix: pass --tracks with a MOT file")
+    scores = score_tracks(frames, tracks, (info["width"], info["height"]), checkpoint, device)
+    order = np.argsort(-np.nan_to_num(scores, nan=-1.0), kind="stable")
+    ranking = pd.DataFrame({"track_id": tracks.ids[order], "score": scores[order], "rank": np.arange(1, len(order) + 1),
+                            "frames_visible": tracks.valid.sum(0)[order]})
+    ranking.to_csv(out_dir / "ranking.csv", index=False)
+    write_mot(tracks, out_dir / "tracks.txt")
+    written = annotate(video, out_dir / "annotated.mp4", tracks, scores, info["fps"], info["width"], info["height"])
+    result = {"video": str(video), "checkpoint": str(checkpoint), "frames": info["frames"], "frames_written": written,
+              "tracks_source": str(tracks_path) if tracks_path else "detected (OpenCV HOG) + IoU tracking",
+              "vip_track_id": int(ranking.track_id.iloc[0]),
+              "ranking": ranking.astype({"track_id": int, "rank": int, "frames_visible": int}).to_dict("records")}
+    (out_dir / "ranking.json").write_text(json.dumps(result, indent=1, default=float))
+    log.info("%s: %d tracks, VIP is track %d", video, len(tracks.ids), result["vip_track_id"])
+    return result

@@ -1,0 +1,124 @@
+"""`svip predict` on real footage (vtest.avi from Debian's opencv-doc) and `svip import` -> `svip validate`."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import ROOT, TINY
+from svip_core.features.backbone import build_embedded
+from svip_core.features.extract import extract_shard
+from svip_core.io.manifest import prepare_dataset, read_shard
+from svip_core.io.synth import write_dataset
+from svip_core.stages import runs, validate_config
+
+BIN = Path(sys.executable).parent
+CACHE = ROOT / "tests" / "data"
+VTEST = "usr/share/doc/opencv-doc/examples/data/vtest.avi"
+
+
+def fetch_vtest() -> Path:
+    """Debian's opencv-doc ships vtest.avi; fetch just that file once and keep it under tests/data/ (ignored)."""
+    target = CACHE / "vtest.avi"
+    if target.exists():
+        return target
+    work = CACHE / "download"
+    work.mkdir(parents=True, exist_ok=True)
+    if subprocess.run(["apt-get", "download", "opencv-doc"], cwd=work, capture_output=True).returncode != 0:
+        subprocess.run(["apt-get", "update", "-q"], check=True, capture_output=True)
+        subprocess.run(["apt-get", "download", "opencv-doc"], cwd=work, check=True, capture_output=True)
+    deb = next(work.glob("opencv-doc_*.deb"))
+    subprocess.run(f"dpkg-deb --fsys-tarfile {deb.name} | tar -x ./{VTEST}", shell=True, cwd=work, check=True)
+    shutil.move(work / VTEST, target)
+    shutil.rmtree(work)
+    return target
+
+
+@pytest.fixture(scope="module")
+def vtest():
+    return fetch_vtest()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A small model trained by the real pipeline code (extract + torchrun) on synthetic clips."""
+    tmp = tmp_path_factory.mktemp("model")
+    cfg = validate_config(json.loads(json.dumps(TINY)))
+    s, f = cfg["synthetic"], cfg["features"]
+    write_dataset(tmp / "clips", {"train": 12, "val": 4}, s["frames"], s["persons"], s["height"], s["width"],
+                  s["categories"], s["seed"])
+    prepare_dataset(tmp / "clips", tmp / "prepare", 1, 10**9, "error")
+    backbone = build_embedded(f["embedded"], tmp / "backbone")
+    shard = next((tmp / "prepare" / "shards").glob("*.json"))
+    store = tmp / "store.zarr"
+    extract_shard(read_shard(shard), store, f, cfg["data"]["max_persons"], backbone,
+                  {"features": f, "backbone": str(backbone), "max_persons": cfg["data"]["max_persons"]})
+    run = next(iter(runs(cfg).values()))
+    run["train"].update(epochs=1, nproc=1)
+    stage = json.dumps({"config": {"model": run["model"], "train": run["train"]}})
+    subprocess.run([str(BIN / "torchrun"), "--standalone", "--nproc_per_node=1", str(ROOT / "workflow_scripts/train.py"),
+                    "--config", stage, "--stores", str(store), "--out-dir", str(tmp / "train")], check=True,
+                   capture_output=True)
+    return tmp / "train"
+
+
+def svip(*args, cwd=None):
+    return subprocess.run([str(BIN / "svip"), *map(str, args)], capture_output=True, text=True, cwd=cwd)
+
+
+def test_predict_detects_tracks_and_ranks_the_people_of_a_real_video(vtest, checkpoint, tmp_path):
+    import cv2
+
+    out = tmp_path / "pred"
+    # Detection on every 8th frame keeps the test short; the default is every 4th.
+    result = svip("predict", vtest, "--checkpoint", checkpoint, "--out", out, "--detect-every", 8)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranking = pd.read_csv(out / "ranking.csv")
+    assert len(ranking) >= 3 and list(ranking["rank"]) == list(range(1, len(ranking) + 1))
+    assert ranking.score.dropna().between(0, 1).all() and ranking.score.is_monotonic_decreasing
+    summary = json.loads((out / "ranking.json").read_text())
+    assert summary["vip_track_id"] == ranking.track_id.iloc[0] and summary["frames"] == 795
+    video = cv2.VideoCapture(str(out / "annotated.mp4"))
+    count = 0
+    while video.read()[0]:
+        count += 1
+    assert count == 795                                   # playable, and as long as the input
+    assert (out / "tracks.txt").stat().st_size > 0
+
+
+def test_predict_uses_given_tracks_and_import_makes_a_valid_clip(vtest, checkpoint, tmp_path):
+    tracks = tmp_path / "tracks.txt"
+    rows = []
+    for frame in range(1, 796):                           # two walkers crossing, one person standing
+        rows += [f"{frame},7,{100 + frame * 0.5:.1f},200,60,150,1,-1,-1,-1",
+                 f"{frame},9,{600 - frame * 0.5:.1f},180,65,160,1,-1,-1,-1"]
+        if frame > 100:
+            rows.append(f"{frame},12,350,250,55,140,1,-1,-1,-1")
+    tracks.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "pred"
+    result = svip("predict", vtest, "--tracks", tracks, "--checkpoint", checkpoint, "--out", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(pd.read_csv(out / "ranking.csv").track_id) == [7, 9, 12]
+
+    data = tmp_path / "data"
+    made = svip("import", vtest, tracks, data, "--vip", 12, "--split", "train", "--max-frames", 40)
+    assert made.returncode == 0, made.stderr
+    clip_path = data / "train" / "vtest.npz"
+    with np.load(clip_path, allow_pickle=False) as clip:
+        assert clip["frames"].shape[0] == 40 and clip["original_ids"][clip["target_index"]] == 12
+    checked = svip("validate", data)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "1 accepted, 0 rejected" in checked.stdout
+
+
+def test_predict_with_a_bad_tracks_file_says_which_line(vtest, checkpoint, tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_text("1,1,10,10,50,80,1,-1,-1,-1\n2,1,10,10,-5,80,1,-1,-1,-1\n")
+    result = svip("predict", vtest, "--tracks", bad, "--checkpoint", checkpoint, "--out", tmp_path / "x")
+    assert result.returncode == 1 and "line 2" in result.stderr and "Traceback" not in result.stderr
