@@ -38,7 +38,7 @@ USE_EMBEDDED = config["features"]["backbone"] == EMBEDDED
 BACKBONE = f"{FEATURES}/backbone" if USE_EMBEDDED else config["features"]["backbone"]
 REPORT_OUTPUTS = [f"{REPORT}/{name}" for name in ("training_curves.png", "top1_vs_baselines.png", "metrics_table.html",
                                                   "top1_by_people.png", "rejected_clips.html", "ablations.png",
-                                                  "ablations.html")]
+                                                  "ablations.html", "gallery.png", "top1_by_category.png")]
 
 
 def stage_config(stage):
@@ -62,7 +62,8 @@ def trained_model(wildcards):
 def run_results(name):
     """Where one run's training curves and metrics live."""
     return {"curves": f"results/train/{RUN_HASHES[name]['train']}/metrics.csv",
-            "metrics": f"results/evaluate/{RUN_HASHES[name]['evaluate']}/metrics.json"}
+            "metrics": f"results/evaluate/{RUN_HASHES[name]['evaluate']}/metrics.json",
+            "predictions": f"results/evaluate/{RUN_HASHES[name]['evaluate']}/predictions.parquet"}
 
 
 def all_run_results():

@@ -2,18 +2,22 @@ rule report:
     input:
         all_run_results(),
         manifest=f"{PREPARE}/manifest.parquet",
+        stores=feature_stores,
     output:
         curves=report(f"{REPORT}/training_curves.png", caption="../report/training_curves.rst", category="Training"),
         top1=report(f"{REPORT}/top1_vs_baselines.png", caption="../report/top1.rst", category="Evaluation"),
         table=report(f"{REPORT}/metrics_table.html", caption="../report/metrics_table.rst", category="Evaluation"),
         people=report(f"{REPORT}/top1_by_people.png", caption="../report/by_people.rst", category="Evaluation"),
+        category=report(f"{REPORT}/top1_by_category.png", caption="../report/by_category.rst", category="Evaluation"),
         rejected=report(f"{REPORT}/rejected_clips.html", caption="../report/rejected.rst", category="Data"),
         ablations=report(f"{REPORT}/ablations.png", caption="../report/ablations.rst", category="Evaluation"),
         ablation_table=report(f"{REPORT}/ablations.html", caption="../report/ablations.rst", category="Evaluation"),
+        gallery=report(f"{REPORT}/gallery.png", caption="../report/gallery.rst", category="Gallery"),
     params:
         out_dir=output_dir("curves"),
         config=lambda wildcards: stage_config("report"),
         runs=runs_json,
+        gallery_size=config["report"]["gallery_size"],
     log:
         f"{REPORT}/logs/report.log",
     threads: 1
@@ -24,4 +28,4 @@ rule report:
         ENV
     shell:
         "python workflow_scripts/report.py --config {params.config:q} --manifest {input.manifest} "
-        "--runs {params.runs:q} --out-dir {params.out_dir} --log-file {log} 2>> {log}"
+        "--runs {params.runs:q} --stores {input.stores} --gallery-size {params.gallery_size} --out-dir {params.out_dir} --log-file {log} 2>> {log}"

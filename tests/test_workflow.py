@@ -124,3 +124,44 @@ def test_old_results_are_reused_when_the_config_goes_back(finished_run):
     assert (dirs["train"] / "model.safetensors").exists()       # the old config's results stay on disk
     back = snakemake(wd, "-n")                                  # and count as done for the original config
     assert "Nothing to be done" in back.stdout + back.stderr
+
+
+def chromium() -> str:
+    """Debian's Chromium; installed here when missing and we are root (as in CI)."""
+    import os
+    import shutil
+    import subprocess
+
+    found = shutil.which("chromium")
+    if found is None and os.geteuid() == 0 and shutil.which("apt-get"):
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-q"], capture_output=True, env=env)
+        subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", "chromium"], capture_output=True,
+                       env=env)
+        found = shutil.which("chromium")
+    if found is None:
+        pytest.skip("Debian's chromium is not installed and cannot be installed without root")
+    return found
+
+
+def test_the_report_opens_in_headless_chromium_with_every_section(finished_run, tmp_path):
+    import subprocess
+
+    import conftest
+
+    wd, dirs = finished_run
+    html = dirs["report"] / "report.html"
+    if not html.exists():
+        assert snakemake(wd, "--report", str(html)).returncode == 0
+    flags = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=15000"]
+    dom = subprocess.run(flags + ["--dump-dom", html.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    for section in ("Training", "Evaluation", "Data", "Gallery", "Workflow", "SVIP ranks the people"):
+        assert section in dom, section
+    shot = conftest.ROOT / "results" / "report_screenshot.png"
+    shot.parent.mkdir(exist_ok=True)
+    shot.unlink(missing_ok=True)
+    subprocess.run(flags + ["--window-size=1400,1000", f"--screenshot={shot}", html.as_uri()], capture_output=True,
+                   timeout=120)
+    assert shot.stat().st_size > 10_000

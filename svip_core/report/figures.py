@@ -56,15 +56,20 @@ def metrics_vs_baselines(metrics_json, out_png, out_html) -> None:
     Path(out_html).write_text(table.to_html(index=False, float_format="{:.3f}".format, border=0))
 
 
-def by_people(metrics_json, out_png) -> None:
+def by_group(metrics_json, group: str, out_png) -> None:
+    """Top-1 per group of clips: group is "by_people" (people present) or "by_category" (scene)."""
     metrics = json.loads(Path(metrics_json).read_text())
-    groups = metrics["model"]["by_people"]
+    groups = metrics["model"][group]
     names = list(groups)
-    fig, ax = plt.subplots(figsize=(6, 3.4))
-    ax.bar(names, [groups[g]["top1"]["mean"] for g in names])
+    fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(names)), 3.4))
+    means = [groups[g]["top1"]["mean"] for g in names]
+    errors = [[m - groups[g]["top1"]["ci95"][0] for g, m in zip(names, means)],
+              [groups[g]["top1"]["ci95"][1] - m for g, m in zip(names, means)]]
+    ax.bar(names, means, yerr=errors, capsize=4)
     for i, g in enumerate(names):
-        ax.annotate(f"n={groups[g]['top1']['n']}", (i, groups[g]["top1"]["mean"]), ha="center", va="bottom")
-    ax.set(xlabel="people present", ylabel="top-1", ylim=(0, 1.1), title="Top-1 by number of people")
+        ax.annotate(f"n={groups[g]['top1']['n']}", (i, 0.02), ha="center", va="bottom", color="white")
+    label = {"by_people": "people present", "by_category": "scene category"}[group]
+    ax.set(xlabel=label, ylabel="top-1", ylim=(0, 1.05), title=f"Top-1 by {label} (95% CI)")
     fig.tight_layout()
     fig.savefig(out_png, dpi=110)
     plt.close(fig)
@@ -106,3 +111,62 @@ def ablations(metrics_by_run: dict[str, str], out_png, out_html) -> None:
     fig.savefig(out_png, dpi=110)
     plt.close(fig)
     Path(out_html).write_text(summary.to_html(index=False, float_format="{:.3f}".format, border=0))
+
+
+def gallery(predictions_parquet, manifest_parquet, store_paths: list[str], out_png, per_side: int = 4,
+            frames_per_clip: int = 4) -> None:
+    """Contact sheet of the best and worst test clips: frames with each person's box coloured by the model's
+    VIP probability (viridis), the true VIP dashed white, the predicted VIP labelled."""
+    import numpy as np
+    import torch
+
+    from svip_core.features.extract import frame_indices
+    from svip_core.features.store import open_store
+    from svip_core.io.clip import read_clip
+
+    pred = pd.read_parquet(predictions_parquet)
+    pred["prob"] = pred.groupby("video_id").score.transform(lambda s: torch.softmax(torch.tensor(s.values), 0).numpy())
+    margin = pred.groupby("video_id").apply(
+        lambda g: g.prob[g.is_target].sum() - (g.prob[~g.is_target].max() if (~g.is_target).any() else 0.0),
+        include_groups=False)
+    best = list(margin.nlargest(per_side).index)
+    worst = [v for v in margin.nsmallest(per_side).index if v not in best]
+    chosen = best + worst
+    paths = pd.read_parquet(manifest_parquet).drop_duplicates("video_id").set_index("video_id").path
+    rows = {}
+    for store_path in store_paths:
+        store = open_store(store_path)
+        ids = store["video_id"][:]
+        for row in np.flatnonzero(np.isin(ids, chosen)):
+            rows[str(ids[row])] = (store["geometry"][row][..., :4], store["person_mask"][row])
+    fig, axes = plt.subplots(len(chosen), frames_per_clip, figsize=(2.6 * frames_per_clip, 1.9 * len(chosen)),
+                             squeeze=False)
+    cmap = matplotlib.colormaps["viridis"]
+    for r, video_id in enumerate(chosen):
+        boxes, valid = rows[video_id]
+        clip = read_clip(paths[video_id])
+        index = frame_indices(clip.num_frames, len(valid))
+        shown = np.flatnonzero(valid.any(1) & (index >= 0))
+        shown = shown[np.linspace(0, len(shown) - 1, frames_per_clip).round().astype(int)]
+        people = pred[pred.video_id == video_id].set_index("slot")
+        top = people.prob.idxmax()
+        for c, t in enumerate(shown):
+            ax = axes[r, c]
+            frame = clip.frames[index[t]]
+            ax.imshow(frame)
+            H, W = frame.shape[:2]
+            for n in np.flatnonzero(valid[t]):
+                x1, y1, x2, y2 = boxes[t, n] * np.array([W, H, W, H])
+                p = people.prob.get(n, 0.0)
+                ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, lw=2, color=cmap(p)))
+                if people.is_target.get(n, False):
+                    ax.add_patch(plt.Rectangle((x1 - 2, y1 - 2), x2 - x1 + 4, y2 - y1 + 4, fill=False, lw=1.2,
+                                               ls="--", color="white"))
+                if n == top:
+                    ax.text(x1, y1 - 2, f"VIP? {p:.2f}", color="yellow", fontsize=6, va="bottom")
+            ax.set_axis_off()
+        kind = "best" if r < len(best) else "worst"
+        axes[r, 0].set_title(f"{kind}: {video_id} (margin {margin[video_id]:+.2f})", fontsize=7, loc="left")
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
