@@ -11,8 +11,7 @@ from snakemake.utils import validate
 sys.path.insert(0, workflow.basedir)
 shell.prefix(f"export PYTHONPATH={shlex.quote(workflow.basedir)}; ")
 
-from svip_core.features.backbone import EMBEDDED  # noqa: E402
-from svip_core.stages import STAGE_DIRS, all_stage_hashes, runs, stage_hash, stage_inputs  # noqa: E402
+from svip_core.stages import STAGE_DIRS, all_stage_hashes, digest, runs, stage_hash, stage_inputs  # noqa: E402
 
 
 validate(config, schema="../config.schema.yaml")
@@ -34,7 +33,7 @@ wildcard_constraints:
     train_hash="|".join(TRAIN_RUNS),
     eval_hash="|".join(EVAL_RUNS),
 ENV = "../envs/svip.yaml"
-USE_EMBEDDED = config["features"]["backbone"] == EMBEDDED
+USE_EMBEDDED = config["features"]["backbone"] == "embedded"
 BACKBONE = f"{FEATURES}/backbone" if USE_EMBEDDED else config["features"]["backbone"]
 REPORT_OUTPUTS = [f"{REPORT}/{name}" for name in ("training_curves.png", "top1_vs_baselines.png", "metrics_table.html",
                                                   "top1_by_people.png", "rejected_clips.html", "ablations.png",
@@ -74,12 +73,20 @@ def runs_json(wildcards):
     return json.dumps({name: run_results(name) for name in RUNS})
 
 
-def clip_files():
-    """The user's clip files, so that adding or changing one re-runs prepare (no input: synthetic data)."""
+def data_fingerprint():
+    """Names, sizes and mtimes of the user's clip files, as a prepare param: adding, removing or changing a
+    clip re-runs prepare, and one stat per file is all it costs at parse time (10,000 input files would
+    cost Snakemake far more)."""
     source = config["data"]["source"]
     if source == "synthetic":
-        return []
-    return sorted(str(p) for split in ("train", "val", "test") for p in Path(source, split).glob("*.npz"))
+        return "synthetic"
+    entries = []
+    for split in ("train", "val", "test"):
+        folder = Path(source, split)
+        if folder.is_dir():
+            with os.scandir(folder) as it:
+                entries += [(split, e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in it if e.name.endswith(".npz")]
+    return digest(sorted(entries))
 
 
 def shard_keys():

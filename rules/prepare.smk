@@ -1,12 +1,11 @@
 checkpoint prepare:
-    input:
-        clip_files(),
     output:
         manifest=f"{PREPARE}/manifest.parquet",
         shards=directory(f"{PREPARE}/shards"),
     params:
         out_dir=output_dir("manifest"),
         config=lambda wildcards: stage_config("prepare"),
+        data_fingerprint=data_fingerprint(),
     log:
         f"{PREPARE}/logs/prepare.log",
     threads: 1

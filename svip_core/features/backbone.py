@@ -12,8 +12,6 @@ import json
 import os
 from pathlib import Path
 
-import torch
-
 from svip_core.stages import digest
 
 EMBEDDED = "embedded"
@@ -36,6 +34,7 @@ def embedded_config(embedded: dict):
 
 def build_embedded(embedded: dict, out_dir) -> Path:
     """Save the tiny seeded DINOv2 as a model folder that ``from_pretrained`` loads like any other."""
+    import torch
     from transformers import Dinov2Model
 
     torch.manual_seed(embedded["seed"])
@@ -85,7 +84,7 @@ def backbone_identity(features: dict) -> str:
     return "weights:" + folder_weights_hash(folder)
 
 
-def load_backbone(source, device: torch.device | str = "cpu") -> torch.nn.Module:
+def load_backbone(source, device="cpu"):
     """Load a DINOv2 from a local folder or a hub id: frozen, eval mode. Fails fast without network."""
     from transformers import AutoModel
 
