@@ -37,6 +37,6 @@ rule extract:
     conda:
         ENV
     shell:
-        "python workflow_scripts/extract.py --config {params.config:q} --shard {input.shard} "
+        "python -m svip_core.cli with-gpus {resources.gpu} -- python workflow_scripts/extract.py --config {params.config:q} --shard {input.shard} "
         "--backbone {params.backbone:q} --out {output} --stage-hash {params.stage_hash} "
         "--max-array-bytes {params.max_array_bytes} --log-file {log} 2>> {log}"

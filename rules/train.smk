@@ -20,5 +20,5 @@ rule train:
     conda:
         ENV
     shell:
-        "torchrun --standalone --nproc_per_node={params.nproc} workflow_scripts/train.py "
+        "python -m svip_core.cli with-gpus {resources.gpu} -- torchrun --standalone --nproc_per_node={params.nproc} workflow_scripts/train.py "
         "--config {params.config:q} --stores {input.stores} --out-dir {params.out_dir} --log-file {log} 2>> {log}"

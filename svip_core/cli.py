@@ -66,6 +66,19 @@ def cmd_import(args) -> int:
     return 0
 
 
+def cmd_with_gpus(args) -> int:
+    import logging
+
+    from svip_core.devices import run_with_gpus
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    command = args.command_line[1:] if args.command_line[:1] == ["--"] else args.command_line
+    if not command:
+        print("svip with-gpus: no command given (svip with-gpus N -- CMD ...)", file=sys.stderr)
+        return 2
+    return run_with_gpus(args.count, command, args.lock_dir)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="svip", description=__doc__)
     parser.add_argument("--version", action="version", version=f"svip {svip_core.__version__}")
@@ -107,6 +120,12 @@ def main(argv=None) -> int:
     p.add_argument("--max-frames", type=int, default=120)
     p.add_argument("--max-side", type=int, default=384)
     p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("with-gpus", help="run a command on N GPUs of its own (sets CUDA_VISIBLE_DEVICES)")
+    p.add_argument("count", type=int)
+    p.add_argument("--lock-dir", default="results/.gpu-slots")
+    p.add_argument("command_line", nargs=argparse.REMAINDER, metavar="-- CMD")
+    p.set_defaults(func=cmd_with_gpus)
 
     args = parser.parse_args(argv)
     try:
