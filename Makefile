@@ -5,7 +5,7 @@ BIN := $(abspath $(VENV)/bin)
 STAMP := $(VENV)/.installed
 RUN := PATH="$(BIN):$$PATH"
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test test-cluster lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(RUN) python -m pytest -q
+
+# The workflow through a real single-node SLURM, started by the tests' setup (needs root, as in CI).
+test-cluster: $(STAMP)
+	$(RUN) python -m pytest -q -m cluster tests/test_cluster.py
 
 lint: $(STAMP)
 	$(RUN) snakemake --lint

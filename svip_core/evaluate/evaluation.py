@@ -59,6 +59,8 @@ def evaluate(store_paths: list[str], train_dir, out_dir, split: str, ks: list[in
         hits = per_clip_hits(scores, res["target"], present, ks)
         return {"overall": summarise(hits, seed=seed),
                 "by_people": {b: summarise(hits[clips.bucket == b], seed=seed) for b in sorted(clips.bucket.unique())},
+                "by_people_count": {str(k): summarise(hits[clips.people == k], seed=seed)
+                                    for k in sorted(clips.people.unique())},
                 "by_category": {c: summarise(hits[clips.scene_category == c], seed=seed)
                                 for c in sorted(clips.scene_category.unique())}}
 
