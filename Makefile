@@ -29,6 +29,7 @@ test: $(STAMP)
 
 # The workflow through a real single-node SLURM, started by the tests' setup (needs root, as in CI).
 test-cluster: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test,cluster]'
 	$(RUN) python -m pytest -q -m cluster tests/test_cluster.py
 
 lint: $(STAMP)
