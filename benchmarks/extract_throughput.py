@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import shutil
 import subprocess
@@ -30,20 +29,12 @@ from svip_core.features.backbone import load_backbone, normalisation
 from svip_core.features.extract import extract_shard, person_features
 from svip_core.io.clip import content_hash
 from svip_core.io.synth import write_dataset
+from timing import device_name, timed
 
 ARCH = {"embedded": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 256,
                      "patch_size": 8},
         "base": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072,
                  "patch_size": 14}}
-
-
-def device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def build_backbone(arch: str, folder: Path) -> Path:
@@ -66,16 +57,6 @@ def make_members(folder: Path, clips: int, args) -> list[dict]:
 def features_cfg(args, mode="roi") -> dict:
     return {"mode": mode, "frame_size": args.frame_size, "crop_size": args.crop_size, "roi_samples": 4,
             "num_frames": args.frames, "batch_clips": args.batch_clips, "workers": args.workers}
-
-
-def timed(fn, device, repeats: int) -> float:
-    fn()                                   # warm-up (cuDNN / allocator / lazy init)
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    sync(device)
-    return (time.perf_counter() - start) / repeats
 
 
 def child_peak(args, backbone: Path, clips: int) -> dict:
@@ -136,10 +117,11 @@ def main() -> None:
         with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
             backbone(pixel_values=pixels)
 
-    bare_s = timed(bare, device, args.repeats)
-    roi_s = timed(lambda: person_features(backbone, frames, boxes, "roi", 4, args.crop_size, mean, std), device, args.repeats)
+    bare_s = timed(bare, device, args.repeats, warmup=1)
+    roi_s = timed(lambda: person_features(backbone, frames, boxes, "roi", 4, args.crop_size, mean, std), device,
+                  args.repeats, warmup=1)
     crop_s = timed(lambda: person_features(backbone, frames[: max(1, batch_frames // 8)], boxes[: max(1, batch_frames // 8)],
-                                           "crop", 4, args.crop_size, mean, std), device, 1) * 8   # 1/8 of the frames, scaled
+                                           "crop", 4, args.crop_size, mean, std), device, 1, warmup=1) * 8   # 1/8 of the frames
     extract_shard(members[:1], tmp / "warm.zarr", features_cfg(args), 20, backbone_dir, {})    # warm-up
     stats = extract_shard(members, tmp / "bench.zarr", features_cfg(args), 20, backbone_dir, {})
     frames_total = args.clips * args.frames

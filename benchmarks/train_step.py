@@ -11,38 +11,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import time
 from pathlib import Path
 
 import torch
+import yaml
 from torch.utils.flop_counter import FlopCounterMode
 from torch_geometric.utils import dense_to_sparse
 
 from svip_core.model.loss import ranking_loss
 from svip_core.model.ranker import build_ranker
-import yaml
-
 from svip_core.stages import SCHEMA_PATH
+from timing import device_name, timed
 
 SHAPES = {"reference": (8, 120, 20), "small": (8, 16, 6)}
 VISUAL_DIM, GEOMETRY_DIM = 768, 12
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn, device, repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    sync(device)
-    return (time.perf_counter() - start) / repeats
 
 
 def matmul_rate(device) -> float:
@@ -127,7 +109,7 @@ def main() -> None:
     schema = yaml.safe_load(SCHEMA_PATH.read_text())["properties"]["model"]["properties"]
     model_cfg = {key: spec["default"] for key, spec in schema.items()}
     rate = matmul_rate(device)
-    result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)",
+    result = {"device": device_name(device),
               "torch": torch.__version__, "precision": "bf16 autocast" if device.type == "cuda" else "fp32",
               "matmul_tflops": round(rate / 1e12, 3), "reference_seconds_per_step": 43.0, "shapes": {}}
     for name in args.shapes:
