@@ -16,9 +16,11 @@ rule train:
     resources:
         mem_mb=8000,
         gpu=config["train"]["nproc"],
+        nodes=config["train"]["nodes"],
         runtime=720,
     conda:
         ENV
     shell:
-        "python -m svip_core.cli with-gpus {resources.gpu} -- torchrun --standalone --nproc_per_node={params.nproc} workflow_scripts/train.py "
+        "python -m svip_core.cli with-gpus {resources.gpu} -- python -m svip_core.cli torchrun --nproc {params.nproc} -- "
+        "workflow_scripts/train.py "
         "--config {params.config:q} --stores {input.stores} --out-dir {params.out_dir} --log-file {log} 2>> {log}"

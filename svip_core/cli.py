@@ -79,6 +79,15 @@ def cmd_with_gpus(args) -> int:
     return run_with_gpus(args.count, command, args.lock_dir)
 
 
+def cmd_torchrun(args) -> int:
+    import subprocess
+
+    from svip_core.launch import torchrun_command
+
+    script = args.command_line[1:] if args.command_line[:1] == ["--"] else args.command_line
+    return subprocess.run(torchrun_command(args.nproc, script)).returncode
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="svip", description=__doc__)
     parser.add_argument("--version", action="version", version=f"svip {svip_core.__version__}")
@@ -126,6 +135,11 @@ def main(argv=None) -> int:
     p.add_argument("--lock-dir", default="results/.gpu-slots")
     p.add_argument("command_line", nargs=argparse.REMAINDER, metavar="-- CMD")
     p.set_defaults(func=cmd_with_gpus)
+
+    p = sub.add_parser("torchrun", help="run a training script under torchrun, across SLURM nodes when allocated")
+    p.add_argument("--nproc", type=int, required=True, help="processes per node")
+    p.add_argument("command_line", nargs=argparse.REMAINDER, metavar="-- SCRIPT ARGS")
+    p.set_defaults(func=cmd_torchrun)
 
     args = parser.parse_args(argv)
     try:

@@ -61,7 +61,7 @@ def test_the_tiny_workflow_runs_as_slurm_jobs(slurm, tmp_path, tiny_config):
     assert "gpu:2" in record or "gpu=2" in record, record   # sbatch --gpus=2 for train.nproc=2
 
 
-def test_the_train_jobs_sbatch_line_asks_for_its_gpus(tmp_path, tiny_config):
+def test_the_train_jobs_sbatch_line_asks_for_its_gpus_and_nodes(tmp_path, tiny_config):
     """The profile's sbatch line for train, read from a dry run's plan (no cluster needed)."""
     for name in WORKFLOW_FILES:
         src = ROOT / name
@@ -72,3 +72,8 @@ def test_the_train_jobs_sbatch_line_asks_for_its_gpus(tmp_path, tiny_config):
                            "slurm_partition=debug"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert plan.returncode == 0, plan.stderr[-3000:]
     assert "gpu=2" in plan.stdout + plan.stderr           # train.nproc=2 processes -> 2 GPUs -> sbatch --gpus=2
+    tiny_config["train"]["nodes"] = 2
+    write_config(tmp_path / "config.yaml", tiny_config)
+    plan = subprocess.run([str(BIN / "snakemake"), "--profile", "profiles/slurm", "-n", "--default-resources",
+                           "slurm_partition=debug"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert "nodes=2" in plan.stdout + plan.stderr         # -> sbatch --nodes=2, one torchrun per node

@@ -87,3 +87,19 @@ def test_three_extract_jobs_on_two_devices_never_share_one(workflow_dir, tiny_co
     assert len(intervals) == 3
     assert not intervals_overlap(intervals)
     assert {d for d, _, _ in intervals} == {"0", "1"}             # both devices were used
+
+
+def test_torchrun_spans_the_nodes_of_a_slurm_allocation():
+    from svip_core.launch import torchrun_command
+
+    script = ["workflow_scripts/train.py", "--out-dir", "x"]
+    assert torchrun_command(2, script, env={}) == ["torchrun", "--standalone", "--nproc_per_node=2", *script]
+    one_node = {"SLURM_JOB_ID": "77", "SLURM_JOB_NUM_NODES": "1"}
+    assert torchrun_command(4, script, env=one_node)[:2] == ["torchrun", "--standalone"]
+    two_nodes = {"SLURM_JOB_ID": "1234", "SLURM_JOB_NUM_NODES": "2", "SLURMD_NODENAME": "gpu01"}
+    cmd = torchrun_command(4, script, env=two_nodes)
+    assert cmd[:cmd.index("torchrun")] == ["srun", "--overlap", "--nodes=2", "--ntasks-per-node=1",
+                                           "--kill-on-bad-exit=1"]
+    assert {"--nnodes=2", "--nproc_per_node=4", "--rdzv-backend=c10d", "--rdzv-endpoint=gpu01:29734",
+            "--rdzv-id=svip-1234"} <= set(cmd)
+    assert cmd[-len(script):] == script

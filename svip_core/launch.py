@@ -1,0 +1,22 @@
+"""The torchrun command for the train stage: one process group on this machine, or one across the nodes of a
+SLURM allocation (one torchrun per node, joined by a c10d rendezvous on the allocation's first node)."""
+from __future__ import annotations
+
+import os
+import socket
+
+
+def torchrun_command(nproc: int, script: list[str], env=None) -> list[str]:
+    """``nproc`` processes per node running ``script``. Under SLURM with several nodes (SLURM_JOB_NUM_NODES),
+    ``srun`` starts one torchrun per node and they meet at this node (the batch step runs on the first one)."""
+    env = os.environ if env is None else env
+    nodes = int(env.get("SLURM_JOB_NUM_NODES") or env.get("SLURM_NNODES") or 1) if "SLURM_JOB_ID" in env else 1
+    if nodes <= 1:
+        return ["torchrun", "--standalone", f"--nproc_per_node={nproc}", *script]
+    job = env["SLURM_JOB_ID"]
+    head = env.get("SLURMD_NODENAME") or socket.gethostname()
+    port = 29500 + int(job) % 1000          # distinct per job, so two jobs on one node do not collide
+    # --overlap: this runs inside the job step Snakemake's SLURM executor opened, and may share its resources.
+    return ["srun", "--overlap", f"--nodes={nodes}", "--ntasks-per-node=1", "--kill-on-bad-exit=1",
+            "torchrun", f"--nnodes={nodes}", f"--nproc_per_node={nproc}", "--rdzv-backend=c10d",
+            f"--rdzv-endpoint={head}:{port}", f"--rdzv-id=svip-{job}", *script]
