@@ -10,7 +10,7 @@ RUN := PATH="$(BIN):$$PATH"
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	# torch first and pinned: the CPU wheel of 2.13.0 is on local disk; anything else pulls a CUDA build.
+	# Pinned torch==2.13.0 goes first: its CPU wheel lies on local disk; any looser pin pulls a CUDA build.
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
