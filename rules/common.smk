@@ -46,7 +46,9 @@ def stage_config(stage):
 
 
 def train_config(wildcards):
-    return json.dumps(stage_inputs(TRAIN_RUNS[wildcards.train_hash], "train"), sort_keys=True)
+    """The train stage's resolved config, plus the run's name (not hashed: it only labels the folder)."""
+    name = next(n for n, h in RUN_HASHES.items() if h["train"] == wildcards.train_hash)
+    return json.dumps({**stage_inputs(TRAIN_RUNS[wildcards.train_hash], "train"), "run": name}, sort_keys=True)
 
 
 def evaluate_config(wildcards):

@@ -27,11 +27,18 @@ log = logging.getLogger(__name__)
 
 
 def newest_checkpoint(results="results") -> Path:
+    """The newest trained full model under results/train/ (ablations only when there is nothing else)."""
     models = sorted(Path(results).glob("train/*/model.safetensors"), key=lambda p: p.stat().st_mtime)
     if not models:
         raise FileNotFoundError(f"no trained model under {results}/train/. Fix: run the workflow (`make demo`) "
                                 "or pass --checkpoint DIR")
-    return models[-1].parent
+
+    def is_full(model: Path) -> bool:
+        config = model.parent / "config.json"
+        return config.exists() and json.loads(config.read_text()).get("run", "full/").startswith("full/")
+
+    full = [m for m in models if is_full(m)]
+    return (full or models)[-1].parent
 
 
 def load_video(video, frame_size, tracks_path=None, detect_every: int = 4, detect_upscale: float = 1.5):
