@@ -122,3 +122,19 @@ def test_predict_with_a_bad_tracks_file_says_which_line(vtest, checkpoint, tmp_p
     bad.write_text("1,1,10,10,50,80,1,-1,-1,-1\n2,1,10,10,-5,80,1,-1,-1,-1\n")
     result = svip("predict", vtest, "--tracks", bad, "--checkpoint", checkpoint, "--out", tmp_path / "x")
     assert result.returncode == 1 and "line 2" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_default_checkpoint_is_the_newest_full_model(tmp_path):
+    import os
+
+    from svip_core.predict import newest_checkpoint
+
+    for i, run in enumerate(["full/seed0", "no_gat/seed0", "full/seed1", "mean_pooling/seed0"]):
+        folder = tmp_path / "train" / f"h{i}"
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text(json.dumps({"run": run}))
+        (folder / "model.safetensors").write_bytes(b"")
+        os.utime(folder / "model.safetensors", (1000 + i, 1000 + i))
+    assert newest_checkpoint(tmp_path) == tmp_path / "train" / "h2"
+    with pytest.raises(FileNotFoundError, match="make demo"):
+        newest_checkpoint(tmp_path / "nothing")
