@@ -66,13 +66,18 @@ def cmd_import(args) -> int:
     return 0
 
 
+def _after_dashes(words: list[str]) -> list[str]:
+    """The command after an optional ``--`` separator."""
+    return words[1:] if words[:1] == ["--"] else words
+
+
 def cmd_with_gpus(args) -> int:
     import logging
 
     from svip_core.devices import run_with_gpus
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    command = args.command_line[1:] if args.command_line[:1] == ["--"] else args.command_line
+    command = _after_dashes(args.command_line)
     if not command:
         print("svip with-gpus: no command given (svip with-gpus N -- CMD ...)", file=sys.stderr)
         return 2
@@ -84,7 +89,7 @@ def cmd_torchrun(args) -> int:
 
     from svip_core.launch import torchrun_command
 
-    script = args.command_line[1:] if args.command_line[:1] == ["--"] else args.command_line
+    script = _after_dashes(args.command_line)
     return subprocess.run(torchrun_command(args.nproc, script)).returncode
 
 

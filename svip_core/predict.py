@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from svip_core.evaluate.evaluation import load_ranker
 from svip_core.features.backbone import load_backbone, normalisation
-from svip_core.features.extract import person_features, resize_frames
+from svip_core.features.extract import person_features, person_slots, resize_frames
 from svip_core.features.geometry import box_geometry
 from svip_core.io.tracks import PeopleDetector, Tracks, read_mot, track_detections, write_mot
 from svip_core.io.video import VideoWriter, read_frames, video_info
@@ -57,14 +57,6 @@ def load_video(video, frame_size, tracks_path=None, detect_every: int = 4, detec
     return frames, tracks, {**info, "frames": T}
 
 
-def window_slots(valid: np.ndarray, max_persons: int) -> np.ndarray:
-    """valid (T, K) of one window -> indices of at most max_persons tracks present in it, most visible first
-    (padded with -1)."""
-    seen = valid.sum(0)
-    order = [k for k in np.argsort(-seen, kind="stable") if seen[k] > 0][:max_persons]
-    return np.array(order + [-1] * (max_persons - len(order)), dtype=np.int64)
-
-
 @torch.no_grad()
 def score_tracks(frames: torch.Tensor, tracks: Tracks, size: tuple[int, int], checkpoint, device=None,
                  batch_windows: int = 8) -> np.ndarray:
@@ -88,7 +80,7 @@ def score_tracks(frames: torch.Tensor, tracks: Tracks, size: tuple[int, int], ch
         idx = np.stack([np.arange(s, s + T_win) for s in chunk])                          # (B, T_win)
         inside = idx < T
         idx = np.minimum(idx, T - 1)
-        slots = np.stack([window_slots(tracks.valid[i[ok]], max_persons) for i, ok in zip(idx, inside)])  # (B, N)
+        slots = np.stack([person_slots(tracks.valid[i[ok]], None, max_persons) for i, ok in zip(idx, inside)])  # (B, N)
         valid = np.take_along_axis(tracks.valid[idx], slots.clip(0)[:, None, :], 2)        # (B, T_win, N)
         valid &= inside[..., None] & (slots >= 0)[:, None, :]
         boxes = np.take_along_axis(norm[idx], slots.clip(0)[:, None, :, None], 2) * valid[..., None]

@@ -69,3 +69,23 @@ def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
             else:
                 counts[parts[0]] = int(parts[1])
     return counts
+
+
+def build_stores(folder: Path, clips: dict[str, int], num_shards: int) -> list[str]:
+    """Tiny synthetic clips -> prepare -> embedded backbone -> one Zarr store per shard (the real stage code)."""
+    from svip_core.features.backbone import build_embedded
+    from svip_core.features.extract import extract_shard
+    from svip_core.io.manifest import prepare_dataset, read_shard
+    from svip_core.io.synth import write_dataset
+    from svip_core.stages import validate_config
+
+    cfg = validate_config(copy.deepcopy(TINY))
+    s, f = cfg["synthetic"], cfg["features"]
+    write_dataset(folder / "clips", clips, s["frames"], s["persons"], s["height"], s["width"], s["categories"], s["seed"])
+    prepare_dataset(folder / "clips", folder / "prepare", num_shards, 10**9, "error")
+    backbone = build_embedded(f["embedded"], folder / "backbone")
+    stores = []
+    for shard in sorted((folder / "prepare" / "shards").glob("*.json")):
+        stores.append(str(folder / f"{shard.stem}.zarr"))
+        extract_shard(read_shard(shard), stores[-1], f, cfg["data"]["max_persons"], backbone, {})
+    return stores

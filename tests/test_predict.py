@@ -11,11 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import ROOT, TINY
-from svip_core.features.backbone import build_embedded
-from svip_core.features.extract import extract_shard
-from svip_core.io.manifest import prepare_dataset, read_shard
-from svip_core.io.synth import write_dataset
+from conftest import ROOT, TINY, build_stores
 from svip_core.stages import runs, validate_config
 
 BIN = Path(sys.executable).parent
@@ -49,21 +45,13 @@ def vtest():
 def checkpoint(tmp_path_factory):
     """A small model trained by the real pipeline code (extract + torchrun) on synthetic clips."""
     tmp = tmp_path_factory.mktemp("model")
+    store = build_stores(tmp, {"train": 12, "val": 4}, num_shards=1)[0]
     cfg = validate_config(json.loads(json.dumps(TINY)))
-    s, f = cfg["synthetic"], cfg["features"]
-    write_dataset(tmp / "clips", {"train": 12, "val": 4}, s["frames"], s["persons"], s["height"], s["width"],
-                  s["categories"], s["seed"])
-    prepare_dataset(tmp / "clips", tmp / "prepare", 1, 10**9, "error")
-    backbone = build_embedded(f["embedded"], tmp / "backbone")
-    shard = next((tmp / "prepare" / "shards").glob("*.json"))
-    store = tmp / "store.zarr"
-    extract_shard(read_shard(shard), store, f, cfg["data"]["max_persons"], backbone,
-                  {"features": f, "backbone": str(backbone), "max_persons": cfg["data"]["max_persons"]})
     run = next(iter(runs(cfg).values()))
     run["train"].update(epochs=1, nproc=1)
     stage = json.dumps({"config": {"model": run["model"], "train": run["train"]}})
     subprocess.run([str(BIN / "torchrun"), "--standalone", "--nproc_per_node=1", str(ROOT / "workflow_scripts/train.py"),
-                    "--config", stage, "--stores", str(store), "--out-dir", str(tmp / "train")], check=True,
+                    "--config", stage, "--stores", store, "--out-dir", str(tmp / "train")], check=True,
                    capture_output=True)
     return tmp / "train"
 

@@ -13,11 +13,7 @@ import pandas as pd
 import pytest
 from safetensors.torch import load_file
 
-from conftest import ROOT, TINY
-from svip_core.features.backbone import build_embedded
-from svip_core.features.extract import extract_shard
-from svip_core.io.manifest import prepare_dataset, read_shard
-from svip_core.io.synth import write_dataset
+from conftest import ROOT, TINY, build_stores
 from svip_core.stages import runs, validate_config
 
 BIN = Path(sys.executable).parent
@@ -25,17 +21,7 @@ BIN = Path(sys.executable).parent
 
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("stores")
-    s, f = TINY["synthetic"], {**TINY["features"], "mode": "roi", "crop_size": 16, "workers": 0}
-    write_dataset(tmp / "clips", {"train": 16, "val": 6}, s["frames"], s["persons"], s["height"], s["width"],
-                  s["categories"], s["seed"])
-    prepare_dataset(tmp / "clips", tmp / "prepare", 2, 10**9, "error")
-    backbone = build_embedded(f["embedded"], tmp / "backbone")
-    paths = []
-    for shard in sorted((tmp / "prepare" / "shards").glob("*.json")):
-        paths.append(str(tmp / f"{shard.stem}.zarr"))
-        extract_shard(read_shard(shard), paths[-1], f, TINY["data"]["max_persons"], backbone, {})
-    return paths
+    return build_stores(tmp_path_factory.mktemp("stores"), {"train": 16, "val": 6}, num_shards=2)
 
 
 def launch(stores, out: Path, epochs: int, nproc: int = 2, batch_size: int = 4) -> subprocess.Popen:

@@ -24,11 +24,8 @@ Path(args.out).parent.mkdir(parents=True, exist_ok=True)
 config_json = Path(args.out).parent / "config.json"
 if not config_json.exists():
     config_json.write_text(json.dumps({**stage, "backbone_source": args.backbone}, indent=1))
-backbone = str(Path(args.backbone).resolve()) if Path(args.backbone).is_dir() else args.backbone
-attrs = {"features": cfg["features"], "backbone": backbone, "backbone_identity": stage["backbone_identity"], "stage_hash": args.stage_hash,
-         "shard_key": Path(args.shard).stem, "feature_mode": cfg["features"]["mode"],
-         "frame_size": cfg["features"]["frame_size"], "num_frames": cfg["features"]["num_frames"],
-         "max_persons": cfg["data.max_persons"]}
+# extract_shard records the feature config, backbone and slot count itself; the stage adds its identity.
+attrs = {"backbone_identity": stage["backbone_identity"], "stage_hash": args.stage_hash, "shard_key": Path(args.shard).stem}
 stats = extract_shard(read_shard(args.shard), args.out, cfg["features"], cfg["data.max_persons"], args.backbone,
                       attrs, args.max_array_bytes)
 logging.getLogger("extract").info("%d clips in %.1f s", stats["clips"], stats["seconds"])

@@ -34,10 +34,12 @@ def frame_indices(T: int, num_frames: int) -> np.ndarray:
     return np.concatenate([np.arange(T), np.full(num_frames - T, -1)])
 
 
-def person_slots(valid: np.ndarray, target: int, max_persons: int) -> np.ndarray:
-    """Slots to keep, at most ``max_persons``: the target, then the most visible people (stable order)."""
+def person_slots(valid: np.ndarray, target: int | None, max_persons: int) -> np.ndarray:
+    """valid (T, K) -> the slots to keep, at most ``max_persons``: the target (if any), then the most visible
+    people, in slot order; padded with -1 when K < max_persons."""
     visible = valid.sum(0).astype(np.int64)
-    visible[target] = np.iinfo(np.int64).max
+    if target is not None:
+        visible[target] = np.iinfo(np.int64).max
     keep = np.sort(np.argsort(-visible, kind="stable")[:max_persons])
     return np.concatenate([keep, np.full(max_persons - len(keep), -1)]) if len(keep) < max_persons else keep
 
@@ -112,7 +114,9 @@ def extract_shard(members: list[dict], out_path, features_cfg: dict, max_persons
     V, T, N = len(dataset), features_cfg["num_frames"], max_persons
     D, G = backbone.config.hidden_size, len(GEOMETRY_FIELDS)
     versions = {name: importlib.metadata.version(name) for name in ("torch", "transformers", "zarr", "numpy")}
-    attrs = {**attrs, "feature_dim": D, "geometry_fields": list(GEOMETRY_FIELDS), "versions": versions,
+    # How these features were made: enough for `svip predict` to make the same ones from a raw video.
+    backbone_source = str(Path(backbone_path).resolve()) if Path(backbone_path).is_dir() else str(backbone_path)
+    attrs = {**attrs, "features": features_cfg, "backbone": backbone_source, "max_persons": max_persons, "feature_dim": D, "geometry_fields": list(GEOMETRY_FIELDS), "versions": versions,
              "svip": svip_core.__version__, "device": device.type}
     start, batch_done = time.perf_counter(), []
     # One writer thread compresses and writes batch i while the backbone runs on batch i+1; waiting for the
