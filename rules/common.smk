@@ -1,62 +1,84 @@
-# Shared helpers: config validation, stage hashes and paths, and the input functions of the rules.
+# Shared helpers: config validation, stage identities and paths, and the input functions of the rules.
 import json
 import os
 import shlex
 import sys
 from pathlib import Path
 
-from snakemake.utils import validate
+from snakemake.exceptions import WorkflowError
 
 # Rules run `python workflow_scripts/...`; make the library importable in any environment (incl. --sdm conda).
 sys.path.insert(0, workflow.basedir)
 shell.prefix(f"export PYTHONPATH={shlex.quote(workflow.basedir)}; ")
 
-from svip_core.stages import STAGE_DIRS, all_stage_hashes, digest, runs, stage_hash, stage_inputs  # noqa: E402
+from svip_core.stages import (  # noqa: E402
+    EMBEDDED, STAGE_DIRS, ConfigError, backbone_folder, run_settings, runs, stage_hash, stage_inputs, validate_config)
 
+# The same validation (and defaults) as `svip`, so both name the same folders.
+validate_config(config)
 
-validate(config, schema="../config.schema.yaml")
-
-HASHES = all_stage_hashes(config)
+# Every identity is computed once per parse: the data's content and the backbone's weights are read (through
+# the content-hash cache) here, and the params below only repeat what the hashes already cover.
+MEMO = {}
+try:
+    IDENTITY = {stage: stage_inputs(config, stage, MEMO) for stage in ("prepare", "extract", "report")}
+    BACKBONE_FOLDER = backbone_folder(config["features"]["backbone"])
+except (ConfigError, OSError) as e:
+    raise WorkflowError(str(e)) from None
+HASHES = {stage: stage_hash(config, stage, MEMO) for stage in ("prepare", "extract", "report")}
 DIRS = {stage: f"results/{STAGE_DIRS[stage]}/{h}" for stage, h in HASHES.items()}
 PREPARE, FEATURES, REPORT = DIRS["prepare"], DIRS["extract"], DIRS["report"]
-# Every trained model (full and ablations, per seed) has its own train and evaluate hash.
+# Shard member lists by content key, shared by every prepare run: a store is found whichever dataset lists it.
+SHARDS = "results/shards"
+# Every trained model (full and ablations, per seed) has its own train and evaluate identity.
 RUNS = runs(config)
-RUN_HASHES = {name: {"train": stage_hash(run, "train"), "evaluate": stage_hash(run, "evaluate")}
-              for name, run in RUNS.items()}
-TRAIN_RUNS = {h["train"]: RUNS[name] for name, h in RUN_HASHES.items()}
-EVAL_RUNS = {h["evaluate"]: RUNS[name] for name, h in RUN_HASHES.items()}
-EVAL_TRAIN = {h["evaluate"]: h["train"] for h in RUN_HASHES.values()}
-PRIMARY = next(iter(RUN_HASHES.values()))
+RUN_IDENTITY = {name: {s: stage_inputs(run, s, MEMO) for s in ("train", "evaluate")} for name, run in RUNS.items()}
+RUN_HASHES = {name: {s: stage_hash(run, s, MEMO) for s in ("train", "evaluate")} for name, run in RUNS.items()}
+TRAIN_NAME = {h["train"]: name for name, h in RUN_HASHES.items()}
+EVAL_NAME = {h["evaluate"]: name for name, h in RUN_HASHES.items()}
 
 
 wildcard_constraints:
-    train_hash="|".join(TRAIN_RUNS),
-    eval_hash="|".join(EVAL_RUNS),
+    train_hash="|".join(TRAIN_NAME),
+    eval_hash="|".join(EVAL_NAME),
 ENV = "../envs/svip.yaml"
-USE_EMBEDDED = config["features"]["backbone"] == "embedded"
-BACKBONE = f"{FEATURES}/backbone" if USE_EMBEDDED else config["features"]["backbone"]
+USE_EMBEDDED = config["features"]["backbone"] == EMBEDDED
+BACKBONE = f"{FEATURES}/backbone" if USE_EMBEDDED else str(BACKBONE_FOLDER)
 REPORT_OUTPUTS = [f"{REPORT}/{name}" for name in ("training_curves.png", "top1_vs_baselines.png", "metrics_table.html",
                                                   "top1_by_people.png", "rejected_clips.html", "ablations.png",
                                                   "ablations.html", "gallery.png", "top1_by_category.png")]
+# Run settings (workers, batch sizes, where the backbone lies) reach the jobs through the shell command, not
+# params: they change how fast a result is made, not what it is, so they must not trigger a re-run.
+RUN_SETTINGS = {
+    # max_array_bytes: prepare already refused what is too large; extract reads the same files with the same limit.
+    "extract": json.dumps({**run_settings(config, "extract"), "backbone": BACKBONE,
+                           "max_array_bytes": config["data"]["max_array_bytes"]}, sort_keys=True),
+    "train": json.dumps(run_settings(config, "train"), sort_keys=True),
+}
+
+
+def canonical(obj):
+    """Params as sorted JSON: Snakemake compares param strings, and key order must never look like a change."""
+    return json.dumps(obj, sort_keys=True)
 
 
 def stage_config(stage):
-    """The resolved config of one stage (its keys, upstream hashes, external identities) as JSON."""
-    return json.dumps(stage_inputs(config, stage), sort_keys=True)
+    """The resolved identity of one stage (its keys, upstream identities, data, code, assets) as JSON."""
+    return canonical(IDENTITY[stage])
 
 
 def train_config(wildcards):
-    """The train stage's resolved config, plus the run's name (not hashed: it only labels the folder)."""
-    name = next(n for n, h in RUN_HASHES.items() if h["train"] == wildcards.train_hash)
-    return json.dumps({**stage_inputs(TRAIN_RUNS[wildcards.train_hash], "train"), "run": name}, sort_keys=True)
+    """The train stage's identity, plus the run's name (not hashed: it only labels the folder)."""
+    name = TRAIN_NAME[wildcards.train_hash]
+    return canonical({**RUN_IDENTITY[name]["train"], "run": name})
 
 
 def evaluate_config(wildcards):
-    return json.dumps(stage_inputs(EVAL_RUNS[wildcards.eval_hash], "evaluate"), sort_keys=True)
+    return canonical(RUN_IDENTITY[EVAL_NAME[wildcards.eval_hash]]["evaluate"])
 
 
 def trained_model(wildcards):
-    folder = f"results/train/{EVAL_TRAIN[wildcards.eval_hash]}"
+    folder = f"results/train/{RUN_HASHES[EVAL_NAME[wildcards.eval_hash]]['train']}"
     return {"model": f"{folder}/model.safetensors", "meta": f"{folder}/model.json"}
 
 
@@ -72,23 +94,7 @@ def all_run_results():
 
 
 def runs_json(wildcards):
-    return json.dumps({name: run_results(name) for name in RUNS})
-
-
-def data_fingerprint():
-    """Names, sizes and mtimes of the user's clip files, as a prepare param: adding, removing or changing a
-    clip re-runs prepare, and one stat per file is all it costs at parse time (10,000 input files would
-    cost Snakemake far more)."""
-    source = config["data"]["source"]
-    if source == "synthetic":
-        return "synthetic"
-    entries = []
-    for split in ("train", "val", "test"):
-        folder = Path(source, split)
-        if folder.is_dir():
-            with os.scandir(folder) as it:
-                entries += [(split, e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in it if e.name.endswith(".npz")]
-    return digest(sorted(entries))
+    return canonical({name: run_results(name) for name in RUNS})
 
 
 def shard_keys():

@@ -2,7 +2,7 @@ rule embedded_backbone:
     output:
         directory(f"{FEATURES}/backbone"),
     params:
-        embedded=json.dumps(config["features"]["embedded"]),
+        embedded=canonical(config["features"]["embedded"]),
     log:
         f"{FEATURES}/logs/backbone.log",
     threads: 1
@@ -17,16 +17,15 @@ rule embedded_backbone:
 
 rule extract:
     input:
-        # A shard's key is the hash of its content: an existing store stays valid however new the list file is.
-        shard=ancient(f"{PREPARE}/shards/{{shard}}.json"),
+        # A shard's key is the hash of its content: an existing store stays valid however new the list file is,
+        # and whichever prepare run (dataset) wrote the list.
+        shard=ancient(f"{SHARDS}/{{shard}}.json"),
         backbone=backbone_input,
     output:
         directory(f"{FEATURES}/{{shard}}.zarr"),
     params:
         config=lambda wildcards: stage_config("extract"),
-        backbone=BACKBONE,
         stage_hash=HASHES["extract"],
-        max_array_bytes=config["data"]["max_array_bytes"],
     log:
         f"{FEATURES}/logs/{{shard}}.log",
     threads: 2
@@ -37,6 +36,6 @@ rule extract:
     conda:
         ENV
     shell:
-        "python -m svip_core.cli with-gpus {resources.gpu} -- python workflow_scripts/extract.py --config {params.config:q} --shard {input.shard} "
-        "--backbone {params.backbone:q} --out {output} --stage-hash {params.stage_hash} "
-        "--max-array-bytes {params.max_array_bytes} --log-file {log} 2>> {log}"
+        "python -m svip_core.cli with-gpus {resources.gpu} -- python workflow_scripts/extract.py --config {params.config:q} "
+        "--shard {input.shard} --settings {RUN_SETTINGS[extract]:q} --out {output} --stage-hash {params.stage_hash} "
+        "--log-file {log} 2>> {log}"

@@ -4,8 +4,9 @@ checkpoint prepare:
         shards=directory(f"{PREPARE}/shards"),
     params:
         out_dir=output_dir("manifest"),
+        # The folder is named for the clips' content, so an edited dataset gets a new folder and this param
+        # needs no fingerprint of its own.
         config=lambda wildcards: stage_config("prepare"),
-        data_fingerprint=data_fingerprint(),
     log:
         f"{PREPARE}/logs/prepare.log",
     threads: 1
@@ -15,4 +16,5 @@ checkpoint prepare:
     conda:
         ENV
     shell:
-        "python workflow_scripts/prepare.py --config {params.config:q} --out-dir {params.out_dir} --log-file {log} 2>> {log}"
+        "python workflow_scripts/prepare.py --config {params.config:q} --out-dir {params.out_dir} "
+        "--shared-shards {SHARDS} --log-file {log} 2>> {log}"

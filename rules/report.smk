@@ -17,6 +17,7 @@ rule report:
         out_dir=output_dir("curves"),
         config=lambda wildcards: stage_config("report"),
         runs=runs_json,
+        primary=next(iter(RUNS)),
         gallery_size=config["report"]["gallery_size"],
     log:
         f"{REPORT}/logs/report.log",
@@ -28,4 +29,4 @@ rule report:
         ENV
     shell:
         "python workflow_scripts/report.py --config {params.config:q} --manifest {input.manifest} "
-        "--runs {params.runs:q} --stores {input.stores} --gallery-size {params.gallery_size} --out-dir {params.out_dir} --log-file {log} 2>> {log}"
+        "--runs {params.runs:q} --primary {params.primary:q} --stores {input.stores} --gallery-size {params.gallery_size} --out-dir {params.out_dir} --log-file {log} 2>> {log}"

@@ -1,7 +1,7 @@
 rule train:
     input:
+        # Stores only: they are addressed by content, so training does not depend on where the clips lie.
         stores=feature_stores,
-        manifest=f"{PREPARE}/manifest.parquet",
     output:
         model="results/train/{train_hash}/model.safetensors",
         meta="results/train/{train_hash}/model.json",
@@ -23,4 +23,5 @@ rule train:
     shell:
         "python -m svip_core.cli with-gpus {resources.gpu} -- python -m svip_core.cli torchrun --nproc {params.nproc} -- "
         "workflow_scripts/train.py "
-        "--config {params.config:q} --stores {input.stores} --out-dir {params.out_dir} --log-file {log} 2>> {log}"
+        "--config {params.config:q} --settings {RUN_SETTINGS[train]:q} --stores {input.stores} --out-dir {params.out_dir} "
+        "--log-file {log} 2>> {log}"

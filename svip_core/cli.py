@@ -10,6 +10,7 @@ from svip_core.stages import STAGES, load_config, stage_dir, stage_hash
 
 
 def _config(args):
+    # Layered exactly as Snakemake layers `--configfile` over the Snakefile's config.yaml.
     return load_config(args.configfile)
 
 
@@ -96,7 +97,9 @@ def cmd_torchrun(args) -> int:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="svip", description=__doc__)
     parser.add_argument("--version", action="version", version=f"svip {svip_core.__version__}")
-    parser.add_argument("--configfile", default=None, help="config YAML (default: the project's config.yaml)")
+    parser.add_argument("--configfile", action="append", default=[], metavar="FILE",
+                        help="config YAML layered over ./config.yaml as `snakemake --configfile FILE` does "
+                             "(repeatable; default: ./config.yaml alone)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("hash", help="print the hash a stage gets from the current config")
@@ -149,7 +152,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:  # bad input: one clear line, no traceback
+    except (ValueError, OSError, RuntimeError) as e:  # bad input: one clear line, no traceback
         print(f"svip {args.command}: {e}", file=sys.stderr)
         return 1
 

@@ -1,18 +1,29 @@
-"""Config loading and stage hashes: the one place that decides where each stage's results live.
+"""Config loading and stage identities: the one place that decides where each stage's results live.
 
-Every stage writes under ``results/<dir>/<hash>/``. A stage's hash covers exactly the config keys it reads
-(``STAGE_KEYS``) plus the hashes of the stages it consumes (``STAGE_UPSTREAM``), so an edit re-runs only the
-stages downstream of it, and an old config's results stay on disk, found again when the config goes back.
+Every stage writes under ``results/<dir>/<hash>/``, the hash of the stage's identity (``stage_inputs``):
+
+- the config keys it reads (``STAGE_KEYS``; some only in some configurations, see ``_reads``), and no others:
+  run settings (``RUN_SETTINGS``: workers, batch sizes) change speed, not results, and are recorded with
+  the results instead;
+- the identities of the stages it consumes;
+- the content of the user's data (prepare, and through it everything downstream), via a cache of file
+  hashes keyed by path, size, mtime and inode, so planning reads only new or changed clips;
+- the code it runs: a digest of the modules it imports, without docstrings and comments (``hashing``);
+- external assets: the backbone's weights and preprocessing config, or the embedded backbone's recipe.
+
+So an edit re-runs exactly the stages whose output it can change, and an old config's results stay on disk,
+found again when the config goes back.
 """
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
+import importlib.metadata
 import os
 from pathlib import Path
 
 import yaml
+
+from svip_core.hashing import ContentHashes, code_digest, digest, file_hashes
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = PROJECT_ROOT / "config.schema.yaml"
@@ -21,45 +32,88 @@ STAGES = ("prepare", "extract", "train", "evaluate", "report")
 # The extract stage's results are feature stores, so its folder is named for what it holds.
 STAGE_DIRS = {"prepare": "prepare", "extract": "features", "train": "train", "evaluate": "evaluate",
               "report": "report"}
+SPLITS = ("train", "val", "test")
+SYNTHETIC = "synthetic"
+EMBEDDED = "embedded"
+
+# Every leaf key of config.schema.yaml is declared here: read by stages (part of their identity) or a run
+# setting. tests/test_reuse.py fails for a key declared nowhere.
+_SYNTH = ("synthetic.clips.train", "synthetic.clips.val", "synthetic.clips.test", "synthetic.frames",
+          "synthetic.persons", "synthetic.height", "synthetic.width", "synthetic.categories", "synthetic.seed")
+_EMBEDDED = ("features.embedded.hidden_size", "features.embedded.num_layers", "features.embedded.num_heads",
+             "features.embedded.patch_size", "features.embedded.seed")
+_MODEL = ("model.fused_dim", "model.geometry_dim", "model.gat_hidden", "model.gat_layers", "model.gat_heads",
+          "model.d_model", "model.temporal_layers", "model.temporal_heads", "model.temporal_ffn",
+          "model.time_encoding", "model.event_token", "model.dual_head", "model.pooling", "model.dropout")
+_TRAIN = ("train.seeds", "train.nproc", "train.nodes", "train.epochs", "train.batch_size", "train.accumulation_steps",
+          "train.lr", "train.weight_decay", "train.warmup_steps", "train.min_lr_ratio", "train.grad_clip",
+          "train.patience", "train.preference_weight", "train.pairwise_weight", "train.pairwise_margin")
 STAGE_KEYS = {
-    "prepare": ("data.source", "data.num_shards", "data.max_array_bytes", "data.on_duplicate_id", "synthetic"),
-    "extract": ("features", "data.max_persons"),
-    "train": ("model", "train"),
-    "evaluate": ("evaluate",),
-    "report": ("report",),
+    # data.source is read as a location and as content (see prepare's identity), never as a string.
+    "prepare": ("data.source", "data.num_shards", "data.max_array_bytes", "data.on_duplicate_id", *_SYNTH),
+    "extract": ("features.backbone", *_EMBEDDED, "features.mode", "features.frame_size", "features.crop_size",
+                "features.roi_samples", "features.num_frames", "data.max_persons"),
+    # A run (model variant x seed) reads one seed of train.seeds and its variant's overrides from ablations.
+    "train": (*_MODEL, *_TRAIN, "ablations"),
+    "evaluate": ("evaluate.split", "evaluate.ks"),
+    "report": ("report.gallery_size",),
 }
-# The extract stage does not consume the prepare hash: a shard's store is addressed by the feature hash and
-# the shard's own content key, so re-preparing unchanged videos leaves their stores valid.
-STAGE_UPSTREAM = {"prepare": (), "extract": (), "train": ("prepare", "extract"), "evaluate": ("train",),
+# How fast and with what resources, never what: recorded in each result's provenance, not hashed.
+RUN_SETTINGS = {"extract": ("features.batch_clips", "features.workers"), "train": ("train.workers",)}
+STAGE_UPSTREAM = {"prepare": (), "extract": (), "train": ("dataset", "extract"), "evaluate": ("train",),
                   "report": ("evaluate", "prepare")}
-HASH_LEN = 12
+# The code each stage runs: these modules and every svip_core module they import. Modules that only name,
+# log or launch results are left out, so editing them re-runs nothing.
+STAGE_CODE = {"prepare": ("svip_core.io.manifest",), "extract": ("svip_core.features.extract",),
+              "train": ("svip_core.train.loop",), "evaluate": ("svip_core.evaluate.evaluation",),
+              "report": ("svip_core.report.figures",)}
+NOT_CODE = frozenset({"svip_core", "svip_core.hashing", "svip_core.stages", "svip_core.logs", "svip_core.cli",
+                      "svip_core.devices", "svip_core.launch"})
+BACKBONE_FILES = (".safetensors", ".bin", ".pt", ".pth", ".json")
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: dict | None = None) -> dict:
-    """Read a YAML config, merge overrides, validate it against the schema and fill in defaults."""
-    if path is None:  # the working directory's config, as Snakemake would read it, else the project's
-        path = Path("config.yaml") if Path("config.yaml").exists() else PROJECT_ROOT / "config.yaml"
-    path = Path(path)
-    with open(path) as f:
-        config = yaml.safe_load(f) or {}
-    if overrides:
-        config = _merge(config, overrides)
+class ConfigError(ValueError):
+    """The config cannot name its results (for example a backbone that cannot be found)."""
+
+
+# ---- config ------------------------------------------------------------------------------------------------
+
+def load_config(configfiles=None, base: str | os.PathLike | None = None) -> dict:
+    """The config Snakemake would run: ``base`` (default: the working directory's config.yaml, as the
+    Snakefile's ``configfile:``), then each of ``configfiles`` layered over it with Snakemake's own
+    ``update_config``, then validated with defaults filled in (``validate_config``)."""
+    from snakemake.utils import update_config
+
+    if isinstance(configfiles, (str, os.PathLike)):
+        configfiles = [configfiles]
+    configfiles = list(configfiles or [])
+    if base is None:
+        base = Path("config.yaml") if Path("config.yaml").exists() else (None if configfiles else PROJECT_ROOT / "config.yaml")
+    config: dict = {}
+    for path in ([base] if base is not None else []) + configfiles:
+        with open(path) as f:
+            update_config(config, yaml.safe_load(f) or {})
     return validate_config(config)
 
 
 def validate_config(config: dict) -> dict:
-    """Validate ``config`` in place with Snakemake's validator (which also sets schema defaults)."""
+    """Validate ``config`` in place with Snakemake's validator (which also sets schema defaults). The Snakefile
+    calls this too, so `svip` and the workflow resolve a config the same way."""
     from snakemake.utils import validate
 
     validate(config, str(SCHEMA_PATH), set_default=True)
     return config
 
 
-def _merge(base: dict, extra: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in extra.items():
-        out[key] = _merge(out.get(key, {}), value) if isinstance(value, dict) else value
-    return out
+def schema_keys(schema: dict | None = None, prefix: str = "") -> list[str]:
+    """Every leaf key of the config schema, dotted (``ablations`` counts as one key)."""
+    if schema is None:
+        schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    keys = []
+    for name, sub in schema.get("properties", {}).items():
+        dotted = prefix + name
+        keys += schema_keys(sub, dotted + ".") if sub.get("properties") else [dotted]
+    return keys
 
 
 def _get(config: dict, dotted: str):
@@ -69,19 +123,49 @@ def _get(config: dict, dotted: str):
     return node
 
 
-def digest(obj) -> str:
-    """Stable short hash of a JSON-serialisable object (key order does not matter)."""
-    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:HASH_LEN]
+def _nest(flat: dict) -> dict:
+    out: dict = {}
+    for dotted, value in flat.items():
+        *parents, leaf = dotted.split(".")
+        node = out
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return out
+
+
+def _reads(config: dict, key: str) -> bool:
+    """Whether a declared key matters in this configuration (a key the chosen mode ignores is not read)."""
+    if key.startswith("synthetic."):
+        return config["data"]["source"] == SYNTHETIC
+    if key.startswith("features.embedded."):
+        return config["features"]["backbone"] == EMBEDDED
+    if key == "features.crop_size":
+        return config["features"]["mode"] == "crop"
+    if key == "features.roi_samples":
+        return config["features"]["mode"] == "roi"
+    if key in ("model.gat_hidden", "model.gat_heads"):
+        return config["model"]["gat_layers"] > 0
+    return True
+
+
+def keys_read(config: dict, stage: str) -> list[str]:
+    return [k for k in STAGE_KEYS[stage] if _reads(config, k)]
+
+
+def run_settings(config: dict, stage: str) -> dict:
+    """The stage's run settings (not hashed), nested like the config."""
+    return _nest({k: _get(config, k) for k in RUN_SETTINGS.get(stage, ())})
 
 
 def runs(config: dict) -> dict[str, dict]:
-    """Every model the workflow trains: the full model and each named ablation, once per seed in train.seeds.
+    """Every model the workflow trains: the full model and each named ablation (in name order), once per seed.
     Returns {"<variant>/seed<s>": run config}, the full model's first seed first. A run config has the
     ablation's model overrides applied and ``train.seed`` in place of ``train.seeds``, so adding seeds or
     ablations leaves the hashes of existing runs unchanged."""
     out = {}
-    for variant, overrides in {"full": {}, **config.get("ablations", {})}.items():
+    ablations = config.get("ablations", {})
+    for variant, overrides in {"full": {}, **{name: ablations[name] for name in sorted(ablations)}}.items():
         unknown = set(overrides) - set(config["model"])
         if unknown:
             raise ValueError(f"ablations.{variant}: unknown model keys {sorted(unknown)}; use keys of the model section")
@@ -90,6 +174,7 @@ def runs(config: dict) -> dict[str, dict]:
             run["model"].update(overrides)
             del run["train"]["seeds"]
             run["train"]["seed"] = seed
+            run["ablations"] = {}
             out[f"{variant}/seed{seed}"] = run
     return out
 
@@ -98,49 +183,168 @@ def _is_run(config: dict) -> bool:
     return "seeds" not in config["train"]
 
 
-def stage_inputs(config: dict, stage: str, _memo: dict | None = None) -> dict:
-    """Everything a stage's hash covers: its config keys, its upstream hashes, and external identities.
-    Train and evaluate of a whole config mean those of its first run (the full model, first seed)."""
+def _stage_config(config: dict, stage: str) -> dict:
+    flat = {}
+    for key in keys_read(config, stage):
+        if key == "train.seeds":
+            flat["train.seed"] = config["train"]["seed"]
+        elif key != "ablations" and not (stage == "prepare" and key == "data.source"):
+            flat[key] = _get(config, key)   # a run's ablation is already applied to its model keys
+    return _nest(flat)
+
+
+# ---- external identities -----------------------------------------------------------------------------------
+
+def stage_code(stage: str, config: dict | None = None) -> dict:
+    roots = STAGE_CODE[stage]
+    if stage == "prepare" and config is not None and config["data"]["source"] == SYNTHETIC:
+        roots = roots + ("svip_core.io.synth",)
+    script = Path("workflow_scripts") / f"{stage}.py"
+    script = script if script.is_file() else PROJECT_ROOT / "workflow_scripts" / f"{stage}.py"
+    return code_digest(roots, NOT_CODE, (script,) if script.is_file() else ())
+
+
+def list_clips(source) -> list[tuple[str, Path]]:
+    """(split, path) of every ``<source>/<split>/*.npz``, in a stable order."""
+    out = []
+    for split in SPLITS:
+        folder = Path(source, split)
+        if folder.is_dir():
+            with os.scandir(folder) as it:
+                names = sorted(e.name for e in it if e.name.endswith(".npz") and e.is_file())
+            out += [(split, folder / name) for name in names]
+    return out
+
+
+def data_content(source, cache: ContentHashes | None = None) -> dict:
+    """What a folder dataset holds: ``clips`` hashes the (split, content) of every clip, ``files`` also their
+    names. Reads only files the cache does not know at their current size, mtime and inode; an unchanged
+    listing costs one stat per file and one lookup."""
+    cache = cache or ContentHashes()
+    files = list_clips(source)
+    stats = {str(p.resolve()): os.stat(p) for _, p in files}
+    stamps = [(split, p.name, st.st_size, st.st_mtime_ns, st.st_ino)
+              for (split, p), st in zip(files, stats.values())]
+    stamp = digest([str(Path(source).resolve()), stamps], 32)
+    known = cache.listing(stamp)
+    if known is not None:
+        return known
+    hashes = list(cache.hashes(stats).values())
+    value = {"clips": digest(sorted((split, h) for (split, _), h in zip(files, hashes)), 32),
+             "files": digest([(split, p.name, h) for (split, p), h in zip(files, hashes)], 32), "count": len(files)}
+    if not any(cache.is_racy(st) for st in stats.values()):
+        cache.remember(stamp, value)
+    return value
+
+
+def _data_content(config: dict, memo: dict) -> dict:
+    if "data" not in memo:
+        memo["data"] = data_content(config["data"]["source"])
+    return memo["data"]
+
+
+def dataset_identity(config: dict, memo: dict | None = None) -> dict:
+    """What the clips are, wherever they lie: prepare's config, the clips' content and the prepare code.
+    Train depends on this, so moving or renaming a dataset re-runs prepare only."""
+    memo = {} if memo is None else memo
+    if "dataset" not in memo:
+        source = config["data"]["source"]
+        content = "synthetic" if source == SYNTHETIC else _data_content(config, memo)["clips"]
+        memo["dataset"] = {"config": _stage_config(config, "prepare"), "clips": content,
+                           "code": stage_code("prepare", config)}
+    return memo["dataset"]
+
+
+def _hub_folder(repo_id: str) -> str:
+    """A hub id's local snapshot: from the Hugging Face cache, else downloaded now (weights and configs only),
+    so the identity is always the weights' content, never "not downloaded yet"."""
+    from huggingface_hub import snapshot_download
+
+    patterns = [f"*{s}" for s in BACKBONE_FILES]
+    try:
+        return snapshot_download(repo_id, local_files_only=True, allow_patterns=patterns)
+    except Exception:
+        pass
+    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "10")
+    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "10")
+    try:
+        return snapshot_download(repo_id, allow_patterns=patterns)
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ConfigError(
+            f"features.backbone: {repo_id!r} is neither a folder nor in the local Hugging Face cache, and it could "
+            f"not be downloaded ({first}). Fix: download it where there is network (`huggingface-cli download "
+            f"{repo_id} --local-dir /models/{repo_id.split('/')[-1]}`) and set features.backbone to that folder"
+        ) from None
+
+
+def backbone_folder(source: str) -> Path | None:
+    """The local folder a backbone is loaded from: the folder itself, or a hub id's snapshot (None: embedded,
+    which the workflow builds)."""
+    if source == EMBEDDED:
+        return None
+    return Path(source).resolve() if Path(source).is_dir() else Path(_hub_folder(source))
+
+
+def backbone_identity(features: dict, cache: ContentHashes | None = None) -> dict:
+    """What the features depend on besides the code: the embedded recipe and the libraries that build it, or
+    the content of every weight and config file of the model folder (preprocessor_config.json included)."""
+    source = features["backbone"]
+    if source == EMBEDDED:
+        return {"kind": "embedded", "recipe": features["embedded"],
+                "versions": {name: importlib.metadata.version(name) for name in ("torch", "transformers")}}
+    folder = backbone_folder(source)
+    files = sorted(p for p in folder.rglob("*") if p.suffix in BACKBONE_FILES and p.is_file())
+    hashes = file_hashes(files, cache or ContentHashes())
+    return {"kind": "weights", "files": {str(p.relative_to(folder)): hashes[str(p)] for p in files}}
+
+
+# ---- identities and hashes ---------------------------------------------------------------------------------
+
+def stage_inputs(config: dict, stage: str, memo: dict | None = None) -> dict:
+    """Everything a stage's hash covers (see the module docstring). Train and evaluate of a whole config mean
+    those of its first run (the full model, first seed). ``memo`` shares the costly parts between calls on
+    configs with the same data and features (one per Snakefile parse)."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
+    memo = {} if memo is None else memo
     if stage in ("train", "evaluate") and not _is_run(config):
         config = next(iter(runs(config).values()))
-        _memo = None
-    keys = STAGE_KEYS[stage]
-    if stage == "prepare" and config["data"]["source"] != "synthetic":
-        keys = tuple(k for k in keys if k != "synthetic")
-    resolved = {"stage": stage, "config": {k: _get(config, k) for k in keys},
-                "upstream": {u: stage_hash(config, u, _memo) for u in STAGE_UPSTREAM[stage]}}
+    resolved = {"stage": stage, "config": _stage_config(config, stage), "code": stage_code(stage, config),
+                "upstream": {}}
+    for up in STAGE_UPSTREAM[stage]:
+        resolved["upstream"][up] = (digest(dataset_identity(config, memo)) if up == "dataset"
+                                    else stage_hash(config, up, memo))
     if stage == "report":
-        resolved["upstream"]["evaluate"] = [stage_hash(run, "evaluate") for run in runs(config).values()]
+        resolved["upstream"]["evaluate"] = [stage_hash(run, "evaluate", memo) for run in runs(config).values()]
     if stage == "prepare":
-        if config["data"]["source"] == "synthetic":
-            from svip_core.io.synth import GENERATOR_VERSION
-
-            resolved["generator_version"] = GENERATOR_VERSION
-        else:
-            # The folder is named by its absolute path; its content is tracked per clip by the shard keys.
-            resolved["config"]["data.source"] = str(Path(config["data"]["source"]).resolve())
+        source = config["data"]["source"]
+        resolved["dataset"] = dataset_identity(config, memo)
+        if source != SYNTHETIC:     # the manifest names the files, so where they are is part of prepare's output
+            resolved["location"] = {"source": str(Path(source).resolve()), "files": _data_content(config, memo)["files"]}
     if stage == "extract":
-        from svip_core.features.backbone import backbone_identity
-
-        # The weights, not the path string, identify the backbone (the extract job records the path).
-        resolved["backbone_identity"] = backbone_identity(config["features"])
-        resolved["config"]["features"] = {**config["features"], "backbone": resolved["backbone_identity"]}
+        if "backbone" not in memo:
+            memo["backbone"] = backbone_identity(config["features"])
+        resolved["backbone"] = memo["backbone"]
+        resolved["config"]["features"]["backbone"] = digest(memo["backbone"])
     return resolved
 
 
-def stage_hash(config: dict, stage: str, _memo: dict | None = None) -> str:
-    memo = {} if _memo is None else _memo
-    if stage not in memo:
-        memo[stage] = digest(stage_inputs(config, stage, memo))
-    return memo[stage]
+def stage_hash(config: dict, stage: str, memo: dict | None = None) -> str:
+    memo = {} if memo is None else memo
+    # Shared stages (prepare, extract) are memoised; a run's train and evaluate depend on the run.
+    if stage in ("prepare", "extract"):
+        key = ("hash", stage)
+        if key not in memo:
+            memo[key] = digest(stage_inputs(config, stage, memo))
+        return memo[key]
+    return digest(stage_inputs(config, stage, memo))
 
 
 def stage_dir(config: dict, stage: str, results: str | os.PathLike = "results") -> Path:
     return Path(results) / STAGE_DIRS[stage] / stage_hash(config, stage)
 
 
-def all_stage_hashes(config: dict) -> dict[str, str]:
-    memo: dict = {}
+def all_stage_hashes(config: dict, memo: dict | None = None) -> dict[str, str]:
+    memo = {} if memo is None else memo
     return {s: stage_hash(config, s, memo) for s in STAGES}

@@ -2,22 +2,18 @@
 
 ``features.backbone`` is "embedded" (a tiny random DINOv2 built from a ``Dinov2Config`` with a fixed seed and
 saved as a local model folder), a hub id such as ``facebook/dinov2-base``, or a local folder. The identity
-that enters the extract stage's hash is a hash of the weights, not of a path string.
+that enters the extract stage's hash (``stages.backbone_identity``) is the content of the weights and the
+preprocessing config, not a path string.
 """
 from __future__ import annotations
 
-import functools
-import hashlib
 import json
 import os
 from pathlib import Path
 
-from svip_core.stages import digest
-
 EMBEDDED = "embedded"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
 
 class BackboneError(RuntimeError):
@@ -44,44 +40,6 @@ def build_embedded(embedded: dict, out_dir) -> Path:
     model.save_pretrained(tmp, safe_serialization=True)
     tmp.replace(out_dir)
     return out_dir
-
-
-@functools.lru_cache(maxsize=16)
-def _folder_weights_hash(folder: str, stamp: tuple) -> str:
-    h = hashlib.sha256()
-    for path in sorted(Path(folder).rglob("*")):
-        if path.suffix in WEIGHT_SUFFIXES or path.name == "config.json":
-            h.update(path.name.encode())
-            with open(path, "rb") as f:
-                h.update(hashlib.file_digest(f, "sha256").digest())
-    return h.hexdigest()[:16]
-
-
-def folder_weights_hash(folder) -> str:
-    """Hash of a model folder's weight files and config (memoised on their sizes and mtimes)."""
-    files = sorted(p for p in Path(folder).rglob("*") if p.is_file())
-    stamp = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
-    return _folder_weights_hash(str(folder), stamp)
-
-
-def _hub_snapshot(repo_id: str) -> str | None:
-    try:
-        from huggingface_hub import snapshot_download
-
-        return snapshot_download(repo_id, local_files_only=True)
-    except Exception:  # not in the local cache: the extract job will say how to fix it
-        return None
-
-
-def backbone_identity(features: dict) -> str:
-    """What the features depend on: the embedded recipe, or the content of the weights."""
-    source = features["backbone"]
-    if source == EMBEDDED:
-        return "embedded:" + digest(features["embedded"])
-    folder = source if Path(source).is_dir() else _hub_snapshot(source)
-    if folder is None:
-        return "hub-unresolved:" + source
-    return "weights:" + folder_weights_hash(folder)
 
 
 def load_backbone(source, device="cpu"):

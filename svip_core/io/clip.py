@@ -46,6 +46,7 @@ class Clip:
     original_ids: np.ndarray   # (N,) int64
     height: int
     width: int
+    payload: str = ""                  # payload_fingerprint: same pixels, boxes and target, whatever the id
     frames: np.ndarray | None = None   # (T, H, W, 3) uint8, only from read_clip
 
     @property
@@ -62,9 +63,16 @@ class Clip:
         return self.valid.any(0)
 
 
-def content_hash(path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+# The members that make a clip what it is; the ids and names do not (a copy under another id is the same clip).
+PAYLOAD_FIELDS = ("frames", "bboxes", "person_mask", "frame_mask", "target_index")
+
+
+def payload_fingerprint(zf: zipfile.ZipFile) -> str:
+    """Hash of the pixels, boxes, masks and target as stored: each member's CRC-32 and size from the zip's
+    directory (free to read; independent of compression, video_id and file name)."""
+    infos = {i.filename[:-4]: i for i in zf.infolist() if i.filename.endswith(".npy")}
+    parts = [(f, infos[f].CRC, infos[f].file_size) for f in PAYLOAD_FIELDS if f in infos]
+    return hashlib.sha256(repr(parts).encode()).hexdigest()[:32]
 
 
 def _check_headers(path: Path, zf: zipfile.ZipFile, max_array_bytes: int) -> dict[str, tuple]:
@@ -131,6 +139,7 @@ def inspect_clip(path, max_array_bytes: int = 2_000_000_000, load_frames: bool =
         except Exception as e:  # truncated or corrupt members fail in many ways (zlib, EOF, struct, ...)
             raise ClipError(path, "file", f"corrupt or truncated archive ({type(e).__name__}: {e})",
                             "re-export the clip") from None
+        payload = payload_fingerprint(zf)
         missing = [f for f in REQUIRED_FIELDS if f not in shapes]
         if missing:
             raise ClipError(path, missing[0], f"required field missing (missing: {', '.join(missing)})",
@@ -197,7 +206,7 @@ def inspect_clip(path, max_array_bytes: int = 2_000_000_000, load_frames: bool =
                 scene_category=_scalar_str(path, "scene_category", arr["scene_category"]),
                 target_index=target, boxes=norm.astype(np.float32), valid=valid, frame_mask=frame_mask,
                 person_ids=arr["person_ids"].astype(np.int64), original_ids=arr["original_ids"].astype(np.int64),
-                height=H, width=W, frames=frames)
+                height=H, width=W, payload=payload, frames=frames)
 
 
 def _frames_uint8(frames: np.ndarray, frame_mask: np.ndarray) -> np.ndarray:

@@ -2,23 +2,26 @@
 
 A video's shard is a stable hash of its ``video_id``; a shard's key is the hash of its members' ids, splits
 and content hashes. Adding or changing one video therefore changes exactly one shard key, and only that
-shard's feature store has to be rebuilt.
+shard's feature store has to be rebuilt. Member lists are also written to a folder shared by every prepare
+run (``shared_shards``), so a store is found again whichever dataset listed the same clips.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+import os
 from pathlib import Path
 
 import pandas as pd
 from tqdm import tqdm
 
-from svip_core.io.clip import ClipError, content_hash, inspect_clip
+from svip_core.hashing import ContentHashes, file_hashes
+from svip_core.io.clip import ClipError, inspect_clip
+from svip_core.stages import SPLITS, list_clips
 
-SPLITS = ("train", "val", "test")
 MANIFEST_COLUMNS = ["path", "video_id", "split", "T", "N", "persons_present", "scene_category", "verdict",
-                    "reason", "content_hash", "shard"]
+                    "reason", "content_hash", "payload_hash", "shard"]
 log = logging.getLogger(__name__)
 
 
@@ -26,54 +29,61 @@ class DatasetError(RuntimeError):
     """The dataset as a whole cannot be used (no clips, duplicate or leaking ids under the 'error' policy)."""
 
 
-def list_clips(source) -> list[tuple[str, Path]]:
-    """(split, path) of every ``<source>/<split>/*.npz``, in a stable order."""
-    source = Path(source)
-    return [(split, p) for split in SPLITS for p in sorted((source / split).glob("*.npz"))]
-
-
 def shard_of(video_id: str, num_shards: int) -> int:
     return int(hashlib.sha256(video_id.encode()).hexdigest()[:8], 16) % num_shards
 
 
-def validate_files(files: list[tuple[str, Path]], max_array_bytes: int) -> pd.DataFrame:
-    """One manifest row per file: the verdict and, for rejects, the reason naming the field."""
+def validate_files(files: list[tuple[str, Path]], max_array_bytes: int,
+                   cache: ContentHashes | None = None) -> pd.DataFrame:
+    """One manifest row per file: the verdict and, for rejects, the reason naming the field. Content hashes
+    come through ``cache`` (the one that planning filled), so no clip is read twice for them."""
+    hashes = file_hashes([p for _, p in files], cache)
     rows = []
     for split, path in tqdm(files, desc="validate", unit="clip", disable=len(files) < 50):
         row = dict.fromkeys(MANIFEST_COLUMNS)
-        row.update(path=str(path), split=split, verdict="accepted", reason="", shard=-1)
+        row.update(path=str(path), split=split, verdict="accepted", reason="", shard=-1, content_hash=hashes[str(path)])
         try:
             clip = inspect_clip(path, max_array_bytes)
             row.update(video_id=clip.video_id, T=clip.num_frames, N=clip.num_slots,
                        persons_present=int(clip.present.sum()), scene_category=clip.scene_category,
-                       content_hash=content_hash(path))
+                       payload_hash=clip.payload)
         except ClipError as e:
             row.update(verdict="rejected", reason=f"{e.reason}. Fix: {e.fix}")
         rows.append(row)
     return pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
 
 
+# What makes two clips the same: the same id, or the same content (file bytes, or the same pixels, boxes,
+# masks and target under another id or compression).
+SAME_CLIP = {"video_id": "video_id", "content_hash": "file content", "payload_hash": "frames, boxes and target"}
+
+
 def resolve_duplicates(manifest: pd.DataFrame, policy: str) -> pd.DataFrame:
-    """A video_id twice in a split is a duplicate, in two splits a leak. 'error' stops naming both files;
-    'drop' rejects every copy after the first (train first, so the evaluation side loses a leaking clip)."""
-    accepted = manifest[manifest.verdict == "accepted"]
-    repeats = accepted[accepted.duplicated("video_id", keep=False)]
-    if repeats.empty:
-        return manifest
-    problems = []
-    for video_id, group in repeats.groupby("video_id", sort=True):
-        kind = "leak between splits " + "/".join(sorted(set(group.split))) if group.split.nunique() > 1 else "duplicate"
-        problems.append(f"video_id {video_id!r} ({kind}): " + " and ".join(group.path))
-    if policy == "error":
-        raise DatasetError("duplicate or leaking video_id values:\n  " + "\n  ".join(problems)
-                           + "\nFix: give every clip a unique video_id, or set data.on_duplicate_id: drop")
+    """The same clip (by id or content, ``SAME_CLIP``) twice in a split is a duplicate, in two splits a leak.
+    'error' stops naming both files; 'drop' rejects every copy after the first (train first, so the
+    evaluation side loses a leaking clip)."""
     manifest = manifest.copy()
-    later = repeats[repeats.duplicated("video_id", keep="first")].index
-    for i in later:
-        first = repeats[(repeats.video_id == manifest.at[i, "video_id"])].iloc[0]
-        kind = "leak" if first.split != manifest.at[i, "split"] else "duplicate"
-        manifest.loc[i, ["verdict", "reason"]] = ["rejected", f"video_id: {kind} of {first.path}. Fix: give "
-                                                               f"every clip a unique video_id"]
+    rank = manifest.split.map({s: i for i, s in enumerate(SPLITS)}).fillna(len(SPLITS))
+    problems, seen = [], set()
+    for column, what in SAME_CLIP.items():
+        ok = manifest[(manifest.verdict == "accepted") & manifest[column].notna()]
+        ok = ok.loc[rank[ok.index].sort_values(kind="stable").index]        # train first
+        for value, group in ok[ok.duplicated(column, keep=False)].groupby(column, sort=True):
+            if frozenset(group.index) in seen:       # a plain copy repeats id, bytes and payload: say it once
+                continue
+            seen.add(frozenset(group.index))
+            kind = "leak between splits " + "/".join(sorted(set(group.split))) if group.split.nunique() > 1 else "duplicate"
+            label = f"video_id {value!r}" if column == "video_id" else f"same {what}"
+            problems.append(f"{label} ({kind}): " + " and ".join(group.path))
+            first = group.iloc[0]
+            for i in group.index[1:]:
+                kind = "leak" if first.split != manifest.at[i, "split"] else "duplicate"
+                manifest.loc[i, ["verdict", "reason"]] = [
+                    "rejected", f"{column}: {kind} of {first.path} (same {what}). Fix: keep one copy of every clip"]
+    if problems and policy == "error":
+        raise DatasetError("duplicate or leaking clips:\n  " + "\n  ".join(problems)
+                           + "\nFix: give every clip a unique video_id and keep one copy of every clip, or set "
+                             "data.on_duplicate_id: drop")
     return manifest
 
 
@@ -89,14 +99,16 @@ def assign_shards(manifest: pd.DataFrame, num_shards: int) -> dict[str, list[dic
     return shards
 
 
-def prepare_dataset(source, out_dir, num_shards: int, max_array_bytes: int, on_duplicate_id: str) -> pd.DataFrame:
-    """Validate every clip under ``source``; write ``manifest.parquet`` and ``shards/<key>.json``."""
+def prepare_dataset(source, out_dir, num_shards: int, max_array_bytes: int, on_duplicate_id: str,
+                    cache: ContentHashes | None = None, shared_shards=None) -> pd.DataFrame:
+    """Validate every clip under ``source``; write ``manifest.parquet`` and ``shards/<key>.json`` (and the
+    same member lists under ``shared_shards``, when given)."""
     out_dir = Path(out_dir)
     files = list_clips(source)
     if not files:
         raise DatasetError(f"{source}: no clips found. Fix: put MSG_VIP .npz files under "
                            f"{source}/train, {source}/val and optionally {source}/test")
-    manifest = resolve_duplicates(validate_files(files, max_array_bytes), on_duplicate_id)
+    manifest = resolve_duplicates(validate_files(files, max_array_bytes, cache), on_duplicate_id)
     shards = assign_shards(manifest, num_shards)
     accepted = manifest[manifest.verdict == "accepted"]
     for split in ("train", "val"):
@@ -108,10 +120,24 @@ def prepare_dataset(source, out_dir, num_shards: int, max_array_bytes: int, on_d
     (out_dir / "shards").mkdir(parents=True, exist_ok=True)
     for key, members in shards.items():
         (out_dir / "shards" / f"{key}.json").write_text(json.dumps(members, indent=1))
+        if shared_shards is not None:
+            write_shared_shard(Path(shared_shards) / f"{key}.json", members)
     manifest.to_parquet(out_dir / "manifest.parquet", index=False)
     log.info("%d clips: %d accepted in %d shards, %d rejected", len(manifest), len(accepted), len(shards),
              len(manifest) - len(accepted))
     return manifest
+
+
+def write_shared_shard(path: Path, members: list[dict]) -> None:
+    """The member list extract reads for a shard key. Same key, same clips: only the paths can differ (another
+    dataset holding them); those are refreshed, atomically, and an identical list is left untouched."""
+    text = json.dumps(members, indent=1)
+    if path.exists() and path.read_text() == text:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def read_shard(path) -> list[dict]:

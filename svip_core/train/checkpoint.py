@@ -47,11 +47,22 @@ def save_checkpoint(folder, model, optimizer, scheduler, state: dict) -> None:
             old.unlink(missing_ok=True)
 
 
+def read_state(folder) -> dict | None:
+    """The state of the last complete checkpoint in ``folder`` (None when there is none)."""
+    path = Path(folder) / "state.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def mark_finished(folder, state: dict) -> None:
+    """Record that the run ended normally: a later job in this folder is a forced re-run, not a resume."""
+    _atomic(Path(folder) / "state.json", lambda p: p.write_text(json.dumps({**state, "finished": True}, indent=1)))
+
+
 def load_checkpoint(folder, model, optimizer, scheduler, rank: int) -> dict | None:
     folder = Path(folder)
-    if not (folder / "state.json").exists():
+    state = read_state(folder)
+    if state is None:
         return None
-    state = json.loads((folder / "state.json").read_text())
     load_weights(model, folder / "last.safetensors")
     trainer = torch.load(folder / "last_trainer.pt", weights_only=True)
     optimizer.load_state_dict(trainer["optimizer"])

@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -23,7 +24,8 @@ from tqdm import tqdm
 from svip_core.model.loss import ranking_loss
 from svip_core.model.ranker import build_ranker
 from svip_core.model.ranking import hit_at_k, target_rank_stats
-from svip_core.train.checkpoint import load_checkpoint, load_weights, save_checkpoint, save_rng, save_weights
+from svip_core.train.checkpoint import (load_checkpoint, load_weights, mark_finished, read_state, save_checkpoint,
+                                       save_rng, save_weights)
 from svip_core.train.data import StoreClips
 
 log = logging.getLogger(__name__)
@@ -122,7 +124,7 @@ def validate(model, dataset, device, cfg, amp, rank: int, world: int) -> tuple[f
     model.eval()
     subset = torch.utils.data.Subset(dataset, range(rank, len(dataset), world))
     sums = torch.zeros(3, dtype=torch.float64, device=device)
-    for batch in DataLoader(subset, batch_size=cfg["batch_size"], num_workers=cfg["workers"]):
+    for batch in DataLoader(subset, batch_size=cfg["batch_size"], num_workers=cfg.get("workers", 0)):
         logits, target, present, losses = _forward(model, batch, device, cfg, amp)
         above, tied = target_rank_stats(logits, target, present)
         sums += torch.stack([losses["total"].double() * len(target), hit_at_k(above, tied, 1).double().sum(),
@@ -132,10 +134,32 @@ def validate(model, dataset, device, cfg, amp, rank: int, world: int) -> tuple[f
     return float(sums[0] / sums[2].clamp(min=1)), float(sums[1] / sums[2].clamp(min=1))
 
 
-def train(store_paths: list[str], out_dir, model_cfg: dict, cfg: dict, debug: bool = False) -> dict:
-    """Train the ranker on the stores' train split, select on val; write weights and curves to ``out_dir``."""
+def resumable(folder: Path, identity: str | None) -> tuple[bool, str]:
+    """Whether the checkpoint in ``folder`` may be resumed by the run ``identity``, and why not."""
+    state = read_state(folder)
+    if state is None:
+        return False, ""
+    if state.get("identity") != identity:
+        return False, f"it was written by another run (identity {state.get('identity')}, this run is {identity})"
+    if state.get("finished"):
+        return False, "that run finished; a forced re-run trains from scratch"
+    return True, ""
+
+
+def train(store_paths: list[str], out_dir, model_cfg: dict, cfg: dict, debug: bool = False,
+          identity: str | None = None, settings: dict | None = None) -> dict:
+    """Train the ranker on the stores' train split, select on val; write weights and curves to ``out_dir``.
+    ``identity`` names the run (its stage identity): only a checkpoint written under the same one is resumed."""
     rank, world, device = setup_distributed()
     out_dir = Path(out_dir)
+    ckpt = out_dir / "checkpoints"
+    resume, why_not = resumable(ckpt, identity)
+    dist.barrier()                            # every rank decided before rank 0 clears anything
+    if not resume and why_not:
+        if rank == 0:
+            log.info("not resuming the checkpoint in %s: %s; starting fresh", ckpt, why_not)
+            shutil.rmtree(ckpt)
+        dist.barrier()
     seed_everything(cfg["seed"])
     train_set, val_set = StoreClips(store_paths, "train"), StoreClips(store_paths, "val")
     visual_dim, geometry_dim = train_set.dims()
@@ -143,7 +167,7 @@ def train(store_paths: list[str], out_dir, model_cfg: dict, cfg: dict, debug: bo
     torch.manual_seed(cfg["seed"] * 1000 + rank)                             # distinct dropout per rank
     ddp = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
     sampler = DistributedSampler(train_set, world, rank, shuffle=True, seed=cfg["seed"], drop_last=False)
-    loader = DataLoader(train_set, batch_size=cfg["batch_size"], sampler=sampler, num_workers=cfg["workers"],
+    loader = DataLoader(train_set, batch_size=cfg["batch_size"], sampler=sampler, num_workers=cfg.get("workers", 0),
                         pin_memory=device.type == "cuda", drop_last=False)
     steps_per_epoch = math.ceil(len(loader) / cfg["accumulation_steps"])
     optimizer = torch.optim.AdamW(param_groups(model, cfg["weight_decay"]), lr=cfg["lr"])
@@ -151,10 +175,11 @@ def train(store_paths: list[str], out_dir, model_cfg: dict, cfg: dict, debug: bo
         optimizer, warmup_cosine(cfg["warmup_steps"], steps_per_epoch * cfg["epochs"], cfg["min_lr_ratio"]))
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
-    state = load_checkpoint(out_dir / "checkpoints", model, optimizer, scheduler, rank) or \
+    state = (load_checkpoint(ckpt, model, optimizer, scheduler, rank) if resume else None) or \
         {"epoch": 0, "step": 0, "best_top1": -1.0, "best_epoch": 0, "bad_epochs": 0, "history": []}
+    state["identity"] = identity
     if state["epoch"] and rank == 0:
-        log.info("resuming after epoch %d from %s", state["epoch"], out_dir / "checkpoints")
+        log.info("resuming after epoch %d from %s (same run identity %s)", state["epoch"], ckpt, identity)
     writer = None
     if rank == 0:
         from torch.utils.tensorboard import SummaryWriter
@@ -201,7 +226,7 @@ def train(store_paths: list[str], out_dir, model_cfg: dict, cfg: dict, debug: bo
         if val_top1 > state["best_top1"]:
             state.update(best_top1=val_top1, best_epoch=epoch)
             if rank == 0:
-                save_weights(model, out_dir / "checkpoints" / "best.safetensors")
+                save_weights(model, ckpt / "best.safetensors")
         state["bad_epochs"] = 0 if val_top1 >= state["best_top1"] else state["bad_epochs"] + 1
         state["epoch"] = epoch
         state["history"].append(row)
@@ -213,10 +238,10 @@ def train(store_paths: list[str], out_dir, model_cfg: dict, cfg: dict, debug: bo
             for k, v in row.items():
                 if k != "epoch":
                     writer.add_scalar(k, v, epoch)
-        save_rng(out_dir / "checkpoints", rank, epoch)
+        save_rng(ckpt, rank, epoch)
         dist.barrier()                        # every rank's RNG is on disk before state.json names the epoch
         if rank == 0:
-            save_checkpoint(out_dir / "checkpoints", model, optimizer, scheduler, state)
+            save_checkpoint(ckpt, model, optimizer, scheduler, state)
         dist.barrier()
 
     checksums = [None] * world
@@ -227,14 +252,15 @@ def train(store_paths: list[str], out_dir, model_cfg: dict, cfg: dict, debug: bo
         (out_dir / "model.json").write_text(json.dumps(
             {"model": model_cfg, "visual_dim": visual_dim, "geometry_dim": geometry_dim, "best_epoch": state["best_epoch"],
              "best_val_top1": state["best_top1"], "world_size": world, "rank_weight_checksums": checksums,
-             "features": train_set.provenance()},
+             "identity": identity, "run_settings": settings or {}, "features": train_set.provenance()},
             indent=1))
         if len(set(checksums)) != 1:
             raise RuntimeError(f"DDP ranks ended with different weights: {checksums}")
-        best = out_dir / "checkpoints" / "best.safetensors"
+        best = ckpt / "best.safetensors"
         if best.exists():
             load_weights(model, best)
         save_weights(model, out_dir / "model.safetensors")
+        mark_finished(ckpt, state)
     # Release DDP's reducer while the group is alive: freeing it after destroy_process_group can hang gloo.
     del ddp
     dist.barrier()

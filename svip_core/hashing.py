@@ -1,0 +1,183 @@
+"""Hashing helpers under every other module: stable digests of objects, file contents and code.
+
+- ``digest``: short hash of a JSON-serialisable object, independent of dict key order.
+- ``ContentHashes``: SHA-256 of files, cached in SQLite by (path, size, mtime, inode) as DVC and git do, so
+  only new or changed files are read again.
+- ``code_digest``: hash of the Python modules a stage runs, parsed to an AST without docstrings, so edits
+  to comments, docstrings and layout do not count as code changes while any edit to what runs does.
+"""
+from __future__ import annotations
+
+import ast
+import functools
+import hashlib
+import json
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+HASH_LEN = 12
+PACKAGE_ROOT = Path(__file__).resolve().parent
+PACKAGE = PACKAGE_ROOT.name
+DEFAULT_CACHE = Path("results") / ".cache" / "content_hashes.sqlite"
+# A file changed within this many seconds of being hashed could change again within the same mtime tick
+# ("racily clean" in git's words): such a hash is used but never cached.
+RACY_SECONDS = 2.0
+
+
+def digest(obj, length: int = HASH_LEN) -> str:
+    """Stable short hash of a JSON-serialisable object (key order does not matter)."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+def file_sha256(path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _stamp(st: os.stat_result) -> tuple[int, int, int]:
+    return st.st_size, st.st_mtime_ns, st.st_ino
+
+
+class ContentHashes:
+    """SHA-256 of files, remembered in a SQLite file keyed by absolute path and (size, mtime, inode).
+
+    ``path=None`` keeps nothing on disk (every file is read). The cache is only an accelerator: deleting it
+    costs one more read of every file, never a wrong hash (as long as no tool rewrites a file and restores
+    its size, mtime and inode)."""
+
+    def __init__(self, path: str | os.PathLike | None = DEFAULT_CACHE):
+        self.path = Path(path) if path is not None else None
+        self._db = None
+
+    def _connect(self):
+        if self._db is None and self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # Several Snakemake jobs may parse the workflow at once (SLURM): wait for a writer's lock.
+            self._db = sqlite3.connect(self.path, timeout=120)
+            self._db.execute("CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER, "
+                             "mtime_ns INTEGER, inode INTEGER, sha256 TEXT)")
+            self._db.execute("CREATE TABLE IF NOT EXISTS listings (stamp TEXT PRIMARY KEY, value TEXT)")
+        return self._db
+
+    def hashes(self, stats: dict[str, os.stat_result]) -> dict[str, str]:
+        """{absolute path: sha256} for files whose stat results are given; reads only unknown or changed ones."""
+        db = self._connect()
+        known = {}
+        if db is not None and stats:
+            rows = db.execute("SELECT path, size, mtime_ns, inode, sha256 FROM files").fetchall() \
+                if len(stats) > 500 else [row for p in stats for row in db.execute(
+                    "SELECT path, size, mtime_ns, inode, sha256 FROM files WHERE path = ?", (p,))]
+            known = {r[0]: (tuple(r[1:4]), r[4]) for r in rows}
+        out, fresh = {}, []
+        for path, st in stats.items():
+            hit = known.get(path)
+            if hit is not None and hit[0] == _stamp(st):
+                out[path] = hit[1]
+                continue
+            out[path] = file_sha256(path)
+            if not self.is_racy(st):
+                fresh.append((path, *_stamp(st), out[path]))
+        if db is not None and fresh:
+            with db:
+                db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?)", fresh)
+        return out
+
+    @staticmethod
+    def is_racy(st: os.stat_result) -> bool:
+        """Modified so recently that a further change could keep the same mtime: never cache its hash."""
+        return time.time_ns() - st.st_mtime_ns < RACY_SECONDS * 1e9
+
+    def listing(self, stamp: str):
+        """A value remembered for a whole listing's stamp (see ``remember``), else None."""
+        db = self._connect()
+        if db is None:
+            return None
+        row = db.execute("SELECT value FROM listings WHERE stamp = ?", (stamp,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def remember(self, stamp: str, value) -> None:
+        db = self._connect()
+        if db is not None:
+            with db:
+                db.execute("INSERT OR REPLACE INTO listings VALUES (?, ?)", (stamp, json.dumps(value)))
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+
+def file_hashes(paths, cache: ContentHashes | None = None) -> dict[str, str]:
+    """{str(path): sha256} for ``paths`` (through ``cache`` when given)."""
+    stats = {str(Path(p).resolve()): os.stat(p) for p in paths}
+    by_abs = (cache or ContentHashes(None)).hashes(stats)
+    return {str(p): by_abs[str(Path(p).resolve())] for p in paths}
+
+
+# ---- code ---------------------------------------------------------------------------------------------------
+
+def _strip_docstrings(tree: ast.AST) -> ast.AST:
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                    and isinstance(body[0].value.value, str):
+                node.body = body[1:] or [ast.Pass()]
+    return tree
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed(path: str, stamp: tuple) -> tuple[str, tuple[str, ...]]:
+    """(digest of the docstring-free AST, svip_core modules it imports) of one source file."""
+    tree = ast.parse(Path(path).read_text(), filename=path)
+    imports = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imports.update(a.name for a in node.names if a.name.split(".")[0] == PACKAGE)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module \
+                and node.module.split(".")[0] == PACKAGE:
+            imports.add(node.module)
+            # `from svip_core.features import extract` imports a module, not a name.
+            imports.update(f"{node.module}.{a.name}" for a in node.names)
+    text = ast.dump(_strip_docstrings(tree), annotate_fields=False)
+    return hashlib.sha256(text.encode()).hexdigest(), tuple(sorted(imports))
+
+
+def module_file(module: str) -> Path | None:
+    """The source file of a svip_core module (None when the dotted name is not a module, e.g. a function)."""
+    rel = Path(*module.split(".")[1:])
+    for candidate in (PACKAGE_ROOT / rel.with_suffix(".py"), PACKAGE_ROOT / rel / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _source(path: Path) -> tuple[str, tuple[str, ...]]:
+    st = path.stat()
+    return _parsed(str(path), (st.st_size, st.st_mtime_ns))
+
+
+def code_closure(roots: tuple[str, ...], exclude: frozenset[str] = frozenset()) -> list[str]:
+    """The svip_core modules ``roots`` import, directly or not (imports inside functions included)."""
+    seen, todo = set(), list(roots)
+    while todo:
+        module = todo.pop()
+        if module in seen or module in exclude:
+            continue
+        path = module_file(module)
+        if path is None:
+            continue
+        seen.add(module)
+        todo.extend(_source(path)[1])
+    return sorted(seen)
+
+
+def code_digest(roots: tuple[str, ...], exclude: frozenset[str] = frozenset(), files: tuple = ()) -> dict:
+    """{module or file: digest} of the code ``roots`` run, plus extra source ``files`` (scripts)."""
+    out = {m: _source(module_file(m))[0][:HASH_LEN] for m in code_closure(roots, exclude)}
+    for f in files:
+        out[Path(f).name] = _source(Path(f))[0][:HASH_LEN]
+    return out
