@@ -27,7 +27,7 @@ import torch
 
 from svip_core.features.backbone import load_backbone, normalisation
 from svip_core.features.extract import extract_shard, person_features
-from svip_core.io.clip import content_hash
+from svip_core.hashing import file_sha256 as content_hash
 from svip_core.io.synth import write_dataset
 from timing import device_name, timed
 

@@ -11,7 +11,7 @@ from svip_core.stages import STAGES, load_config, stage_dir, stage_hash
 
 def _config(args):
     # Layered exactly as Snakemake layers `--configfile` over the Snakefile's config.yaml.
-    return load_config(args.configfile)
+    return load_config(None, args.configfile)
 
 
 def cmd_hash(args) -> int:

@@ -1,9 +1,11 @@
 """Rank the people of a raw video with a trained model (``svip predict``).
 
-The video is cut into windows of the model's clip length (``features.num_frames`` consecutive frames). In each
-window the people are scored as in training (same backbone, feature mode and sizes, read from the model's
-``model.json``); a track's final score is the mean, over the windows where it is present, of its softmax
-probability of being the VIP in that window.
+The video is cut into overlapping windows of the model's clip length (``features.num_frames`` frames), sampled
+at the speed training saw: training clips are spread over their whole length, so consecutive samples lie about
+``frame_stride`` source frames apart (recorded by extract, read from the model's ``model.json``; 1.0 for older
+models). In each window the people are scored as in training (same backbone, feature mode and sizes); a
+track's final score is the mean, over the windows where it is present, of its softmax probability of being the
+VIP in that window.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from tqdm import tqdm
 
 from svip_core.evaluate.evaluation import load_ranker
 from svip_core.features.backbone import load_backbone, normalisation
-from svip_core.features.extract import person_features, person_slots, resize_frames
+from svip_core.features.extract import frame_indices, person_features, person_slots, resize_frames
 from svip_core.features.geometry import box_geometry
 from svip_core.io.tracks import PeopleDetector, Tracks, read_mot, track_detections, write_mot
 from svip_core.io.video import VideoWriter, read_frames, video_info
@@ -57,14 +59,40 @@ def load_video(video, frame_size, tracks_path=None, detect_every: int = 4, detec
     return frames, tracks, {**info, "frames": T}
 
 
+def training_stride(meta: dict) -> float:
+    """The source-frame stride of the model's training clips, from its model.json (1.0 before it was recorded)."""
+    # Sampled indices are unique integers, so a real stride is never below 1.
+    return max(1.0, float(meta["features"].get("frame_stride", 1.0)))
+
+
+def window_indices(T: int, num_frames: int, stride: float) -> np.ndarray:
+    """Frames of every scoring window of a T-frame video: (W, num_frames) int64, sorted, -1 for padding.
+
+    A window starting at s takes round(s + k * stride), k = 0..num_frames-1, so it spans
+    span = stride * (num_frames - 1) source frames as a training clip did. Windows start every max(1, span // 2)
+    frames, plus a last one ending on the last frame, so every part of the video is covered. A video shorter
+    than a span becomes one window sampled as extract samples a short clip: spread over all its frames.
+    """
+    span = stride * (num_frames - 1)
+    if T - 1 < span:
+        return frame_indices(T, num_frames)[None]
+    last = T - 1 - span
+    starts = np.arange(0, last, max(1, int(span // 2)), dtype=np.float64)
+    starts = np.append(starts, last) if len(starts) == 0 or starts[-1] < last else starts
+    # Round half up (not numpy's half to even), so equal steps never collapse two samples into one frame.
+    idx = np.floor(starts[:, None] + np.arange(num_frames) * stride + 0.5).astype(np.int64)
+    return np.minimum(idx, T - 1)
+
+
 @torch.no_grad()
 def score_tracks(frames: torch.Tensor, tracks: Tracks, size: tuple[int, int], checkpoint, device=None,
                  batch_windows: int = 8) -> np.ndarray:
-    """Mean per-window VIP probability of every track, (K,); NaN for a track the model never saw."""
+    """Mean per-window VIP probability of every track, (K,); NaN for a track the model never saw. Windows follow
+    ``window_indices`` at the model's training stride."""
     meta = json.loads((Path(checkpoint) / "model.json").read_text())
     feats = meta["features"]
     cfg, max_persons = feats["features"], feats["max_persons"]
-    T_win = cfg["num_frames"]
+    T_win, stride = cfg["num_frames"], training_stride(meta)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     backbone = load_backbone(feats["backbone"], device)
     mean, std = (torch.tensor(v, device=device).view(1, 3, 1, 1) for v in normalisation(feats["backbone"]))
@@ -73,13 +101,12 @@ def score_tracks(frames: torch.Tensor, tracks: Tracks, size: tuple[int, int], ch
     norm = np.where(tracks.valid[..., None], np.clip(tracks.boxes / np.array([W_px, H_px, W_px, H_px]), 0, 1), 0)
 
     T, K = tracks.valid.shape
-    starts = list(range(0, T, T_win))
+    windows = window_indices(T, T_win, stride)                                         # (W, T_win)
     prob_sum, count = np.zeros(K), np.zeros(K)
-    for chunk in tqdm([starts[i:i + batch_windows] for i in range(0, len(starts), batch_windows)], desc="score",
+    for chunk in tqdm(np.array_split(windows, np.arange(batch_windows, len(windows), batch_windows)), desc="score",
                       unit="batch"):
-        idx = np.stack([np.arange(s, s + T_win) for s in chunk])                          # (B, T_win)
-        inside = idx < T
-        idx = np.minimum(idx, T - 1)
+        inside = chunk >= 0
+        idx = chunk.clip(0)                                                               # (B, T_win)
         slots = np.stack([person_slots(tracks.valid[i[ok]], None, max_persons) for i, ok in zip(idx, inside)])  # (B, N)
         valid = np.take_along_axis(tracks.valid[idx], slots.clip(0)[:, None, :], 2)        # (B, T_win, N)
         valid &= inside[..., None] & (slots >= 0)[:, None, :]
@@ -135,6 +162,7 @@ def predict_video(video, out_dir, checkpoint=None, tracks_path=None, detect_ever
     if len(tracks.ids) == 0:
         raise RuntimeError(f"{video}: no person was detected or tracked. Fix: pass --tracks with a MOT file")
     scores = score_tracks(frames, tracks, (info["width"], info["height"]), checkpoint, device)
+    stride = training_stride(meta)
     order = np.argsort(-np.nan_to_num(scores, nan=-1.0), kind="stable")
     ranking = pd.DataFrame({"track_id": tracks.ids[order], "score": scores[order], "rank": np.arange(1, len(order) + 1),
                             "frames_visible": tracks.valid.sum(0)[order]})
@@ -143,6 +171,8 @@ def predict_video(video, out_dir, checkpoint=None, tracks_path=None, detect_ever
     written = annotate(video, out_dir / "annotated.mp4", tracks, scores, info["fps"], info["width"], info["height"])
     result = {"video": str(video), "checkpoint": str(checkpoint), "frames": info["frames"], "frames_written": written,
               "tracks_source": str(tracks_path) if tracks_path else "detected (OpenCV HOG) + IoU tracking",
+              "frame_stride": stride,
+              "windows": len(window_indices(info["frames"], meta["features"]["features"]["num_frames"], stride)),
               "vip_track_id": int(ranking.track_id.iloc[0]),
               "ranking": ranking.astype({"track_id": int, "rank": int, "frames_visible": int}).to_dict("records")}
     (out_dir / "ranking.json").write_text(json.dumps(result, indent=1, default=float))

@@ -78,17 +78,18 @@ class ConfigError(ValueError):
 
 # ---- config ------------------------------------------------------------------------------------------------
 
-def load_config(configfiles=None, base: str | os.PathLike | None = None) -> dict:
+def load_config(base: str | os.PathLike | None = None, configfiles=()) -> dict:
     """The config Snakemake would run: ``base`` (default: the working directory's config.yaml, as the
-    Snakefile's ``configfile:``), then each of ``configfiles`` layered over it with Snakemake's own
-    ``update_config``, then validated with defaults filled in (``validate_config``)."""
+    Snakefile's ``configfile:`` reads it), then each of ``configfiles`` layered over it with Snakemake's own
+    ``update_config`` (as ``snakemake --configfile``), validated with defaults filled in (``validate_config``).
+    Without either, the project's config.yaml."""
     from snakemake.utils import update_config
 
-    if isinstance(configfiles, (str, os.PathLike)):
-        configfiles = [configfiles]
-    configfiles = list(configfiles or [])
-    if base is None:
-        base = Path("config.yaml") if Path("config.yaml").exists() else (None if configfiles else PROJECT_ROOT / "config.yaml")
+    configfiles = [configfiles] if isinstance(configfiles, (str, os.PathLike)) else list(configfiles)
+    if base is None and Path("config.yaml").exists():
+        base = Path("config.yaml")
+    elif base is None and not configfiles:
+        base = PROJECT_ROOT / "config.yaml"
     config: dict = {}
     for path in ([base] if base is not None else []) + configfiles:
         with open(path) as f:

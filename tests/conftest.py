@@ -40,20 +40,47 @@ def write_config(path: Path, config: dict) -> Path:
     return path
 
 
+def copy_workflow(dst: Path, config: dict) -> Path:
+    """A copy of the workflow in ``dst`` with ``config`` as its config.yaml."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in WORKFLOW_FILES:
+        src = ROOT / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, dst / name)
+    write_config(dst / "config.yaml", config)
+    return dst
+
+
 @pytest.fixture
 def workflow_dir(tmp_path, tiny_config) -> Path:
     """A copy of the workflow with the tiny config as its config.yaml."""
-    for name in WORKFLOW_FILES:
-        src = ROOT / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
-    write_config(tmp_path / "config.yaml", tiny_config)
-    return tmp_path
+    return copy_workflow(tmp_path, tiny_config)
+
+
+@pytest.fixture(scope="session")
+def finished_workflow(tmp_path_factory) -> Path:
+    """The whole workflow run once on the tiny config; tests read it and dry-run edits against it (tests that
+    change its files work on a copy)."""
+    wd = copy_workflow(tmp_path_factory.mktemp("workflow"), TINY)
+    result = snakemake(wd)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return wd
 
 
 def snakemake(workdir: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     return subprocess.run([str(BIN / "snakemake"), "--cores", "2", *args], cwd=workdir, env=env, text=True,
                           capture_output=True, timeout=timeout)
+
+
+def ran_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
+    """Job counts per rule of a real run, from Snakemake's 'Finished jobid: N (Rule: R)' lines."""
+    counts: dict[str, int] = {}
+    for line in (result.stdout + result.stderr).splitlines():
+        if line.startswith("Finished jobid") and "(Rule: " in line:
+            rule = line.split("(Rule: ")[1].rstrip(")")
+            counts[rule] = counts.get(rule, 0) + 1
+    counts.pop("all", None)
+    return counts
 
 
 def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:

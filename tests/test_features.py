@@ -13,7 +13,7 @@ from svip_core.features.extract import extract_shard, frame_indices, person_slot
 from svip_core.features.geometry import GEOMETRY_FIELDS, box_geometry
 from svip_core.features.pooling import crop_boxes, roi_pool
 from svip_core.features.store import open_store, writing_store
-from svip_core.io.clip import content_hash
+from svip_core.hashing import file_sha256 as content_hash
 from svip_core.io.synth import write_dataset
 
 EMBEDDED = {"hidden_size": 16, "num_layers": 1, "num_heads": 2, "patch_size": 8, "seed": 0}
@@ -125,11 +125,12 @@ def test_a_killed_extract_job_leaves_no_complete_store_and_the_rerun_matches(tmp
     members = [{"video_id": p.stem, "split": "train", "path": str(p), "content_hash": content_hash(p)} for p in paths]
     shard = tmp_path / "shard.json"
     shard.write_text(json.dumps(members))
-    stage = {"config": {"features": {**FEATURES, "batch_clips": 1}, "data.max_persons": 4}, "backbone_identity": "x"}
+    stage = {"config": {"features": FEATURES, "data": {"max_persons": 4}}}
+    settings = {"backbone": str(backbone_dir), "features": {"batch_clips": 1}}
 
     def extract(out):
         return subprocess.Popen([sys.executable, str(ROOT / "workflow_scripts/extract.py"), "--config", json.dumps(stage),
-                                 "--shard", str(shard), "--backbone", str(backbone_dir), "--out", str(out),
+                                 "--settings", json.dumps(settings), "--shard", str(shard), "--out", str(out),
                                  "--stage-hash", "h"], stderr=subprocess.DEVNULL)
 
     killed = tmp_path / "killed" / "store.zarr"

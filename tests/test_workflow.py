@@ -12,17 +12,9 @@ from svip_core.stages import STAGE_DIRS, all_stage_hashes, load_config
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    """Run the whole workflow once; the tests below read what it left."""
-    import conftest
-
-    wd = tmp_path_factory.mktemp("workflow")
-    for name in conftest.WORKFLOW_FILES:
-        src = conftest.ROOT / name
-        (conftest.shutil.copytree if src.is_dir() else conftest.shutil.copy)(src, wd / name)
-    write_config(wd / "config.yaml", conftest.TINY)
-    result = snakemake(wd)
-    assert result.returncode == 0, result.stderr[-4000:]
+def finished_run(finished_workflow):
+    """The whole workflow run once (conftest); the tests below read what it left."""
+    wd = finished_workflow
     hashes = all_stage_hashes(load_config(wd / "config.yaml"))
     dirs = {s: wd / "results" / STAGE_DIRS[s] / h for s, h in hashes.items()}
     return wd, dirs

@@ -1,4 +1,9 @@
-"""The evaluate stage: score the evaluation split with the trained ranker and with every heuristic."""
+"""The evaluate stage: score the evaluation split with the trained ranker and with every heuristic.
+
+metrics.json says how far its figures can be trusted: ``selection_split`` (with a ``note``) when the split is
+val, which also chose the checkpoint, and ``target_absent``, the clips whose VIP is missing from the features
+(each counted as a miss in every figure).
+"""
 from __future__ import annotations
 
 import json
@@ -18,6 +23,7 @@ from svip_core.train.checkpoint import load_weights
 from svip_core.train.data import StoreClips
 
 log = logging.getLogger(__name__)
+SELECTION_NOTE = "evaluated on val, the split that selected the checkpoint: figures are optimistic"
 
 
 def load_ranker(train_dir, device="cpu") -> torch.nn.Module:
@@ -41,17 +47,27 @@ def score_split(model, dataset: StoreClips, batch_size: int = 16) -> dict[str, n
     return {k: torch.cat(v).numpy() for k, v in parts.items()}
 
 
+def target_absent(present: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """present (V, N) bool, target (V,) -> (V,) bool: the target is valid in no frame of the clip."""
+    return ~np.take_along_axis(present, target[:, None].astype(np.int64), 1)[:, 0]
+
+
 def evaluate(store_paths: list[str], train_dir, out_dir, split: str, ks: list[int], seed: int = 0) -> dict:
     """Write ``metrics.json`` and ``predictions.parquet`` (one row per person of every clip) to ``out_dir``."""
     out_dir = Path(out_dir)
     dataset = StoreClips(store_paths, split)
     if len(dataset) == 0 and split == "test":
-        log.warning("the dataset has no test split; evaluating on val (the reference's practice)")
+        log.warning("the dataset has no test split; evaluating on val (the reference's practice), which also "
+                    "selected the checkpoint: the figures are optimistic")
         split, dataset = "val", StoreClips(store_paths, "val")
     torch.manual_seed(seed)
     res = score_split(load_ranker(train_dir), dataset)
     present = res["valid"].any(1)                                                     # (V, N)
     clips = pd.DataFrame([dataset.describe(i) for i in range(len(dataset))])
+    absent = target_absent(present, res["target"])
+    if absent.any():
+        log.warning("%d clip(s) have no target in their features, counted as misses: %s", absent.sum(),
+                    ", ".join(clips.video_id[absent]))
     clips["people"] = present.sum(1)
     clips["bucket"] = people_bucket(clips["people"].to_numpy())
 
@@ -64,8 +80,10 @@ def evaluate(store_paths: list[str], train_dir, out_dir, split: str, ks: list[in
                 "by_category": {c: summarise(hits[clips.scene_category == c], seed=seed)
                                 for c in sorted(clips.scene_category.unique())}}
 
-    metrics = {"split": split, "clips": len(dataset), "tie_rule": "expected value under uniformly random order "
-               "of tied scores", "model": block(res["scores"]),
+    metrics = {"split": split, "clips": len(dataset), "selection_split": split == "val",
+               **({"note": SELECTION_NOTE} if split == "val" else {}),
+               "target_absent": {"count": int(absent.sum()), "video_ids": clips.video_id[absent].tolist()},
+               "tie_rule": "expected value under uniformly random order of tied scores", "model": block(res["scores"]),
                "baselines": {name: block(s)["overall"]
                              for name, s in heuristic_scores(res["geometry"], res["valid"], seed).items()}}
     ranks = rank_people(torch.as_tensor(res["scores"]), torch.as_tensor(present)).numpy()

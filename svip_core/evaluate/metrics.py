@@ -9,7 +9,8 @@ from svip_core.model.ranking import hit_at_k, reciprocal_rank, target_rank_stats
 
 
 def per_clip_hits(scores: np.ndarray, target: np.ndarray, present: np.ndarray, ks: list[int]) -> pd.DataFrame:
-    """One row per clip: cmc@k for each k (top-1 is cmc@1) and rr (reciprocal rank), tie-aware."""
+    """One row per clip: cmc@k for each k (top-1 is cmc@1) and rr (reciprocal rank), tie-aware; a clip whose
+    target is absent scores 0 in every column (a miss), so it lowers the figures instead of leaving them."""
     above, tied = target_rank_stats(torch.as_tensor(scores), torch.as_tensor(target), torch.as_tensor(present))
     cols = {f"cmc@{k}": hit_at_k(above, tied, k).numpy() for k in ks}
     cols["rr"] = reciprocal_rank(above, tied).numpy()

@@ -27,11 +27,43 @@ from svip_core.io.clip import read_clip
 log = logging.getLogger(__name__)
 
 
-def frame_indices(T: int, num_frames: int) -> np.ndarray:
-    """Uniformly spread ``num_frames`` indices over T frames; -1 marks padding when the clip is shorter."""
-    if T >= num_frames:
-        return np.linspace(0, T - 1, num_frames).round().astype(np.int64)
-    return np.concatenate([np.arange(T), np.full(num_frames - T, -1)])
+def frame_indices(T: int, num_frames: int, frame_mask: np.ndarray | None = None, valid: np.ndarray | None = None,
+                  target: int | None = None) -> np.ndarray:
+    """The frames a clip is sampled to: (num_frames,) int64 source indices, sorted and unique, -1 for padding.
+
+    Rule:
+    1. Only valid frames are candidates (``frame_mask`` (T,) bool; all frames when None). With at least
+       ``num_frames`` of them, the indices are spread uniformly over the candidates; with fewer, every
+       candidate is taken in order and the rest is padded with -1.
+    2. If ``target`` is given and the clip has frames where it is present (``valid`` (T, N) bool, already
+       ANDed with the frame mask) but none of them was chosen, the chosen frames nearest to the target's
+       frames are replaced by target frames spread over those: about the target's share of the valid frames,
+       at least one. So a VIP visible in a few frames is never sampled out of its own clip.
+    """
+    ok = np.ones(T, bool) if frame_mask is None else np.asarray(frame_mask, bool)
+    candidates = np.flatnonzero(ok)
+    if len(candidates) < num_frames:
+        return np.concatenate([candidates, np.full(num_frames - len(candidates), -1)]).astype(np.int64)
+    chosen = candidates[np.linspace(0, len(candidates) - 1, num_frames).round().astype(np.int64)]
+    if target is None or valid is None:
+        return chosen
+    seen = np.flatnonzero(np.asarray(valid, bool)[:, target] & ok)
+    if len(seen) == 0 or np.isin(chosen, seen).any():
+        return chosen
+    want = int(np.clip(round(num_frames * len(seen) / len(candidates)), 1, len(seen)))
+    # Centres of `want` equal parts of the target's frames: distinct, and the middle one when want == 1.
+    picks = seen[((np.arange(want) + 0.5) * len(seen) / want).astype(np.int64)]
+    distance = np.abs(chosen[:, None] - seen[None, :]).min(1)                           # (num_frames,)
+    keep = np.sort(np.argsort(distance, kind="stable")[want:])
+    # chosen holds no target frame, so the union is unique.
+    return np.sort(np.concatenate([chosen[keep], picks]))
+
+
+def frame_stride(indices: np.ndarray) -> float:
+    """(num_frames,) sampled indices (-1 padding) -> source frames between consecutive samples, on average:
+    (last - first) / (samples - 1); 1.0 with fewer than two samples."""
+    used = indices[indices >= 0]
+    return float(used[-1] - used[0]) / (len(used) - 1) if len(used) >= 2 else 1.0
 
 
 def person_slots(valid: np.ndarray, target: int | None, max_persons: int) -> np.ndarray:
@@ -66,7 +98,7 @@ class ShardClips(Dataset):
 
     def __getitem__(self, i):
         clip = read_clip(self.members[i]["path"], self.max_array_bytes)
-        t_idx = frame_indices(clip.num_frames, self.num_frames)
+        t_idx = frame_indices(clip.num_frames, self.num_frames, clip.frame_mask, clip.valid, clip.target_index)
         n_idx = person_slots(clip.valid, clip.target_index, self.max_persons)
         t_ok, n_ok = t_idx >= 0, n_idx >= 0
         pick = np.ix_(t_idx.clip(0), n_idx.clip(0))
@@ -77,7 +109,7 @@ class ShardClips(Dataset):
         return {"frames": frames, "boxes": torch.from_numpy(clip.boxes[pick] * valid[..., None]),
                 "valid": torch.from_numpy(valid), "frame_mask": torch.from_numpy(clip.frame_mask[t_idx.clip(0)] & t_ok),
                 "target": int(np.flatnonzero(n_idx == clip.target_index)[0]), "index": i,
-                "scene": clip.scene_category}
+                "scene": clip.scene_category, "frame_stride": frame_stride(t_idx)}
 
 
 @torch.no_grad()
@@ -118,7 +150,7 @@ def extract_shard(members: list[dict], out_path, features_cfg: dict, max_persons
     backbone_source = str(Path(backbone_path).resolve()) if Path(backbone_path).is_dir() else str(backbone_path)
     attrs = {**attrs, "features": features_cfg, "backbone": backbone_source, "max_persons": max_persons, "feature_dim": D, "geometry_fields": list(GEOMETRY_FIELDS), "versions": versions,
              "svip": svip_core.__version__, "device": device.type}
-    start, batch_done = time.perf_counter(), []
+    start, batch_done, strides = time.perf_counter(), [], []
     # One writer thread compresses and writes batch i while the backbone runs on batch i+1; waiting for the
     # previous write before queueing the next keeps at most two batches in memory.
     with writing_store(out_path, attrs) as store, ThreadPoolExecutor(max_workers=1) as writer:
@@ -141,13 +173,17 @@ def extract_shard(members: list[dict], out_path, features_cfg: dict, max_persons
                 pending.result()
             batch_done.append(time.perf_counter())
             pending = writer.submit(_write_batch, store, batch, visual)
+            strides.append(batch["frame_stride"].numpy())
         if pending is not None:
             pending.result()
+        # The shard's typical sampling speed; it reaches model.json, so `svip predict` samples time alike.
+        stride = float(np.median(np.concatenate(strides))) if strides else 1.0
+        store.attrs["frame_stride"] = stride
     # Steady state: the second half of the batches, once the model is loaded and the workers are running.
     half = len(batch_done) // 2
     steady = (len(batch_done) - 1 - half) * features_cfg["batch_clips"] * T / (batch_done[-1] - batch_done[half]) \
         if len(batch_done) >= 4 else None
-    return {"clips": V, "seconds": time.perf_counter() - start, "steady_frames_per_s": steady}
+    return {"clips": V, "seconds": time.perf_counter() - start, "steady_frames_per_s": steady, "frame_stride": stride}
 
 
 def _write_batch(store, batch: dict, visual: torch.Tensor) -> None:
@@ -159,6 +195,7 @@ def _write_batch(store, batch: dict, visual: torch.Tensor) -> None:
     store["frame_mask"][rows] = batch["frame_mask"].numpy()
     store["target_index"][rows] = batch["target"].numpy()
     store["scene_category"][rows] = np.array(batch["scene"], dtype=str)
+    store["frame_stride"][rows] = batch["frame_stride"].numpy()
 
 
 def _collate(items: list[dict]) -> dict:
@@ -166,5 +203,6 @@ def _collate(items: list[dict]) -> dict:
     out["frames"] = [it["frames"] for it in items]          # clips may differ in size until resized
     out["target"] = torch.tensor([it["target"] for it in items])
     out["index"] = torch.tensor([it["index"] for it in items])
+    out["frame_stride"] = torch.tensor([it["frame_stride"] for it in items], dtype=torch.float32)
     out["scene"] = [it["scene"] for it in items]
     return out

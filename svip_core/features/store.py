@@ -2,8 +2,11 @@
 
 Arrays (V clips, T frames, N person slots): visual (V,T,N,D) float16, geometry (V,T,N,G) float32,
 person_mask (V,T,N) bool (already ANDed with frame_mask), frame_mask (V,T) bool, target_index (V,) int64,
-video_id, scene_category, split (V,) str. One clip is one chunk. A store is written under a temporary name
-and renamed when complete, so a killed job never leaves a store that looks finished.
+frame_stride (V,) float32 (source frames between consecutive samples of the clip, on average), video_id,
+scene_category, split (V,) str; attrs["frame_stride"] is the shard's median stride. One clip is one chunk.
+Stores written before frame_stride existed lack both; ``frame_strides`` reads them as 1.0. A store is
+written under a temporary name and renamed when complete, so a killed job never leaves a store that looks
+finished.
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import shutil
 import uuid
 from pathlib import Path
 
+import numpy as np
 import zarr
 
 PARTIAL = ".partial-"
@@ -44,7 +48,8 @@ def create_arrays(group, V: int, T: int, N: int, D: int, G: int) -> None:
             "geometry": ((V, T, N, G), "float32", ("clip", "frame", "person", "geometry_field")),
             "person_mask": ((V, T, N), "bool", ("clip", "frame", "person")),
             "frame_mask": ((V, T), "bool", ("clip", "frame")),
-            "target_index": ((V,), "int64", ("clip",)), "video_id": ((V,), str, ("clip",)),
+            "target_index": ((V,), "int64", ("clip",)), "frame_stride": ((V,), "float32", ("clip",)),
+            "video_id": ((V,), str, ("clip",)),
             "scene_category": ((V,), str, ("clip",)), "split": ((V,), str, ("clip",))}
     for name, (shape, dtype, dims) in spec.items():
         chunks = (1,) + shape[1:] if len(shape) > 1 else (max(V, 1),)
@@ -57,3 +62,10 @@ def open_store(path):
     if not group.attrs.get("complete", False):
         raise RuntimeError(f"{path}: feature store is incomplete (its writer was interrupted); re-run extract")
     return group
+
+
+def frame_strides(group) -> np.ndarray:
+    """(V,) float32 sampling stride of every clip; 1.0 for a store written before strides were recorded."""
+    if "frame_stride" in group:
+        return group["frame_stride"][:]
+    return np.ones(group["target_index"].shape[0], np.float32)

@@ -1,6 +1,7 @@
 """Figures and tables for the Snakemake HTML report."""
 from __future__ import annotations
 
+import html
 import json
 from pathlib import Path
 
@@ -40,6 +41,27 @@ def _rows(metrics: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def top1_title(metrics: dict) -> str:
+    """The top-1 figure's title; it says so when the split also selected the checkpoint."""
+    title = f"Top-1 on the {metrics['split']} split ({metrics['clips']} clips), 95% CI"
+    if metrics.get("selection_split"):
+        title += "\nSELECTION SPLIT: it also chose the checkpoint, figures are optimistic"
+    return title
+
+
+def trust_notes(metrics: dict) -> str:
+    """HTML warnings to show above the metrics table: evaluation on the selection split, clips without target."""
+    notes = []
+    if metrics.get("selection_split"):
+        notes.append(f"<strong>Selection split:</strong> {html.escape(metrics.get('note', ''))}.")
+    absent = metrics.get("target_absent", {})
+    if absent.get("count", 0):
+        ids = ", ".join(map(html.escape, absent.get("video_ids", [])))
+        notes.append(f"<strong>{absent['count']} clip(s) without their VIP</strong> in the features, counted as "
+                     f"misses in every metric: {ids}.")
+    return "".join(f'<p style="color:#b00020">{n}</p>' for n in notes)
+
+
 def metrics_vs_baselines(metrics_json, out_png, out_html) -> None:
     metrics = json.loads(Path(metrics_json).read_text())
     table = _rows(metrics)
@@ -48,12 +70,13 @@ def metrics_vs_baselines(metrics_json, out_png, out_html) -> None:
     lo = [m["mean"] - m["ci95"][0] for m in top1]
     hi = [m["ci95"][1] - m["mean"] for m in top1]
     ax.bar(table.method, table.top1, yerr=[lo, hi], capsize=4, color=["C0"] + ["C7"] * (len(table) - 1))
-    ax.set(ylabel="top-1", ylim=(0, 1), title=f"Top-1 on the {metrics['split']} split ({metrics['clips']} clips), 95% CI")
+    ax.set(ylabel="top-1", ylim=(0, 1))
+    ax.set_title(top1_title(metrics), color="#b00020" if metrics.get("selection_split") else "black")
     ax.tick_params(axis="x", rotation=30)
     fig.tight_layout()
     fig.savefig(out_png, dpi=110)
     plt.close(fig)
-    Path(out_html).write_text(table.to_html(index=False, float_format="{:.3f}".format, border=0))
+    Path(out_html).write_text(trust_notes(metrics) + table.to_html(index=False, float_format="{:.3f}".format, border=0))
 
 
 def by_group(metrics_json, group: str, out_png) -> None:
@@ -145,7 +168,8 @@ def gallery(predictions_parquet, manifest_parquet, store_paths: list[str], out_p
     for r, video_id in enumerate(chosen):
         boxes, valid = rows[video_id]
         clip = read_clip(paths[video_id])
-        index = frame_indices(clip.num_frames, len(valid))
+        # The extract stage's own sampling rule, so row t of the store is frame index[t] of the clip.
+        index = frame_indices(clip.num_frames, len(valid), clip.frame_mask, clip.valid, clip.target_index)
         shown = np.flatnonzero(valid.any(1) & (index >= 0))
         shown = shown[np.linspace(0, len(shown) - 1, frames_per_clip).round().astype(int)]
         people = pred[pred.video_id == video_id].set_index("slot")
