@@ -284,7 +284,12 @@ def backbone_folder(source: str) -> Path | None:
     which the workflow builds)."""
     if source == EMBEDDED:
         return None
-    return Path(source).resolve() if Path(source).is_dir() else Path(_hub_folder(source))
+    if Path(source).is_dir():
+        return Path(source).resolve()
+    if source.startswith(("/", ".", "~")) or source.count("/") != 1:     # hub ids are "namespace/name"
+        raise ConfigError(f"features.backbone: folder {source!r} not found. Fix: give an existing model folder "
+                          f"(saved with save_pretrained), a hub id such as facebook/dinov2-base, or 'embedded'")
+    return Path(_hub_folder(source))
 
 
 def backbone_identity(features: dict, cache: ContentHashes | None = None) -> dict:

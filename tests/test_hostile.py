@@ -12,7 +12,7 @@ import pytest
 import hostile_corpus
 from conftest import snakemake, write_config
 from svip_core.io.clip import ClipError, inspect_clip
-from svip_core.io.manifest import prepare_dataset
+from svip_core.io.manifest import DatasetError, prepare_dataset
 from svip_core.stages import load_config, stage_dir
 
 
@@ -88,3 +88,20 @@ def test_the_workflow_trains_on_the_good_clips_and_reports_the_bad(corpus, workf
     html = (workflow_dir / stage_dir(config, "report") / "rejected_clips.html").read_text()
     for path in expected:
         assert path in html.replace("&amp;", "&")
+
+
+def test_the_same_clip_under_another_id_is_a_leak(tmp_path):
+    """Ids alone miss a copy saved under a new video_id (and another compression): content catches it."""
+    for split in ("train", "val"):
+        (tmp_path / split).mkdir()
+    a = hostile_corpus.good(1, "original")
+    np.savez(tmp_path / "train" / "a.npz", **a)
+    np.savez_compressed(tmp_path / "val" / "renamed.npz", **{**a, "video_id": np.array("renamed")})
+    np.savez(tmp_path / "val" / "d.npz", **hostile_corpus.good(2, "other"))
+    with pytest.raises(DatasetError, match="leak") as err:
+        prepare_dataset(tmp_path, tmp_path / "out", 2, 10**9, "error")
+    assert "a.npz" in str(err.value) and "renamed.npz" in str(err.value)
+    manifest = prepare_dataset(tmp_path, tmp_path / "out", 2, 10**9, "drop").set_index("path")
+    assert manifest.loc[str(tmp_path / "train" / "a.npz"), "verdict"] == "accepted"
+    assert manifest.loc[str(tmp_path / "val" / "renamed.npz"), "reason"].startswith("payload_hash: leak of")
+    assert manifest.loc[str(tmp_path / "val" / "d.npz"), "verdict"] == "accepted"

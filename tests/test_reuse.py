@@ -53,11 +53,11 @@ def test_every_schema_key_is_declared_as_read_by_stages_or_a_run_setting():
     assert all(len(stages) == 1 or "run setting" not in stages for stages in declared.values())
 
 
-def edited_value(key: str, value, spec: dict, workdir: Path):
+def edited_value(key: str, value, spec: dict, workdir: Path, run_dir: Path):
     """A different valid value for ``key`` (the first choice that keeps the config valid)."""
     special = {"data.source": lambda: str(write_dataset(workdir / "other_data", {"train": 6, "val": 3, "test": 3},
                                                        6, 4, 48, 80, ["meeting"], seed=11)[0].parents[1]),
-               "features.backbone": lambda: str(workdir / "results" / "local_backbone"),
+               "features.backbone": lambda: str(run_dir / "results" / "local_backbone"),
                "features.frame_size": lambda: [value[0] + 8, value[1]],
                "synthetic.categories": lambda: value[:1] + ["lecture"],
                "evaluate.ks": lambda: [1, 2],
@@ -111,7 +111,7 @@ def test_editing_any_config_key_schedules_exactly_the_stages_that_read_it(reuse_
     cases = []
     for i, key in enumerate(schema_keys()):
         edited = copy.deepcopy(base)
-        set_key(edited, key, edited_value(key, _get(base, key) if key != "ablations" else {}, schema_spec(key), tmp_path))
+        set_key(edited, key, edited_value(key, _get(base, key) if key != "ablations" else {}, schema_spec(key), tmp_path, wd))
         readers = {s for s in STAGES if key in keys_read(validate_config(copy.deepcopy(edited)), s)
                    or key in keys_read(base, s)}
         cases.append((key, write_config(tmp_path / f"edit{i}.yaml", edited), readers))

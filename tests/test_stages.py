@@ -94,3 +94,19 @@ def test_an_ablation_of_an_unknown_model_key_is_refused(tiny_config):
     tiny_config["ablations"] = {"typo": {"gat_layer": 0}}
     with pytest.raises(ValueError, match="unknown model keys"):
         runs(validate_config(tiny_config))
+
+
+def test_a_hub_id_that_cannot_be_fetched_fails_at_planning_with_one_line(tmp_path, tiny_config):
+    """A hub id is identified by its weights; one that is neither cached nor downloadable cannot name its
+    features, so planning stops at once (never an 'unresolved' hash that changes after a download)."""
+    import os
+
+    from conftest import write_config
+
+    tiny_config["features"]["backbone"] = "no-such-org/no-such-dinov2"
+    write_config(tmp_path / "config.yaml", tiny_config)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    out = subprocess.run([str(Path(sys.executable).parent / "svip"), "hash", "extract"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and "features.backbone" in out.stderr

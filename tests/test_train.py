@@ -24,9 +24,9 @@ def stores(tmp_path_factory):
     return build_stores(tmp_path_factory.mktemp("stores"), {"train": 16, "val": 6}, num_shards=2)
 
 
-def launch(stores, out: Path, epochs: int, nproc: int = 2, batch_size: int = 4) -> subprocess.Popen:
+def launch(stores, out: Path, epochs: int, nproc: int = 2, batch_size: int = 4, lr: float = 0.001) -> subprocess.Popen:
     run = next(iter(runs(validate_config(json.loads(json.dumps(TINY)))).values()))
-    run["train"].update(epochs=epochs, patience=100, batch_size=batch_size)
+    run["train"].update(epochs=epochs, patience=100, batch_size=batch_size, lr=lr)
     stage = {"config": {"model": run["model"], "train": run["train"]}}
     return subprocess.Popen([str(BIN / "torchrun"), "--standalone", f"--nproc_per_node={nproc}",
                              str(ROOT / "workflow_scripts/train.py"), "--config", json.dumps(stage), "--stores", *stores,
@@ -83,3 +83,29 @@ def test_a_killed_run_resumes_and_ends_with_the_same_metrics(stores, tmp_path):
     pd.testing.assert_frame_equal(curves(clean), curves(killed))
     wa, wb = load_file(clean / "model.safetensors"), load_file(killed / "model.safetensors")
     assert all((wa[k] == wb[k]).all() for k in wa)
+
+
+def test_another_runs_checkpoint_is_refused_and_a_finished_run_is_not_resumed(stores, tmp_path):
+    """A checkpoint is resumed only by the run that wrote it, and only when that run was interrupted."""
+    mine, other = tmp_path / "mine", tmp_path / "other"
+    for out in (mine, other):
+        out.mkdir()
+    assert finish(launch(stores, mine, epochs=3)) == 0
+    first = load_file(mine / "model.safetensors")
+    assert finish(launch(stores, other, epochs=3, lr=0.003)) == 0          # the other run, trained cleanly
+
+    # The other run's job in my folder (a stale folder, a copy, a bug in naming): it must not resume my
+    # finished checkpoint, and must end exactly as it does in a folder of its own.
+    assert finish(launch(stores, mine, epochs=3, lr=0.003)) == 0
+    log = (mine / "train.log").read_text()
+    assert "not resuming the checkpoint" in log and "written by another run" in log
+    pd.testing.assert_frame_equal(curves(mine), curves(other))
+    wa, wb = load_file(mine / "model.safetensors"), load_file(other / "model.safetensors")
+    assert all((wa[k] == wb[k]).all() for k in wa)
+
+    # My run again (snakemake -R train): it finished before, so it trains from scratch, to the same weights.
+    assert finish(launch(stores, mine, epochs=3)) == 0
+    assert "that run finished" in (mine / "train.log").read_text()
+    again = load_file(mine / "model.safetensors")
+    assert all((first[k] == again[k]).all() for k in first)
+    assert json.loads((mine / "checkpoints" / "state.json").read_text())["finished"] is True
