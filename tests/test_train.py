@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -34,12 +32,25 @@ def launch(stores, out: Path, epochs: int, nproc: int = 2, batch_size: int = 4, 
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
+def kill_tree(job: subprocess.Popen) -> None:
+    """SIGKILL torchrun and its ranks. The ranks run in sessions of their own (torchrun starts them with
+    start_new_session), so killing torchrun's process group alone would leave them training."""
+    import psutil
+
+    procs = [psutil.Process(job.pid)]
+    procs += procs[0].children(recursive=True)
+    for p in procs:
+        p.kill()
+    psutil.wait_procs(procs, timeout=30)
+    job.wait()
+
+
 def finish(job: subprocess.Popen, timeout: int = 240) -> int:
     """Wait for a torchrun job; on timeout kill it and its ranks so nothing outlives the test."""
     try:
         return job.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(job.pid, signal.SIGKILL)
+        kill_tree(job)
         raise
 
 
@@ -73,8 +84,7 @@ def test_a_killed_run_resumes_and_ends_with_the_same_metrics(stores, tmp_path):
     while time.time() < deadline and not (state.exists() and json.loads(state.read_text())["epoch"] >= 2):
         assert job.poll() is None, "training ended before it could be killed"
         time.sleep(0.02)
-    os.killpg(job.pid, signal.SIGKILL)           # torchrun and both ranks, mid-run
-    job.wait()
+    kill_tree(job)                               # torchrun and both ranks, mid-run
     done = json.loads(state.read_text())["epoch"]
     assert 2 <= done < 8 and not (killed / "model.safetensors").exists()
 
@@ -94,18 +104,20 @@ def test_another_runs_checkpoint_is_refused_and_a_finished_run_is_not_resumed(st
     first = load_file(mine / "model.safetensors")
     assert finish(launch(stores, other, epochs=3, lr=0.003)) == 0          # the other run, trained cleanly
 
-    # The other run's job in my folder (a stale folder, a copy, a bug in naming): it must not resume my
-    # finished checkpoint, and must end exactly as it does in a folder of its own.
-    assert finish(launch(stores, mine, epochs=3, lr=0.003)) == 0
-    log = (mine / "train.log").read_text()
-    assert "not resuming the checkpoint" in log and "written by another run" in log
-    pd.testing.assert_frame_equal(curves(mine), curves(other))
-    wa, wb = load_file(mine / "model.safetensors"), load_file(other / "model.safetensors")
-    assert all((wa[k] == wb[k]).all() for k in wa)
-
     # My run again (snakemake -R train): it finished before, so it trains from scratch, to the same weights.
     assert finish(launch(stores, mine, epochs=3)) == 0
     assert "that run finished" in (mine / "train.log").read_text()
     again = load_file(mine / "model.safetensors")
     assert all((first[k] == again[k]).all() for k in first)
     assert json.loads((mine / "checkpoints" / "state.json").read_text())["finished"] is True
+
+    # The other run's job in my folder (a stale folder, a copy, a bug in naming): it must not resume my
+    # checkpoint, and must end exactly as it does in a folder of its own.
+    (mine / "checkpoints" / "state.json").write_text(json.dumps(
+        {**json.loads((mine / "checkpoints" / "state.json").read_text()), "finished": False, "epoch": 2}))
+    assert finish(launch(stores, mine, epochs=3, lr=0.003)) == 0
+    log = (mine / "train.log").read_text()
+    assert "not resuming the checkpoint" in log and "written by another run" in log
+    pd.testing.assert_frame_equal(curves(mine), curves(other))
+    wa, wb = load_file(mine / "model.safetensors"), load_file(other / "model.safetensors")
+    assert all((wa[k] == wb[k]).all() for k in wa)
