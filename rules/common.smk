@@ -47,8 +47,8 @@ BACKBONE = f"{FEATURES}/backbone" if USE_EMBEDDED else str(BACKBONE_FOLDER)
 REPORT_OUTPUTS = [f"{REPORT}/{name}" for name in ("training_curves.png", "top1_vs_baselines.png", "metrics_table.html",
                                                   "top1_by_people.png", "rejected_clips.html", "ablations.png",
                                                   "ablations.html", "gallery.png", "top1_by_category.png")]
-# Run settings (workers, batch sizes, where the backbone lies) reach the jobs through the shell command, not
-# params: they change how fast a result is made, not what it is, so they must not trigger a re-run.
+# Run settings (workers, batch sizes, where the backbone lies) change how fast a result is made, not what it
+# is, so they must not trigger a re-run: see run_settings_param.
 RUN_SETTINGS = {
     # max_array_bytes: prepare already refused what is too large; extract reads the same files with the same limit.
     "extract": json.dumps({**run_settings(config, "extract"), "backbone": BACKBONE,
@@ -60,6 +60,13 @@ RUN_SETTINGS = {
 def canonical(obj):
     """Params as sorted JSON: Snakemake compares param strings, and key order must never look like a change."""
     return json.dumps(obj, sort_keys=True)
+
+
+def run_settings_param(stage):
+    """Param function for a stage's run settings. Snakemake's params trigger leaves out params computed from a
+    job's output (it treats them as derived), and these must never trigger a re-run: the identity in the
+    output's path already covers everything that does."""
+    return lambda wildcards, output: RUN_SETTINGS[stage]
 
 
 def stage_config(stage):

@@ -26,6 +26,7 @@ rule extract:
     params:
         config=lambda wildcards: stage_config("extract"),
         stage_hash=HASHES["extract"],
+        settings=run_settings_param("extract"),
     log:
         f"{FEATURES}/logs/{{shard}}.log",
     threads: 2
@@ -37,5 +38,5 @@ rule extract:
         ENV
     shell:
         "python -m svip_core.cli with-gpus {resources.gpu} -- python workflow_scripts/extract.py --config {params.config:q} "
-        "--shard {input.shard} --settings {RUN_SETTINGS[extract]:q} --out {output} --stage-hash {params.stage_hash} "
+        "--shard {input.shard} --settings {params.settings:q} --out {output} --stage-hash {params.stage_hash} "
         "--log-file {log} 2>> {log}"

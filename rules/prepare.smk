@@ -7,6 +7,7 @@ checkpoint prepare:
         # The folder is named for the clips' content, so an edited dataset gets a new folder and this param
         # needs no fingerprint of its own.
         config=lambda wildcards: stage_config("prepare"),
+        shared_shards=SHARDS,
     log:
         f"{PREPARE}/logs/prepare.log",
     threads: 1
@@ -17,4 +18,4 @@ checkpoint prepare:
         ENV
     shell:
         "python workflow_scripts/prepare.py --config {params.config:q} --out-dir {params.out_dir} "
-        "--shared-shards {SHARDS} --log-file {log} 2>> {log}"
+        "--shared-shards {params.shared_shards} --log-file {log} 2>> {log}"

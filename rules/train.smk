@@ -10,6 +10,7 @@ rule train:
         config=train_config,
         out_dir=output_dir("model"),
         nproc=config["train"]["nproc"],
+        settings=run_settings_param("train"),
     log:
         "results/train/{train_hash}/logs/train.log",
     threads: config["train"]["nproc"]
@@ -23,5 +24,5 @@ rule train:
     shell:
         "python -m svip_core.cli with-gpus {resources.gpu} -- python -m svip_core.cli torchrun --nproc {params.nproc} -- "
         "workflow_scripts/train.py "
-        "--config {params.config:q} --settings {RUN_SETTINGS[train]:q} --stores {input.stores} --out-dir {params.out_dir} "
+        "--config {params.config:q} --settings {params.settings:q} --stores {input.stores} --out-dir {params.out_dir} "
         "--log-file {log} 2>> {log}"

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import zarr
 
-from conftest import planned_jobs, snakemake, write_config
+from conftest import snakemake, write_config
 from svip_core.stages import STAGE_DIRS, all_stage_hashes, load_config
 
 
@@ -73,34 +73,6 @@ def test_report_html_and_nothing_left_to_do(finished_run):
     assert "top1_vs_baselines.png" in text and "rejected_clips.html" in text
     again = snakemake(wd, "-n")
     assert "Nothing to be done" in again.stdout + again.stderr
-
-
-def test_partial_reruns_follow_the_stage_hashes(finished_run):
-    wd, _ = finished_run
-    import conftest
-
-    def dry_run(edit):
-        cfg = json.loads(json.dumps(conftest.TINY))
-        edit(cfg)
-        path = write_config(wd / "edited.yaml", cfg)
-        result = snakemake(wd, "-n", "--configfile", str(path))
-        assert result.returncode == 0, result.stderr[-3000:]
-        return planned_jobs(result)
-
-    lr = dry_run(lambda c: c["train"].update(lr=0.002))
-    assert {k: v for k, v in lr.items() if k != "all"} == {"train": 1, "evaluate": 1, "report": 1}
-
-    feature = dry_run(lambda c: c["features"].update(mode="crop"))
-    assert feature.get("extract") == 2 and "prepare" not in feature
-    assert {"train", "evaluate", "report"} <= set(feature)
-
-    same = dry_run(lambda c: None)
-    assert same == {}
-
-    ablation = dry_run(lambda c: c.update(ablations={"no_gat": {"gat_layers": 0}}))
-    assert {k: v for k, v in ablation.items() if k != "all"} == {"train": 1, "evaluate": 1, "report": 1}
-    seeds = dry_run(lambda c: c["train"].update(seeds=[0, 1, 2]))
-    assert seeds.get("train") == 2 and seeds.get("evaluate") == 2
 
 
 def test_old_results_are_reused_when_the_config_goes_back(finished_run):
