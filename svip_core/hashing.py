@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import ast
-import functools
 import hashlib
 import json
 import os
@@ -111,10 +110,11 @@ class ContentHashes:
 
 
 def file_hashes(paths, cache: ContentHashes | None = None) -> dict[str, str]:
-    """{str(path): sha256} for ``paths`` (through ``cache`` when given)."""
-    stats = {str(Path(p).resolve()): os.stat(p) for p in paths}
+    """{str(path): sha256} for ``paths`` (through ``cache`` when given). The cache is keyed by the absolute path
+    without resolving links, as planning (``stages.scan_clips``) keys it."""
+    stats = {os.path.abspath(p): os.stat(p) for p in paths}
     by_abs = (cache or ContentHashes(None)).hashes(stats)
-    return {str(p): by_abs[str(Path(p).resolve())] for p in paths}
+    return {str(p): by_abs[os.path.abspath(p)] for p in paths}
 
 
 # ---- code ---------------------------------------------------------------------------------------------------
@@ -129,8 +129,7 @@ def _strip_docstrings(tree: ast.AST) -> ast.AST:
     return tree
 
 
-@functools.lru_cache(maxsize=256)
-def _parsed(path: str, stamp: tuple) -> tuple[str, tuple[str, ...]]:
+def _parsed(path: str, size: int, mtime_ns: int) -> tuple[str, tuple[str, ...]]:
     """(digest of the docstring-free AST, svip_core modules it imports) of one source file."""
     tree = ast.parse(Path(path).read_text(), filename=path)
     imports = set()
@@ -155,9 +154,29 @@ def module_file(module: str) -> Path | None:
     return None
 
 
+_SOURCES: dict[tuple, tuple[str, tuple[str, ...]]] = {}
+_CODE_CACHE: list = []          # the results folder's ContentHashes, opened on first use
+
+
 def _source(path: Path) -> tuple[str, tuple[str, ...]]:
+    """``_parsed`` of one file, memoised in the process and, when the working directory has a results folder,
+    in its cache: parsing every module at every plan would cost a few tenths of a second."""
     st = path.stat()
-    return _parsed(str(path), (st.st_size, st.st_mtime_ns))
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key in _SOURCES:
+        return _SOURCES[key]
+    if not _CODE_CACHE:
+        _CODE_CACHE.append(ContentHashes() if DEFAULT_CACHE.parent.parent.is_dir() else None)
+    cache, stamp = _CODE_CACHE[0], "code:" + json.dumps(key)
+    known = cache.listing(stamp) if cache is not None else None
+    if known is not None:
+        value = (known[0], tuple(known[1]))
+    else:
+        value = _parsed(*key)
+        if cache is not None and not ContentHashes.is_racy(st):
+            cache.remember(stamp, [value[0], list(value[1])])
+    _SOURCES[key] = value
+    return value
 
 
 def code_closure(roots: tuple[str, ...], exclude: frozenset[str] = frozenset()) -> list[str]:

@@ -16,8 +16,11 @@ found again when the config goes back.
 """
 from __future__ import annotations
 
+import array
 import copy
+import hashlib
 import importlib.metadata
+import operator
 import os
 from pathlib import Path
 
@@ -205,16 +208,24 @@ def stage_code(stage: str, config: dict | None = None) -> dict:
     return code_digest(roots, NOT_CODE, (script,) if script.is_file() else ())
 
 
-def list_clips(source) -> list[tuple[str, Path]]:
-    """(split, path) of every ``<source>/<split>/*.npz``, in a stable order."""
+def scan_clips(source) -> list[tuple[str, str, os.DirEntry]]:
+    """(split, absolute path, directory entry) of every ``<source>/<split>/*.npz``, in a stable order. Paths
+    are made absolute without resolving links: one string join per clip, no syscall (planning 100,000 clips)."""
+    root = os.path.abspath(source)
     out = []
     for split in SPLITS:
-        folder = Path(source, split)
-        if folder.is_dir():
+        folder = os.path.join(root, split)
+        if os.path.isdir(folder):
             with os.scandir(folder) as it:
-                names = sorted(e.name for e in it if e.name.endswith(".npz") and e.is_file())
-            out += [(split, folder / name) for name in names]
+                entries = [e for e in it if e.name.endswith(".npz") and e.is_file()]
+            entries.sort(key=operator.attrgetter("name"))
+            out += [(split, e.path, e) for e in entries]
     return out
+
+
+def list_clips(source) -> list[tuple[str, Path]]:
+    """(split, path) of every ``<source>/<split>/*.npz``, in a stable order."""
+    return [(split, Path(path)) for split, path, _ in scan_clips(source)]
 
 
 def data_content(source, cache: ContentHashes | None = None) -> dict:
@@ -222,18 +233,21 @@ def data_content(source, cache: ContentHashes | None = None) -> dict:
     names. Reads only files the cache does not know at their current size, mtime and inode; an unchanged
     listing costs one stat per file and one lookup."""
     cache = cache or ContentHashes()
-    files = list_clips(source)
-    stats = {str(p.resolve()): os.stat(p) for _, p in files}
-    stamps = [(split, p.name, st.st_size, st.st_mtime_ns, st.st_ino)
-              for (split, p), st in zip(files, stats.values())]
-    stamp = digest([str(Path(source).resolve()), stamps], 32)
+    files = scan_clips(source)
+    stats = [entry.stat() for _, _, entry in files]
+    # The stamp of the listing: names, then sizes, mtimes and inodes as one int64 array (fast at 100,000 clips).
+    numbers = array.array("q")
+    for st in stats:
+        numbers.extend((st.st_size, st.st_mtime_ns, st.st_ino))
+    names = "\n".join([os.path.abspath(source)] + [f"{split}/{e.name}" for split, _, e in files])
+    stamp = hashlib.sha256(names.encode() + numbers.tobytes()).hexdigest()
     known = cache.listing(stamp)
     if known is not None:
         return known
-    hashes = list(cache.hashes(stats).values())
-    value = {"clips": digest(sorted((split, h) for (split, _), h in zip(files, hashes)), 32),
-             "files": digest([(split, p.name, h) for (split, p), h in zip(files, hashes)], 32), "count": len(files)}
-    if not any(cache.is_racy(st) for st in stats.values()):
+    hashes = list(cache.hashes({path: st for (_, path, _), st in zip(files, stats)}).values())
+    value = {"clips": digest(sorted((split, h) for (split, _, _), h in zip(files, hashes)), 32),
+             "files": digest([(split, e.name, h) for (split, _, e), h in zip(files, hashes)], 32), "count": len(files)}
+    if not any(cache.is_racy(st) for st in stats):
         cache.remember(stamp, value)
     return value
 
