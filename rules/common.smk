@@ -105,9 +105,14 @@ def runs_json(wildcards):
 
 
 def shard_keys():
-    """Shard keys come from the data: known once the prepare checkpoint has run."""
-    shards = checkpoints.prepare.get().output.shards
-    return sorted(p.stem for p in Path(shards).glob("*.json"))
+    """Shard keys come from the data: known once the prepare checkpoint has run. The shared member lists are
+    pointed at this dataset's files (another dataset with the same clips may have written them last)."""
+    from svip_core.io.manifest import read_shard, write_shared_shard
+
+    shards = sorted(Path(checkpoints.prepare.get().output.shards).glob("*.json"))
+    for path in shards:
+        write_shared_shard(Path(SHARDS) / path.name, read_shard(path))
+    return [p.stem for p in shards]
 
 
 def feature_stores(wildcards):

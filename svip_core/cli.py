@@ -50,7 +50,8 @@ def cmd_predict(args) -> int:
     from svip_core.predict import predict_video
 
     out = Path(args.out or Path("results") / "predict" / Path(args.video).stem)
-    result = predict_video(args.video, out, args.checkpoint, args.tracks, args.detect_every, args.detect_upscale)
+    result = predict_video(args.video, out, args.checkpoint, args.tracks, args.detect_every, args.detect_upscale,
+                           backbone=args.backbone)
     for row in result["ranking"]:
         print(f"rank {row['rank']:2d}  track {row['track_id']:4d}  score {row['score']:.3f}  "
               f"visible in {row['frames_visible']} frames")
@@ -122,6 +123,8 @@ def main(argv=None) -> int:
     p.add_argument("--checkpoint", help="a train results folder (default: the newest under results/train/)")
     p.add_argument("--out", help="output folder (default: results/predict/<video name>)")
     p.add_argument("--detect-every", type=int, default=4, help="run the detector on every k-th frame")
+    p.add_argument("--backbone", help="the backbone folder, when it moved since the model's features were made "
+                                      "(checked against the weights recorded with them)")
     p.add_argument("--detect-upscale", type=float, default=1.5,
                    help="enlarge frames before detection (HOG finds people of at least ~128 px)")
     p.set_defaults(func=cmd_predict)

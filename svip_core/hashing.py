@@ -1,7 +1,7 @@
 """Hashing helpers under every other module: stable digests of objects, file contents and code.
 
 - ``digest``: short hash of a JSON-serialisable object, independent of dict key order.
-- ``ContentHashes``: SHA-256 of files, cached in SQLite by (path, size, mtime, inode) as DVC and git do, so
+- ``ContentHashes``: SHA-256 of files, cached in SQLite by (path, size, mtime, inode, ctime) as git does, so
   only new or changed files are read again.
 - ``code_digest``: hash of the Python modules a stage runs, parsed to an AST without docstrings, so edits
   to comments, docstrings and layout do not count as code changes while any edit to what runs does.
@@ -36,16 +36,17 @@ def file_sha256(path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def _stamp(st: os.stat_result) -> tuple[int, int, int]:
-    return st.st_size, st.st_mtime_ns, st.st_ino
+def _stamp(st: os.stat_result) -> tuple[int, int, int, int]:
+    # ctime too: a rewrite that restores size and mtime (rsync --inplace -a) still changes it.
+    return st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns
 
 
 class ContentHashes:
-    """SHA-256 of files, remembered in a SQLite file keyed by absolute path and (size, mtime, inode).
+    """SHA-256 of files, remembered in a SQLite file keyed by absolute path and (size, mtime, inode, ctime).
 
     ``path=None`` keeps nothing on disk (every file is read). The cache is only an accelerator: deleting it
     costs one more read of every file, never a wrong hash (as long as no tool rewrites a file and restores
-    its size, mtime and inode)."""
+    its size, mtime, inode and ctime)."""
 
     def __init__(self, path: str | os.PathLike | None = DEFAULT_CACHE):
         self.path = Path(path) if path is not None else None
@@ -56,8 +57,8 @@ class ContentHashes:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # Several Snakemake jobs may parse the workflow at once (SLURM): wait for a writer's lock.
             self._db = sqlite3.connect(self.path, timeout=120)
-            self._db.execute("CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER, "
-                             "mtime_ns INTEGER, inode INTEGER, sha256 TEXT)")
+            self._db.execute("CREATE TABLE IF NOT EXISTS file_hashes (path TEXT PRIMARY KEY, size INTEGER, "
+                             "mtime_ns INTEGER, inode INTEGER, ctime_ns INTEGER, sha256 TEXT)")
             self._db.execute("CREATE TABLE IF NOT EXISTS listings (stamp TEXT PRIMARY KEY, value TEXT)")
         return self._db
 
@@ -66,10 +67,10 @@ class ContentHashes:
         db = self._connect()
         known = {}
         if db is not None and stats:
-            rows = db.execute("SELECT path, size, mtime_ns, inode, sha256 FROM files").fetchall() \
-                if len(stats) > 500 else [row for p in stats for row in db.execute(
-                    "SELECT path, size, mtime_ns, inode, sha256 FROM files WHERE path = ?", (p,))]
-            known = {r[0]: (tuple(r[1:4]), r[4]) for r in rows}
+            columns = "path, size, mtime_ns, inode, ctime_ns, sha256"
+            rows = db.execute(f"SELECT {columns} FROM file_hashes").fetchall() if len(stats) > 500 else \
+                [row for p in stats for row in db.execute(f"SELECT {columns} FROM file_hashes WHERE path = ?", (p,))]
+            known = {r[0]: (tuple(r[1:5]), r[5]) for r in rows}
         out, fresh = {}, []
         for path, st in stats.items():
             hit = known.get(path)
@@ -81,7 +82,7 @@ class ContentHashes:
                 fresh.append((path, *_stamp(st), out[path]))
         if db is not None and fresh:
             with db:
-                db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?)", fresh)
+                db.executemany("INSERT OR REPLACE INTO file_hashes VALUES (?, ?, ?, ?, ?, ?)", fresh)
         return out
 
     @staticmethod
@@ -129,18 +130,26 @@ def _strip_docstrings(tree: ast.AST) -> ast.AST:
     return tree
 
 
-def _parsed(path: str, size: int, mtime_ns: int) -> tuple[str, tuple[str, ...]]:
+def _parsed(path: str) -> tuple[str, tuple[str, ...]]:
     """(digest of the docstring-free AST, svip_core modules it imports) of one source file."""
     tree = ast.parse(Path(path).read_text(), filename=path)
+    try:       # the package a relative import starts from (a file outside svip_core has none)
+        package = list(Path(path).resolve().relative_to(PACKAGE_ROOT.parent).parts[:-1])
+    except ValueError:
+        package = None
     imports = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             imports.update(a.name for a in node.names if a.name.split(".")[0] == PACKAGE)
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module \
-                and node.module.split(".")[0] == PACKAGE:
-            imports.add(node.module)
+        elif isinstance(node, ast.ImportFrom):
+            module = node.module
+            if node.level and package is not None:
+                module = ".".join(package[:len(package) - node.level + 1] + ([node.module] if node.module else []))
+            if (node.level and package is None) or not module or module.split(".")[0] != PACKAGE:
+                continue
+            imports.add(module)
             # `from svip_core.features import extract` imports a module, not a name.
-            imports.update(f"{node.module}.{a.name}" for a in node.names)
+            imports.update(f"{module}.{a.name}" for a in node.names)
     text = ast.dump(_strip_docstrings(tree), annotate_fields=False)
     return hashlib.sha256(text.encode()).hexdigest(), tuple(sorted(imports))
 
@@ -162,7 +171,7 @@ def _source(path: Path) -> tuple[str, tuple[str, ...]]:
     """``_parsed`` of one file, memoised in the process and, when the working directory has a results folder,
     in its cache: parsing every module at every plan would cost a few tenths of a second."""
     st = path.stat()
-    key = (str(path), st.st_size, st.st_mtime_ns)
+    key = (str(path), *_stamp(st))
     if key in _SOURCES:
         return _SOURCES[key]
     if not _CODE_CACHE:
@@ -172,7 +181,7 @@ def _source(path: Path) -> tuple[str, tuple[str, ...]]:
     if known is not None:
         value = (known[0], tuple(known[1]))
     else:
-        value = _parsed(*key)
+        value = _parsed(str(path))
         if cache is not None and not ContentHashes.is_racy(st):
             cache.remember(stamp, [value[0], list(value[1])])
     _SOURCES[key] = value

@@ -62,7 +62,7 @@ def load_video(video, frame_size, tracks_path=None, detect_every: int = 4, detec
 def training_stride(meta: dict) -> float:
     """The source-frame stride of the model's training clips, from its model.json (1.0 before it was recorded)."""
     # Sampled indices are unique integers, so a real stride is never below 1.
-    return max(1.0, float(meta["features"].get("frame_stride", 1.0)))
+    return max(1.0, float(meta.get("frame_stride", meta["features"].get("frame_stride", 1.0))))
 
 
 def window_indices(T: int, num_frames: int, stride: float) -> np.ndarray:
@@ -84,9 +84,24 @@ def window_indices(T: int, num_frames: int, stride: float) -> np.ndarray:
     return np.minimum(idx, T - 1)
 
 
+def checked_backbone(feats: dict, override=None) -> str:
+    """The folder of the backbone the model's features were made with: the recorded one, or ``override`` (the
+    same weights moved elsewhere). Its weights and configs must match the identity recorded at extraction."""
+    source = str(override or feats["backbone"])
+    recorded = feats.get("identity", {}).get("backbone", {})
+    if recorded.get("kind") != "weights":      # the embedded backbone lives in the results it was built for
+        return source
+    from svip_core.stages import backbone_identity
+
+    if not Path(source).is_dir() or backbone_identity({"backbone": source}) != recorded:
+        raise RuntimeError(f"the backbone this model's features were made with is not at {source} (moved or "
+                           f"changed). Fix: pass --backbone FOLDER holding those same weights")
+    return source
+
+
 @torch.no_grad()
 def score_tracks(frames: torch.Tensor, tracks: Tracks, size: tuple[int, int], checkpoint, device=None,
-                 batch_windows: int = 8) -> np.ndarray:
+                 batch_windows: int = 8, backbone=None) -> np.ndarray:
     """Mean per-window VIP probability of every track, (K,); NaN for a track the model never saw. Windows follow
     ``window_indices`` at the model's training stride."""
     meta = json.loads((Path(checkpoint) / "model.json").read_text())
@@ -94,8 +109,9 @@ def score_tracks(frames: torch.Tensor, tracks: Tracks, size: tuple[int, int], ch
     cfg, max_persons = feats["features"], feats["max_persons"]
     T_win, stride = cfg["num_frames"], training_stride(meta)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    backbone = load_backbone(feats["backbone"], device)
-    mean, std = (torch.tensor(v, device=device).view(1, 3, 1, 1) for v in normalisation(feats["backbone"]))
+    source = checked_backbone(feats, backbone)
+    backbone = load_backbone(source, device)
+    mean, std = (torch.tensor(v, device=device).view(1, 3, 1, 1) for v in normalisation(source))
     model = load_ranker(checkpoint, device)
     W_px, H_px = size
     norm = np.where(tracks.valid[..., None], np.clip(tracks.boxes / np.array([W_px, H_px, W_px, H_px]), 0, 1), 0)
@@ -151,7 +167,7 @@ def annotate(video, out_path, tracks: Tracks, scores: np.ndarray, fps: float, wi
 
 
 def predict_video(video, out_dir, checkpoint=None, tracks_path=None, detect_every: int = 4, detect_upscale: float = 1.5,
-                  device=None) -> dict:
+                  device=None, backbone=None) -> dict:
     """Rank the people of ``video``; writes ranking.csv, ranking.json, tracks.txt and annotated.mp4."""
     checkpoint = Path(checkpoint) if checkpoint else newest_checkpoint()
     out_dir = Path(out_dir)
@@ -161,7 +177,7 @@ def predict_video(video, out_dir, checkpoint=None, tracks_path=None, detect_ever
     frames, tracks, info = load_video(video, frame_size, tracks_path, detect_every, detect_upscale)
     if len(tracks.ids) == 0:
         raise RuntimeError(f"{video}: no person was detected or tracked. Fix: pass --tracks with a MOT file")
-    scores = score_tracks(frames, tracks, (info["width"], info["height"]), checkpoint, device)
+    scores = score_tracks(frames, tracks, (info["width"], info["height"]), checkpoint, device, backbone=backbone)
     stride = training_stride(meta)
     order = np.argsort(-np.nan_to_num(scores, nan=-1.0), kind="stable")
     ranking = pd.DataFrame({"track_id": tracks.ids[order], "score": scores[order], "rank": np.arange(1, len(order) + 1),

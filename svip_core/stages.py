@@ -7,7 +7,7 @@ Every stage writes under ``results/<dir>/<hash>/``, the hash of the stage's iden
   the results instead;
 - the identities of the stages it consumes;
 - the content of the user's data (prepare, and through it everything downstream), via a cache of file
-  hashes keyed by path, size, mtime and inode, so planning reads only new or changed clips;
+  hashes keyed by path, size, mtime, inode and ctime, so planning reads only new or changed clips;
 - the code it runs: a digest of the modules it imports, without docstrings and comments (``hashing``);
 - external assets: the backbone's weights and preprocessing config, or the embedded backbone's recipe.
 
@@ -230,7 +230,7 @@ def list_clips(source) -> list[tuple[str, Path]]:
 
 def data_content(source, cache: ContentHashes | None = None) -> dict:
     """What a folder dataset holds: ``clips`` hashes the (split, content) of every clip, ``files`` also their
-    names. Reads only files the cache does not know at their current size, mtime and inode; an unchanged
+    names. Reads only files the cache does not know at their current size, mtime, inode and ctime; an unchanged
     listing costs one stat per file and one lookup."""
     cache = cache or ContentHashes()
     files = scan_clips(source)
@@ -238,7 +238,7 @@ def data_content(source, cache: ContentHashes | None = None) -> dict:
     # The stamp of the listing: names, then sizes, mtimes and inodes as one int64 array (fast at 100,000 clips).
     numbers = array.array("q")
     for st in stats:
-        numbers.extend((st.st_size, st.st_mtime_ns, st.st_ino))
+        numbers.extend((st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns))
     names = "\n".join([os.path.abspath(source)] + [f"{split}/{e.name}" for split, _, e in files])
     stamp = hashlib.sha256(names.encode() + numbers.tobytes()).hexdigest()
     known = cache.listing(stamp)
@@ -341,7 +341,8 @@ def stage_inputs(config: dict, stage: str, memo: dict | None = None) -> dict:
         source = config["data"]["source"]
         resolved["dataset"] = dataset_identity(config, memo)
         if source != SYNTHETIC:     # the manifest names the files, so where they are is part of prepare's output
-            resolved["location"] = {"source": str(Path(source).resolve()), "files": _data_content(config, memo)["files"]}
+            # abspath, not resolve: the content-hash cache is keyed by it (stages.scan_clips, hashing.file_hashes)
+            resolved["location"] = {"source": os.path.abspath(source), "files": _data_content(config, memo)["files"]}
     if stage == "extract":
         if "backbone" not in memo:
             memo["backbone"] = backbone_identity(config["features"])

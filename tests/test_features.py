@@ -156,3 +156,17 @@ def test_a_killed_extract_job_leaves_no_complete_store_and_the_rerun_matches(tmp
     a, b = open_store(killed), open_store(clean)
     for name in ("visual", "geometry", "person_mask", "frame_mask", "target_index", "video_id"):
         np.testing.assert_array_equal(a[name][:], b[name][:])
+
+
+def test_extract_refuses_clips_changed_since_prepare(tmp_path):
+    """A store is filed under its clips' content key: clips edited after prepare must not be extracted under it."""
+    from svip_core.features.extract import check_members
+
+    paths = write_dataset(tmp_path / "clips", {"train": 2}, 5, 4, 40, 64, ["meeting"], seed=4)
+    members = [{"video_id": p.stem, "split": "train", "path": str(p), "content_hash": content_hash(p)} for p in paths]
+    check_members(members)
+    arrays = dict(np.load(paths[1]))
+    arrays["bboxes"] = arrays["bboxes"] * 0.5
+    np.savez(paths[1], **arrays)
+    with pytest.raises(RuntimeError, match="changed since prepare"):
+        check_members(members)

@@ -5,6 +5,7 @@ import logging
 from pathlib import Path
 
 from svip_core.features.extract import extract_shard
+from svip_core.hashing import ContentHashes
 from svip_core.io.manifest import read_shard
 from svip_core.logs import setup_logging
 
@@ -31,5 +32,5 @@ attrs = {"identity": stage, "stage_hash": args.stage_hash, "shard_key": Path(arg
 # The identity holds only the keys the chosen mode reads; the other mode's size is never used.
 features = {"crop_size": None, "roi_samples": None, **cfg["features"], **settings.get("features", {})}
 stats = extract_shard(read_shard(args.shard), args.out, features, cfg["data"]["max_persons"], settings["backbone"], attrs,
-                      settings.get("max_array_bytes", 2_000_000_000))
+                      settings.get("max_array_bytes", 2_000_000_000), cache=ContentHashes())
 logging.getLogger("extract").info("%d clips in %.1f s", stats["clips"], stats["seconds"])

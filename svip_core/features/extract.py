@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 import svip_core
 from svip_core.features.backbone import load_backbone, normalisation
+from svip_core.hashing import ContentHashes, file_hashes
 from svip_core.features.geometry import GEOMETRY_FIELDS, box_geometry
 from svip_core.features.pooling import crop_boxes, roi_pool
 from svip_core.features.store import create_arrays, writing_store
@@ -132,9 +133,22 @@ def person_features(backbone, frames: torch.Tensor, boxes: torch.Tensor, mode: s
     return F.normalize(feats.float(), dim=-1)
 
 
+def check_members(members: list[dict], cache: ContentHashes | None = None) -> None:
+    """Refuse to extract clips whose files no longer hold the content their shard key was made from (edited
+    after prepare): the store would be filed under a key that does not describe it."""
+    found = file_hashes([m["path"] for m in members if "content_hash" in m], cache)
+    changed = [m["path"] for m in members if "content_hash" in m and found[str(m["path"])] != m["content_hash"]]
+    if changed:
+        raise RuntimeError(f"{len(changed)} clip(s) changed since prepare listed them, e.g. {changed[0]}. "
+                           f"Fix: run snakemake again (prepare will see the new content)")
+
+
 def extract_shard(members: list[dict], out_path, features_cfg: dict, max_persons: int, backbone_path,
-                  attrs: dict, max_array_bytes: int = 2_000_000_000, device: str | None = None) -> dict:
-    """Write the feature store of one shard to ``out_path``; returns timing figures."""
+                  attrs: dict, max_array_bytes: int = 2_000_000_000, device: str | None = None,
+                  cache: ContentHashes | None = None) -> dict:
+    """Write the feature store of one shard to ``out_path``; returns timing figures. Members' files are checked
+    against their content hashes first (through ``cache`` when given)."""
+    check_members(members, cache)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     backbone = load_backbone(backbone_path, device)
     mean, std = (torch.tensor(v, device=device).view(1, 3, 1, 1) for v in normalisation(backbone_path))

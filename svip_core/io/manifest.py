@@ -60,14 +60,16 @@ SAME_CLIP = {"video_id": "video_id", "content_hash": "file content", "payload_ha
 
 def resolve_duplicates(manifest: pd.DataFrame, policy: str) -> pd.DataFrame:
     """The same clip (by id or content, ``SAME_CLIP``) twice in a split is a duplicate, in two splits a leak.
-    'error' stops naming both files; 'drop' rejects every copy after the first (train first, so the
-    evaluation side loses a leaking clip)."""
+    'error' stops naming both files; 'drop' keeps one copy: train first (so the evaluation side loses a
+    leaking clip), then the smallest content hash."""
     manifest = manifest.copy()
     rank = manifest.split.map({s: i for i, s in enumerate(SPLITS)}).fillna(len(SPLITS))
     problems, seen = [], set()
     for column, what in SAME_CLIP.items():
         ok = manifest[(manifest.verdict == "accepted") & manifest[column].notna()]
-        ok = ok.loc[rank[ok.index].sort_values(kind="stable").index]        # train first
+        # Train first, then by content: which copy is kept must not depend on file names (train's identity
+        # does not include them).
+        ok = ok.assign(_rank=rank[ok.index]).sort_values(["_rank", "content_hash", "path"], kind="stable")
         for value, group in ok[ok.duplicated(column, keep=False)].groupby(column, sort=True):
             if frozenset(group.index) in seen:       # a plain copy repeats id, bytes and payload: say it once
                 continue

@@ -5,7 +5,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from svip_core.features.store import open_store
+from svip_core.features.store import frame_strides, open_store
 
 
 class StoreClips(Dataset):
@@ -39,6 +39,17 @@ class StoreClips(Dataset):
         s, row = self.index[i]
         g = self._group(s)
         return {"video_id": str(g["video_id"][row]), "scene_category": str(g["scene_category"][row])}
+
+    def frame_stride(self) -> float:
+        """Median sampling stride (source frames between samples) over this split's clips in every store."""
+        strides = np.concatenate([frame_strides(self._group(s))[rows] for s, rows in self._rows_by_store()])
+        return float(np.median(strides)) if len(strides) else 1.0
+
+    def _rows_by_store(self):
+        rows: dict[int, list[int]] = {}
+        for s, row in self.index:
+            rows.setdefault(s, []).append(row)
+        return [(s, np.array(r)) for s, r in rows.items()]
 
     def provenance(self) -> dict:
         """The first store's attributes: how its features were made (backbone, feature config, ...)."""

@@ -153,13 +153,16 @@ def train(store_paths: list[str], out_dir, model_cfg: dict, cfg: dict, debug: bo
     rank, world, device = setup_distributed()
     out_dir = Path(out_dir)
     ckpt = out_dir / "checkpoints"
-    resume, why_not = resumable(ckpt, identity)
-    dist.barrier()                            # every rank decided before rank 0 clears anything
+    # Rank 0 decides for all: ranks reading state.json on their own could disagree (a shared filesystem's
+    # caches) and then meet at different collectives.
+    decision = [resumable(ckpt, identity) if rank == 0 else None]
+    dist.broadcast_object_list(decision, src=0)
+    resume, why_not = decision[0]
     if not resume and why_not:
         if rank == 0:
             log.info("not resuming the checkpoint in %s: %s; starting fresh", ckpt, why_not)
             shutil.rmtree(ckpt)
-        dist.barrier()
+    dist.barrier()                            # nobody reads the checkpoint folder while rank 0 clears it
     seed_everything(cfg["seed"])
     train_set, val_set = StoreClips(store_paths, "train"), StoreClips(store_paths, "val")
     visual_dim, geometry_dim = train_set.dims()
@@ -252,7 +255,8 @@ def train(store_paths: list[str], out_dir, model_cfg: dict, cfg: dict, debug: bo
         (out_dir / "model.json").write_text(json.dumps(
             {"model": model_cfg, "visual_dim": visual_dim, "geometry_dim": geometry_dim, "best_epoch": state["best_epoch"],
              "best_val_top1": state["best_top1"], "world_size": world, "rank_weight_checksums": checksums,
-             "identity": identity, "run_settings": settings or {}, "features": train_set.provenance()},
+             "identity": identity, "run_settings": settings or {}, "frame_stride": train_set.frame_stride(),
+             "features": train_set.provenance()},
             indent=1))
         if len(set(checksums)) != 1:
             raise RuntimeError(f"DDP ranks ended with different weights: {checksums}")
