@@ -105,14 +105,21 @@ def runs_json(wildcards):
 
 
 def shard_keys():
-    """Shard keys come from the data: known once the prepare checkpoint has run. The shared member lists are
-    pointed at this dataset's files (another dataset with the same clips may have written them last)."""
+    """Shard keys come from the data: known once the prepare checkpoint has run."""
+    shards = checkpoints.prepare.get().output.shards
+    return sorted(p.stem for p in Path(shards).glob("*.json"))
+
+
+def shard_list(wildcards):
+    """The member list an extract job reads, in the folder shared by every dataset, first pointed at this
+    config's dataset (another dataset holding the same clips may have written it last). ancient(): the key is
+    the content, so a newer list never makes a store stale."""
     from svip_core.io.manifest import read_shard, write_shared_shard
 
-    shards = sorted(Path(checkpoints.prepare.get().output.shards).glob("*.json"))
-    for path in shards:
-        write_shared_shard(Path(SHARDS) / path.name, read_shard(path))
-    return [p.stem for p in shards]
+    prepared = Path(checkpoints.prepare.get().output.shards) / f"{wildcards.shard}.json"
+    if prepared.exists():
+        write_shared_shard(Path(SHARDS) / prepared.name, read_shard(prepared))
+    return ancient(f"{SHARDS}/{wildcards.shard}.json")
 
 
 def feature_stores(wildcards):

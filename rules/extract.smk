@@ -17,9 +17,7 @@ rule embedded_backbone:
 
 rule extract:
     input:
-        # A shard's key is the hash of its content: an existing store stays valid however new the list file is,
-        # and whichever prepare run (dataset) wrote the list.
-        shard=ancient(f"{SHARDS}/{{shard}}.json"),
+        shard=shard_list,
         backbone=backbone_input,
     output:
         directory(f"{FEATURES}/{{shard}}.zarr"),
