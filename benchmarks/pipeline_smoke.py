@@ -20,7 +20,8 @@ import yaml
 from svip_core.evaluate.evaluation import evaluate
 from svip_core.features.backbone import build_embedded
 from svip_core.features.extract import extract_shard
-from svip_core.io.manifest import prepare_dataset, read_shard
+from svip_core.io.manifest import prepare_dataset
+from svip_core.io.shards import read_shard
 from svip_core.io.synth import write_dataset
 
 ROOT = Path(__file__).resolve().parent.parent

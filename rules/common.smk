@@ -114,7 +114,7 @@ def shard_list(wildcards):
     """The member list an extract job reads, in the folder shared by every dataset, first pointed at this
     config's dataset (another dataset holding the same clips may have written it last). ancient(): the key is
     the content, so a newer list never makes a store stale."""
-    from svip_core.io.manifest import read_shard, write_shared_shard
+    from svip_core.io.shards import read_shard, write_shared_shard
 
     prepared = Path(checkpoints.prepare.get().output.shards) / f"{wildcards.shard}.json"
     if prepared.exists():

@@ -102,7 +102,8 @@ def build_stores(folder: Path, clips: dict[str, int], num_shards: int) -> list[s
     """Tiny synthetic clips -> prepare -> embedded backbone -> one Zarr store per shard (the real stage code)."""
     from svip_core.features.backbone import build_embedded
     from svip_core.features.extract import extract_shard
-    from svip_core.io.manifest import prepare_dataset, read_shard
+    from svip_core.io.manifest import prepare_dataset
+    from svip_core.io.shards import read_shard
     from svip_core.io.synth import write_dataset
     from svip_core.stages import validate_config
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 
 import pandas as pd
@@ -18,6 +17,7 @@ from tqdm import tqdm
 
 from svip_core.hashing import ContentHashes, file_hashes
 from svip_core.io.clip import ClipError, inspect_clip
+from svip_core.io.shards import write_shared_shard
 from svip_core.stages import SPLITS, list_clips
 
 MANIFEST_COLUMNS = ["path", "video_id", "split", "T", "N", "persons_present", "scene_category", "verdict",
@@ -128,19 +128,3 @@ def prepare_dataset(source, out_dir, num_shards: int, max_array_bytes: int, on_d
     log.info("%d clips: %d accepted in %d shards, %d rejected", len(manifest), len(accepted), len(shards),
              len(manifest) - len(accepted))
     return manifest
-
-
-def write_shared_shard(path: Path, members: list[dict]) -> None:
-    """The member list extract reads for a shard key. Same key, same clips: only the paths can differ (another
-    dataset holding them); those are refreshed, atomically, and an identical list is left untouched."""
-    text = json.dumps(members, indent=1)
-    if path.exists() and path.read_text() == text:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def read_shard(path) -> list[dict]:
-    return json.loads(Path(path).read_text())

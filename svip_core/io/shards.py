@@ -1,0 +1,25 @@
+"""Shard member lists: JSON files naming each shard's clips (id, split, path, content hash).
+
+Kept apart from the manifest code (pandas) because the workflow reads and refreshes them while planning.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+
+def write_shared_shard(path: Path, members: list[dict]) -> None:
+    """The member list extract reads for a shard key. Same key, same clips: only the paths can differ (another
+    dataset holding them); those are refreshed, atomically, and an identical list is left untouched."""
+    text = json.dumps(members, indent=1)
+    if path.exists() and path.read_text() == text:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def read_shard(path) -> list[dict]:
+    return json.loads(Path(path).read_text())
