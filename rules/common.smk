@@ -47,19 +47,21 @@ BACKBONE = f"{FEATURES}/backbone" if USE_EMBEDDED else str(BACKBONE_FOLDER)
 REPORT_OUTPUTS = [f"{REPORT}/{name}" for name in ("training_curves.png", "top1_vs_baselines.png", "metrics_table.html",
                                                   "top1_by_people.png", "rejected_clips.html", "ablations.png",
                                                   "ablations.html", "gallery.png", "top1_by_category.png")]
-# Run settings (workers, batch sizes, where the backbone lies) change how fast a result is made, not what it
-# is, so they must not trigger a re-run: see run_settings_param.
-RUN_SETTINGS = {
-    # max_array_bytes: prepare already refused what is too large; extract reads the same files with the same limit.
-    "extract": json.dumps({**run_settings(config, "extract"), "backbone": BACKBONE,
-                           "max_array_bytes": config["data"]["max_array_bytes"]}, sort_keys=True),
-    "train": json.dumps(run_settings(config, "train"), sort_keys=True),
-}
 
 
 def canonical(obj):
     """Params as sorted JSON: Snakemake compares param strings, and key order must never look like a change."""
     return json.dumps(obj, sort_keys=True)
+
+
+# Run settings (workers, batch sizes, where the backbone lies) change how fast a result is made, not what it
+# is, so they must not trigger a re-run: see run_settings_param.
+RUN_SETTINGS = {
+    # max_array_bytes: prepare already refused what is too large; extract reads the same files with the same limit.
+    "extract": canonical({**run_settings(config, "extract"), "backbone": BACKBONE,
+                          "max_array_bytes": config["data"]["max_array_bytes"]}),
+    "train": canonical(run_settings(config, "train")),
+}
 
 
 def run_settings_param(stage):

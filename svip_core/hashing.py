@@ -104,11 +104,6 @@ class ContentHashes:
             with db:
                 db.execute("INSERT OR REPLACE INTO listings VALUES (?, ?)", (stamp, json.dumps(value)))
 
-    def close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
-
 
 def file_hashes(paths, cache: ContentHashes | None = None) -> dict[str, str]:
     """{str(path): sha256} for ``paths`` (through ``cache`` when given). The cache is keyed by the absolute path

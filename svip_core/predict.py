@@ -131,7 +131,7 @@ def score_tracks(frames: torch.Tensor, tracks: Tracks, size: tuple[int, int], ch
         B = len(chunk)
         window_frames = frames[torch.from_numpy(idx).flatten()].to(device)                 # (B*T_win, 3, h, w)
         visual = person_features(backbone, window_frames, boxes_t.flatten(0, 1).to(device), cfg["mode"],
-                                 cfg["roi_samples"], cfg["crop_size"], mean, std).view(B, T_win, max_persons, -1)
+                                 cfg.get("roi_samples"), cfg.get("crop_size"), mean, std).view(B, T_win, max_persons, -1)
         visual = visual * valid_t.to(device)[..., None]
         geometry = box_geometry(boxes_t, valid_t).to(device)
         logits = model(visual, geometry, valid_t.to(device))["logits"].float().cpu()

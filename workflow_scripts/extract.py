@@ -29,8 +29,8 @@ if not config_json.exists():
 # extract_shard records the feature config, backbone and slot count itself; the stage adds its identity and the
 # run settings it ran with (provenance: they do not change the features).
 attrs = {"identity": stage, "stage_hash": args.stage_hash, "shard_key": Path(args.shard).stem, "run_settings": settings}
-# The identity holds only the keys the chosen mode reads; the other mode's size is never used.
-features = {"crop_size": None, "roi_samples": None, **cfg["features"], **settings.get("features", {})}
+# The identity holds only the keys the chosen mode reads (no crop_size in roi mode, no roi_samples in crop mode).
+features = {**cfg["features"], **settings.get("features", {})}
 stats = extract_shard(read_shard(args.shard), args.out, features, cfg["data"]["max_persons"], settings["backbone"], attrs,
                       settings.get("max_array_bytes", 2_000_000_000), cache=ContentHashes())
 logging.getLogger("extract").info("%d clips in %.1f s", stats["clips"], stats["seconds"])

@@ -19,10 +19,10 @@ from tqdm import tqdm
 
 import svip_core
 from svip_core.features.backbone import load_backbone, normalisation
-from svip_core.hashing import ContentHashes, file_hashes
 from svip_core.features.geometry import GEOMETRY_FIELDS, box_geometry
 from svip_core.features.pooling import crop_boxes, roi_pool
 from svip_core.features.store import create_arrays, writing_store
+from svip_core.hashing import ContentHashes, file_hashes
 from svip_core.io.clip import read_clip
 
 log = logging.getLogger(__name__)
@@ -114,9 +114,10 @@ class ShardClips(Dataset):
 
 
 @torch.no_grad()
-def person_features(backbone, frames: torch.Tensor, boxes: torch.Tensor, mode: str, roi_samples: int,
-                    crop_size: int, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """frames (F, 3, H, W) uint8, boxes (F, N, 4) -> L2-normalised person features (F, N, D) float32."""
+def person_features(backbone, frames: torch.Tensor, boxes: torch.Tensor, mode: str, roi_samples: int | None,
+                    crop_size: int | None, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """frames (F, 3, H, W) uint8, boxes (F, N, 4) -> L2-normalised person features (F, N, D) float32.
+    ``roi_samples`` is read in roi mode only, ``crop_size`` in crop mode only."""
     pixels = (frames.float() / 255.0 - mean) / std
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=pixels.is_cuda)
     patch = backbone.config.patch_size
@@ -181,7 +182,7 @@ def extract_shard(members: list[dict], out_path, features_cfg: dict, max_persons
             feats = torch.zeros(B * T, N, D, device=device)
             # Padded and invalid frames never reach the backbone.
             feats[frame_ok] = person_features(backbone, frames[frame_ok], boxes[frame_ok], features_cfg["mode"],
-                                              features_cfg["roi_samples"], features_cfg["crop_size"], mean, std)
+                                              features_cfg.get("roi_samples"), features_cfg.get("crop_size"), mean, std)
             visual = (feats.view(B, T, N, D) * batch["valid"].to(device)[..., None]).half().cpu()
             if pending is not None:
                 pending.result()

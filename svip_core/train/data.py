@@ -13,8 +13,8 @@ class StoreClips(Dataset):
 
     def __init__(self, store_paths: list[str], split: str):
         self.paths = [str(p) for p in store_paths]
-        self.index = [(s, row) for s, path in enumerate(self.paths)
-                      for row in np.flatnonzero(open_store(path)["split"][:] == split)]
+        self.rows = [np.flatnonzero(open_store(path)["split"][:] == split) for path in self.paths]   # per store
+        self.index = [(s, row) for s, rows in enumerate(self.rows) for row in rows]
         self._groups: dict[int, object] = {}
 
     def __len__(self):
@@ -42,14 +42,8 @@ class StoreClips(Dataset):
 
     def frame_stride(self) -> float:
         """Median sampling stride (source frames between samples) over this split's clips in every store."""
-        strides = np.concatenate([frame_strides(self._group(s))[rows] for s, rows in self._rows_by_store()])
+        strides = np.concatenate([frame_strides(self._group(s))[rows] for s, rows in enumerate(self.rows)])
         return float(np.median(strides)) if len(strides) else 1.0
-
-    def _rows_by_store(self):
-        rows: dict[int, list[int]] = {}
-        for s, row in self.index:
-            rows.setdefault(s, []).append(row)
-        return [(s, np.array(r)) for s, r in rows.items()]
 
     def provenance(self) -> dict:
         """The first store's attributes: how its features were made (backbone, feature config, ...)."""
