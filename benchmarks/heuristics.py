@@ -27,7 +27,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         paths = write_dataset(tmp, s["clips"], s["frames"], s["persons"], s["height"], s["width"], s["categories"],
-                              s["seed"])
+                              s["seed"], s["scene"])
         generated = time.perf_counter() - start
         top1 = heuristic_top1_on_clips(paths)
     result = {"clips": len(paths), "generate_seconds": round(generated, 2), "top1": top1}

@@ -25,7 +25,7 @@ def cmd_synth(args) -> int:
 
     s = _config(args)["synthetic"]
     paths = write_dataset(args.out, s["clips"], s["frames"], s["persons"], s["height"], s["width"],
-                          s["categories"], s["seed"] if args.seed is None else args.seed)
+                          s["categories"], s["seed"] if args.seed is None else args.seed, s["scene"])
     print(f"wrote {len(paths)} clips under {args.out}")
     return 0
 

@@ -42,7 +42,8 @@ EMBEDDED = "embedded"
 # Every leaf key of config.schema.yaml is declared here: read by stages (part of their identity) or a run
 # setting. tests/test_reuse.py fails for a key declared nowhere.
 _SYNTH = ("synthetic.clips.train", "synthetic.clips.val", "synthetic.clips.test", "synthetic.frames",
-          "synthetic.persons", "synthetic.height", "synthetic.width", "synthetic.categories", "synthetic.seed")
+          "synthetic.persons", "synthetic.height", "synthetic.width", "synthetic.categories", "synthetic.seed",
+          "synthetic.scene")
 _EMBEDDED = ("features.embedded.hidden_size", "features.embedded.num_layers", "features.embedded.num_heads",
              "features.embedded.patch_size", "features.embedded.seed")
 _MODEL = ("model.fused_dim", "model.geometry_dim", "model.gat_hidden", "model.gat_layers", "model.gat_heads",
@@ -202,7 +203,10 @@ def _stage_config(config: dict, stage: str) -> dict:
 def stage_code(stage: str, config: dict | None = None) -> dict:
     roots = STAGE_CODE[stage]
     if stage == "prepare" and config is not None and config["data"]["source"] == SYNTHETIC:
-        roots = roots + ("svip_core.io.synth",)
+        from svip_core.io.synth import SCENE_MODULES
+
+        # The scene family's module is imported by name, so it is named here: each family versions its clips.
+        roots = roots + ("svip_core.io.synth", SCENE_MODULES[config["synthetic"]["scene"]])
     script = Path("workflow_scripts") / f"{stage}.py"
     script = script if script.is_file() else PROJECT_ROOT / "workflow_scripts" / f"{stage}.py"
     return code_digest(roots, NOT_CODE, (script,) if script.is_file() else ())

@@ -32,6 +32,7 @@ if "location" in stage:
 else:
     s = cfg["synthetic"]
     source = out / "clips"
-    write_dataset(source, s["clips"], s["frames"], s["persons"], s["height"], s["width"], s["categories"], s["seed"])
+    write_dataset(source, s["clips"], s["frames"], s["persons"], s["height"], s["width"], s["categories"], s["seed"],
+                  s["scene"])
 d = cfg["data"]
 prepare_dataset(source, out, d["num_shards"], d["max_array_bytes"], d["on_duplicate_id"], cache, args.shared_shards)

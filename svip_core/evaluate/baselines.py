@@ -13,6 +13,25 @@ def _track_mean(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return (values * valid).sum(1) / np.maximum(valid.sum(1), 1)
 
 
+def _second_lowest(values: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """values (V, N) -> (V, N) score that is highest for the person with the second-lowest value."""
+    v = np.where(present, values, np.inf)
+    order = np.argsort(np.argsort(v, 1, kind="stable"), 1, kind="stable")              # rank 0 = lowest
+    return -np.abs(order - 1).astype(np.float64)
+
+
+def _closest_to_everyone_at_the_end(g: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """(V, N) minus each person's mean distance to the others, every one at its last valid position."""
+    T = valid.shape[1]
+    last = np.where(valid, np.arange(T)[None, :, None], -1).max(1)                    # (V, N)
+    centre = np.take_along_axis(g[..., [_F["cx"], _F["cy"]]], np.maximum(last, 0)[:, None, :, None], 1)[:, 0]
+    present = last >= 0
+    dist = np.linalg.norm(centre[:, :, None] - centre[:, None, :], axis=-1)           # (V, N, N)
+    pair = present[:, :, None] & present[:, None, :]
+    mean = (dist * pair).sum(2) / np.maximum(pair.sum(2) - 1, 1)
+    return np.where(present, -mean, -np.inf)
+
+
 def heuristic_scores(geometry: np.ndarray, valid: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
     """Scores (V, N) per heuristic; higher means 'more likely the VIP'."""
     g = geometry.astype(np.float64)
@@ -25,6 +44,8 @@ def heuristic_scores(geometry: np.ndarray, valid: np.ndarray, seed: int = 0) -> 
         "longest_visible": valid.sum(1).astype(np.float64),
         "most_motion": motion,
         "least_motion": -motion,
+        "second_least_motion": _second_lowest(motion, valid.any(1)),
+        "closest_to_all_at_end": _closest_to_everyone_at_the_end(g, valid),
     }
 
 
