@@ -46,7 +46,8 @@ USE_EMBEDDED = config["features"]["backbone"] == EMBEDDED
 BACKBONE = f"{FEATURES}/backbone" if USE_EMBEDDED else str(BACKBONE_FOLDER)
 REPORT_OUTPUTS = [f"{REPORT}/{name}" for name in ("training_curves.png", "top1_vs_baselines.png", "metrics_table.html",
                                                   "top1_by_people.png", "rejected_clips.html", "ablations.png",
-                                                  "ablations.html", "gallery.png", "top1_by_category.png")]
+                                                  "ablations.html", "gallery.png", "top1_by_category.png",
+                                                  "variant_curves.png")]
 
 
 def canonical(obj):

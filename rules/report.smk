@@ -12,6 +12,7 @@ rule report:
         rejected=report(f"{REPORT}/rejected_clips.html", caption="../report/rejected.rst", category="Data"),
         ablations=report(f"{REPORT}/ablations.png", caption="../report/ablations.rst", category="Evaluation"),
         ablation_table=report(f"{REPORT}/ablations.html", caption="../report/ablations.rst", category="Evaluation"),
+        variant_curves=report(f"{REPORT}/variant_curves.png", caption="../report/variant_curves.rst", category="Training"),
         gallery=report(f"{REPORT}/gallery.png", caption="../report/gallery.rst", category="Gallery"),
     params:
         out_dir=output_dir("curves"),

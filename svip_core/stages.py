@@ -47,11 +47,12 @@ _SYNTH = ("synthetic.clips.train", "synthetic.clips.val", "synthetic.clips.test"
 _EMBEDDED = ("features.embedded.hidden_size", "features.embedded.num_layers", "features.embedded.num_heads",
              "features.embedded.patch_size", "features.embedded.seed")
 _MODEL = ("model.fused_dim", "model.geometry_dim", "model.gat_hidden", "model.gat_layers", "model.gat_heads",
+          "model.relation_features", "model.attention_flow",
           "model.d_model", "model.temporal_layers", "model.temporal_heads", "model.temporal_ffn",
           "model.time_encoding", "model.event_token", "model.dual_head", "model.pooling", "model.dropout")
 _TRAIN = ("train.seeds", "train.nproc", "train.nodes", "train.epochs", "train.batch_size", "train.accumulation_steps",
           "train.lr", "train.weight_decay", "train.warmup_steps", "train.min_lr_ratio", "train.grad_clip",
-          "train.patience", "train.preference_weight", "train.pairwise_weight", "train.pairwise_margin")
+          "train.patience", "train.min_epochs", "train.preference_weight", "train.pairwise_weight", "train.pairwise_margin")
 STAGE_KEYS = {
     # data.source is read as a location and as content (see prepare's identity), never as a string.
     "prepare": ("data.source", "data.num_shards", "data.max_array_bytes", "data.on_duplicate_id", *_SYNTH),
@@ -149,7 +150,7 @@ def _reads(config: dict, key: str) -> bool:
         return config["features"]["mode"] == "crop"
     if key == "features.roi_samples":
         return config["features"]["mode"] == "roi"
-    if key in ("model.gat_hidden", "model.gat_heads"):
+    if key in ("model.gat_hidden", "model.gat_heads", "model.relation_features", "model.attention_flow"):
         return config["model"]["gat_layers"] > 0
     return True
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from svip_core.model.graph import complete_graph_edges
+from svip_core.features.geometry import box_geometry
+from svip_core.model.graph import FrameGAT
 from svip_core.model.loss import ranking_loss
 from svip_core.model.ranker import build_ranker
 from svip_core.model.ranking import hit_at_k, rank_people, reciprocal_rank, target_rank_stats
+from svip_core.model.relations import RELATION_FIELDS, complete_graph_edges, relation_features
+from svip_core.model.temporal import EventContext
 
 CFG = {"fused_dim": 32, "geometry_dim": 8, "gat_hidden": 16, "gat_layers": 2, "gat_heads": 2, "d_model": 16,
        "temporal_layers": 1, "temporal_heads": 2, "temporal_ffn": 32, "time_encoding": True, "event_token": True,
@@ -20,16 +23,29 @@ def test_complete_graph_edges_link_valid_people_within_each_frame_only():
     assert sorted(map(tuple, edges)) == [(0, 1), (1, 0), (3, 5), (5, 3)]
 
 
-@pytest.mark.parametrize("variant", [{}, {"gat_layers": 0}, {"temporal_layers": 0}, {"event_token": False},
-                                     {"dual_head": False}, {"pooling": "mean"}])
+def random_geometry(B: int, T: int, N: int, valid: torch.Tensor) -> torch.Tensor:
+    """Raw geometry (B, T, N, 12) of boxes that wander a little from frame to frame."""
+    xy = (torch.rand(B, 1, N, 2) * 0.7 + torch.cumsum(torch.randn(B, T, N, 2) * 0.02, 1)).clamp(0, 0.8)
+    return box_geometry(torch.cat([xy, xy + 0.1 + torch.rand(B, 1, N, 2) * 0.1], -1), valid)
+
+
+RELATIONAL = {"relation_features": True, "attention_flow": True}
+
+
+@pytest.mark.parametrize("variant", [{}, RELATIONAL, {**RELATIONAL, "attention_flow": False},
+                                     {**RELATIONAL, "relation_features": False}, {"gat_layers": 0},
+                                     {"temporal_layers": 0}, {"event_token": False}, {"dual_head": False},
+                                     {"pooling": "mean"}])
 def test_absent_people_get_no_score_and_slots_are_permutation_equivariant(variant):
     torch.manual_seed(0)
-    model = build_ranker({**CFG, **variant}, 12, 5).eval()
     B, T, N = 2, 5, 4
-    visual, geometry = torch.randn(B, T, N, 12), torch.randn(B, T, N, 5)
     valid = torch.rand(B, T, N) > 0.3
     valid[:, :, 0] = True
     valid[1, :, 3] = False
+    visual, geometry = torch.randn(B, T, N, 12), random_geometry(B, T, N, valid)
+    model = build_ranker({**CFG, **variant}, 12, 12)
+    model.fit_normalisation(geometry, valid)
+    model.eval()
     logits = model(visual, geometry, valid)["logits"]
     assert logits.shape == (B, N) and torch.isinf(logits[1, 3]) and torch.isfinite(logits[valid.any(1)]).all()
     perm = torch.tensor([2, 0, 3, 1])
@@ -39,9 +55,9 @@ def test_absent_people_get_no_score_and_slots_are_permutation_equivariant(varian
 
 def test_loss_prefers_the_target_and_backpropagates_everywhere():
     torch.manual_seed(0)
-    model = build_ranker(CFG, 12, 5)
+    model = build_ranker({**CFG, **RELATIONAL}, 12, 12)
     valid = torch.ones(3, 4, 5, dtype=torch.bool)
-    out = model(torch.randn(3, 4, 5, 12), torch.randn(3, 4, 5, 5), valid)
+    out = model(torch.randn(3, 4, 5, 12), random_geometry(3, 4, 5, valid), valid)
     losses = ranking_loss(out["logits"], torch.tensor([0, 1, 2]), valid.any(1), 0.3, 0.5, 0.2)
     losses["total"].backward()
     assert all(p.grad is not None for p in model.parameters())
@@ -60,3 +76,77 @@ def test_ties_count_at_their_expected_value_not_by_slot_order():
     torch.testing.assert_close(hit_at_k(above, tied, 2), torch.tensor([2 / 3, 1.0]))
     torch.testing.assert_close(reciprocal_rank(above, tied), torch.tensor([(1 + 1 / 2 + 1 / 3) / 3, 0.5]))
     assert rank_people(scores, present).tolist() == [[1, 1, 1, 4], [1, 2, 3, 0]]
+
+
+def test_relation_features_say_who_walks_toward_whom_and_how_boxes_overlap():
+    # Frame 1: person 0 stands still at x=0.2; person 1 steps from x=0.7 to 0.6, toward it; person 2 overlaps 0.
+    boxes = torch.tensor([[[0.15, 0.4, 0.25, 0.8], [0.65, 0.4, 0.75, 0.8], [0.2, 0.4, 0.3, 0.8]],
+                          [[0.15, 0.4, 0.25, 0.8], [0.55, 0.4, 0.65, 0.8], [0.2, 0.4, 0.3, 0.8]]])
+    valid = torch.ones(2, 3, dtype=torch.bool)
+    geometry = box_geometry(boxes, valid)[1]                                          # (3, 12), frame 1
+    edges = torch.tensor([[1, 0, 2], [0, 1, 0]])                                      # 1 -> 0, 0 -> 1, 2 -> 0
+    r = dict(zip(RELATION_FIELDS, relation_features(geometry, edges).T))
+    torch.testing.assert_close(r["dx"][:2], torch.tensor([0.4, -0.4]))
+    torch.testing.assert_close(r["src_toward_dst"][:2], torch.tensor([0.1, 0.0]))     # 1 walks toward 0
+    torch.testing.assert_close(r["dst_toward_src"][:2], torch.tensor([0.0, 0.1]))
+    torch.testing.assert_close(r["closing_speed"][:2], torch.tensor([0.1, 0.1]))
+    torch.testing.assert_close(r["iou"], torch.tensor([0.0, 0.0, 1 / 3]))
+    torch.testing.assert_close(r["distance_in_heights"][0], torch.tensor(0.4 / 0.4))
+
+
+def test_attention_flow_counts_attention_received_from_others_and_given_away():
+    torch.manual_seed(0)
+    valid = torch.ones(1, 2, 4, dtype=torch.bool)
+    valid[0, 1, 3] = False
+    gat = FrameGAT(8, 8, 1, 2, 0.0).eval()
+    geometry = random_geometry(1, 2, 4, valid)
+    gat.relation_norm.fit(gat.relations(geometry, valid)[1])
+    _, flow = gat(torch.randn(1, 2, 4, 8), geometry, valid)
+    heads = 2
+    received, given = flow[..., :heads], flow[..., heads:2 * heads]
+    # Each person gives away what its self-loop does not keep, so given is in [0, 1]; on average over a
+    # frame, what is received (as a share of the others) equals what is given.
+    assert ((given >= 0) & (given <= 1)).all() and (flow[0, 1, 3] == 0).all()
+    for t, people in ((0, 4), (1, 3)):
+        torch.testing.assert_close(received[0, t, :people].sum(0) * (people - 1), given[0, t, :people].sum(0))
+
+
+def test_the_event_token_adds_to_each_person_and_never_replaces_them_all_by_one_vector():
+    torch.manual_seed(0)
+    event = EventContext(8, 2, 16, 0.0).eval()
+    with torch.no_grad():
+        event.gate.bias.fill_(50.0)                                                   # gate fully open
+    x = torch.randn(1, 3, 4, 8)
+    out = event(x, torch.ones(1, 3, 4, dtype=torch.bool))
+    assert (out[0, :, 0] - out[0, :, 1]).abs().max() > 0.1
+    torch.testing.assert_close(out[0, :, 0] - out[0, :, 1], x[0, :, 0] - x[0, :, 1])
+
+
+def test_normalisation_statistics_come_from_the_data_and_travel_with_the_weights(tmp_path):
+    from svip_core.train.checkpoint import load_weights, save_weights
+
+    torch.manual_seed(0)
+    valid = torch.rand(4, 6, 5) > 0.2
+    geometry = random_geometry(4, 6, 5, valid)
+    model = build_ranker({**CFG, **RELATIONAL}, 12, 12)
+    stats = model.fit_normalisation(geometry, valid)
+    torch.testing.assert_close(torch.tensor(stats["geometry"]["mean"]), geometry[valid].mean(0).double(), check_dtype=False)
+    assert len(stats["relations"]["std"]) == len(RELATION_FIELDS)
+    save_weights(model, tmp_path / "m.safetensors")
+    fresh = build_ranker({**CFG, **RELATIONAL}, 12, 12)
+    load_weights(fresh, tmp_path / "m.safetensors")
+    torch.testing.assert_close(fresh.geometry_norm.mean, model.geometry_norm.mean)
+    torch.testing.assert_close(fresh.gat.relation_norm.std, model.gat.relation_norm.std)
+
+
+def test_early_stopping_never_counts_a_slow_start_as_a_plateau():
+    from svip_core.train.loop import bad_epochs_after
+
+    chance = 0.2
+    # Still at chance at epoch 9: no epoch counts, however long it has been.
+    assert bad_epochs_after(4, 0.2, 0.22, epoch=9, min_epochs=6, chance=chance) == 0
+    # Left chance, but before min_epochs: nothing counts yet.
+    assert bad_epochs_after(0, 0.5, 0.6, epoch=3, min_epochs=6, chance=chance) == 0
+    # Left chance and past min_epochs: a worse epoch counts, a tie with the best resets.
+    assert bad_epochs_after(1, 0.5, 0.6, epoch=7, min_epochs=6, chance=chance) == 2
+    assert bad_epochs_after(1, 0.6, 0.6, epoch=7, min_epochs=6, chance=chance) == 0

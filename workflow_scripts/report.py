@@ -30,3 +30,4 @@ figures.by_group(primary["metrics"], "by_category", out / "top1_by_category.png"
 figures.rejected_table(args.manifest, out / "rejected_clips.html")
 figures.gallery(primary["predictions"], args.manifest, args.stores, out / "gallery.png", args.gallery_size)
 figures.ablations({name: r["metrics"] for name, r in runs.items()}, out / "ablations.png", out / "ablations.html")
+figures.variant_curves({name: r["curves"] for name, r in runs.items()}, out / "variant_curves.png")

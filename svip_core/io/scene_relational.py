@@ -91,13 +91,13 @@ def scene(rng: np.random.Generator, T: int, P: int, H: int, W: int, category_ind
     vip = centres[:, 0]                                                               # (T, 2)
 
     # The audience: a stand-off spot next to the VIP that moves with it, on the side of the frame's centre
-    # (mostly). At least one walks up during the clip, from anywhere; whoever travels walks up too; the
+    # (mostly). Two of them walk up during the clip, from anywhere, and so does whoever else travels; the
     # rest are already there.
     a = np.flatnonzero(roles == ROLE_AUDIENCE)
     side = np.sign(0.5 * W - vip[0, 0]) if rng.random() < 0.8 else rng.choice([-1.0, 1.0])
     spots = vip[:, None] + _audience_offsets(rng, len(a), category_index, base_h, side)[None]   # (T, A, 2)
     walks_in = travels[a].copy()
-    walks_in[rng.integers(len(a))] |= not walks_in.any()
+    walks_in[rng.permutation(len(a))[:2]] = True
     distance = np.where(travel[a] > 0, travel[a], rng.uniform(0.1, 0.5, len(a)) * W)
     start = np.where(walks_in[:, None], spots[0] - _steps(rng, distance, H), spots[0])
     centres[:, a] = start + progress[:, a, None] * (spots - start)

@@ -1,37 +1,81 @@
-"""Social context within a frame: GATv2 over one batched graph holding every frame's people."""
+"""Social context within a frame: GATv2 over one batched graph holding every frame's people.
+
+With ``relation_features`` each edge carries how the two people stand and move relative to each other
+(``relations``), standardised with training statistics, and it biases GATv2's attention (``edge_dim``). With
+``attention_flow`` the last layer's attention is summarised per person: how much attention it receives from
+the others (per head, as a share of what they could give), how much it gives away from itself, their
+difference (focality), the relations of the people attending to it, weighted by that attention, and the
+mean relation of everyone else to it (how the others, on average, stand and move relative to it).
+"""
 from __future__ import annotations
 
 import torch
 from torch import nn
 from torch_geometric.nn import GATv2Conv
+from torch_geometric.utils import scatter
+
+from svip_core.model.normalise import FeatureNorm
+from svip_core.model.relations import RELATION_FIELDS, complete_graph_edges, relation_features
 
 
-def complete_graph_edges(valid: torch.Tensor) -> torch.Tensor:
-    """valid (F, N) bool -> edge_index (2, E) over F*N nodes: i -> j for every pair of distinct valid people
-    in the same frame (GATv2Conv adds the self-loops)."""
-    Fr, N = valid.shape
-    pair = valid[:, :, None] & valid[:, None, :] & ~torch.eye(N, dtype=torch.bool, device=valid.device)
-    frame, src, dst = pair.nonzero(as_tuple=True)
-    return torch.stack([frame * N + src, frame * N + dst])
+def flow_dim(heads: int, relation_features: bool) -> int:
+    return 2 * heads + 1 + (2 * len(RELATION_FIELDS) if relation_features else 0)
+
+
+def attention_flow(alpha: torch.Tensor, edges: torch.Tensor, relations: torch.Tensor | None, valid: torch.Tensor,
+                   nodes: int) -> torch.Tensor:
+    """alpha (E', heads) over edges (2, E') that include self-loops, relations (E, R) for the first E edges
+    (the non-self ones, in order) or None, valid (F, N) -> (F*N, flow_dim) per-node flow features."""
+    src, dst = edges
+    other = src != dst
+    a = alpha * other[:, None]                                                        # self-attention excluded
+    others = (valid.sum(-1, keepdim=True) - 1).clamp(min=1).expand_as(valid).flatten()   # (F*N,)
+    received = scatter(a, src, 0, dim_size=nodes, reduce="sum") / others[:, None]     # (M, heads)
+    given = scatter(a, dst, 0, dim_size=nodes, reduce="sum")                          # (M, heads)
+    parts = [received, given, (received - given).mean(-1, keepdim=True)]
+    if relations is not None:
+        weight = a[: len(relations)].mean(-1, keepdim=True)                            # (E, 1)
+        parts += [scatter(weight * relations, src[: len(relations)], 0, dim_size=nodes, reduce="sum") / others[:, None],
+                  scatter(relations, dst[: len(relations)], 0, dim_size=nodes, reduce="sum") / others[:, None]]
+    return torch.cat(parts, -1) * valid.flatten()[:, None]
 
 
 class FrameGAT(nn.Module):
-    """(B, T, N, C) person features -> (B, T, N, hidden), each frame's people attending to each other."""
+    """(B, T, N, C) person features -> (B, T, N, hidden) with each frame's people attending to each other, and
+    (B, T, N, flow_dim) attention-flow features (None without ``attention_flow``)."""
 
-    def __init__(self, in_dim: int, hidden: int, layers: int, heads: int, dropout: float):
+    def __init__(self, in_dim: int, hidden: int, layers: int, heads: int, dropout: float,
+                 relation_features: bool = True, attention_flow: bool = True):
         super().__init__()
         assert hidden % heads == 0, "model.gat_hidden must be divisible by model.gat_heads"
+        edge_dim = len(RELATION_FIELDS) if relation_features else None
+        self.relation_norm = FeatureNorm(len(RELATION_FIELDS)) if relation_features else None
         self.in_proj = nn.Linear(in_dim, hidden)
-        self.convs = nn.ModuleList(GATv2Conv(hidden, hidden // heads, heads=heads, dropout=dropout)
+        self.convs = nn.ModuleList(GATv2Conv(hidden, hidden // heads, heads=heads, dropout=dropout, edge_dim=edge_dim)
                                    for _ in range(layers))
         self.norms = nn.ModuleList(nn.LayerNorm(hidden) for _ in range(layers))
         self.dropout = nn.Dropout(dropout)
+        self.attention_flow = attention_flow
+        self.flow_dim = flow_dim(heads, relation_features) if attention_flow else 0
 
-    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    def relations(self, geometry: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """geometry (B, T, N, G) raw, valid (B, T, N) -> edges (2, E), raw relation features (E, R)."""
+        edges = complete_graph_edges(valid.flatten(0, 1))
+        return edges, relation_features(geometry.flatten(0, 2), edges)
+
+    def forward(self, x: torch.Tensor, geometry: torch.Tensor, valid: torch.Tensor):
         B, T, N, _ = x.shape
         h = self.in_proj(x).flatten(0, 2)                                             # (B*T*N, hidden)
-        edges = complete_graph_edges(valid.flatten(0, 1))
+        edges, relations = self.relations(geometry, valid)
+        relations = self.relation_norm(relations) if self.relation_norm is not None else None
         keep = valid.flatten()[:, None]
-        for conv, norm in zip(self.convs, self.norms):
-            h = (h + norm(self.dropout(nn.functional.elu(conv(h, edges))))) * keep
-        return h.view(B, T, N, -1)
+        flow = None
+        for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
+            last = i == len(self.convs) - 1
+            if last and self.attention_flow:
+                out, (loop_edges, alpha) = conv(h, edges, relations, return_attention_weights=True)
+                flow = attention_flow(alpha, loop_edges, relations, valid.flatten(0, 1), len(h)).view(B, T, N, -1)
+            else:
+                out = conv(h, edges, relations)
+            h = (h + norm(self.dropout(nn.functional.elu(out)))) * keep
+        return h.view(B, T, N, -1), flow

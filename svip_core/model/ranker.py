@@ -1,7 +1,9 @@
 """The SVIP ranker: fused person features -> frame graph -> person tracks -> clip context -> scores.
 
 Shapes: B clips, T frames, N person slots, D visual dim, G geometry dim. ``valid`` (B,T,N) marks a person
-present in a valid frame; a person never valid in the clip gets no score (-inf logit).
+present in a valid frame; a person never valid in the clip gets no score (-inf logit). Geometry comes in raw
+(``features.geometry``) and is standardised inside the model with training statistics (``fit_normalisation``),
+so evaluate and predict read it exactly as training did.
 """
 from __future__ import annotations
 
@@ -9,7 +11,8 @@ import torch
 from torch import nn
 
 from svip_core.model.graph import FrameGAT
-from svip_core.model.pooling import TemporalPool
+from svip_core.model.normalise import FeatureNorm
+from svip_core.model.pooling import TemporalPool, masked_mean
 from svip_core.model.temporal import EventContext, PersonTemporalEncoder
 
 
@@ -18,19 +21,23 @@ def scoring_head(dim: int, dropout: float) -> nn.Sequential:
 
 
 class SVIPRanker(nn.Module):
-    """Relational branch: fusion -> GATv2 per frame -> temporal Transformer -> event token -> pooling.
-    Self branch (dual head): fusion -> the same temporal encoder and pooling, no social context.
-    A learned per-person gate mixes the two scores."""
+    """Relational branch: fusion -> GATv2 per frame (relation features on its edges) -> temporal Transformer ->
+    event token -> pooling, plus the attention flow pooled over time. Self branch (dual head): fusion -> the same
+    temporal encoder and pooling, no social context. A learned per-person gate mixes the two scores."""
 
     def __init__(self, visual_dim: int, geometry_in: int, cfg: dict):
         super().__init__()
         d, drop = cfg["d_model"], cfg["dropout"]
+        self.geometry_norm = FeatureNorm(geometry_in)
         self.geometry = nn.Sequential(nn.Linear(geometry_in, cfg["geometry_dim"]), nn.ReLU(),
                                       nn.Linear(cfg["geometry_dim"], cfg["geometry_dim"]))
         self.fuse = nn.Sequential(nn.Linear(visual_dim + cfg["geometry_dim"], cfg["fused_dim"]), nn.ReLU(),
                                   nn.Dropout(drop))
-        self.gat = (FrameGAT(cfg["fused_dim"], cfg["gat_hidden"], cfg["gat_layers"], cfg["gat_heads"], drop)
+        self.gat = (FrameGAT(cfg["fused_dim"], cfg["gat_hidden"], cfg["gat_layers"], cfg["gat_heads"], drop,
+                             cfg.get("relation_features", False), cfg.get("attention_flow", False))
                     if cfg["gat_layers"] > 0 else None)
+        flow = self.gat.flow_dim if self.gat is not None else 0
+        self.flow = nn.Sequential(nn.Linear(2 * flow, d), nn.GELU()) if flow else None
         rel_in = cfg["gat_hidden"] if self.gat is not None else cfg["fused_dim"]
         temporal = dict(d_model=d, heads=cfg["temporal_heads"], ffn=cfg["temporal_ffn"],
                         layers=cfg["temporal_layers"], dropout=drop, time_encoding=cfg["time_encoding"])
@@ -44,15 +51,29 @@ class SVIPRanker(nn.Module):
             self.self_score = scoring_head(d, drop)
             self.gate = nn.Sequential(nn.Linear(2 * d, d // 2), nn.ReLU(), nn.Dropout(drop), nn.Linear(d // 2, 1))
 
+    @torch.no_grad()
+    def fit_normalisation(self, geometry: torch.Tensor, valid: torch.Tensor) -> dict:
+        """Standardise inputs with the training split's statistics: geometry (V,T,N,G) raw, valid (V,T,N).
+        Returns the statistics (for model.json)."""
+        self.geometry_norm.fit(geometry[valid])
+        out = {"geometry": self.geometry_norm.stats()}
+        if self.gat is not None and self.gat.relation_norm is not None:
+            _, relations = self.gat.relations(geometry, valid)
+            self.gat.relation_norm.fit(relations)
+            out["relations"] = self.gat.relation_norm.stats()
+        return out
+
     def forward(self, visual: torch.Tensor, geometry: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
-        """visual (B,T,N,D), geometry (B,T,N,G), valid (B,T,N) -> logits (B,N) (-inf for absent people)."""
+        """visual (B,T,N,D), geometry (B,T,N,G) raw, valid (B,T,N) -> logits (B,N) (-inf for absent people)."""
         m = valid[..., None].to(visual.dtype)
-        fused = self.fuse(torch.cat([visual, self.geometry(geometry)], -1)) * m
-        social = self.gat(fused, valid) if self.gat is not None else fused
+        fused = self.fuse(torch.cat([visual, self.geometry(self.geometry_norm(geometry) * m)], -1)) * m
+        social, flow = self.gat(fused, geometry, valid) if self.gat is not None else (fused, None)
         rel = self.rel_temporal(social, valid)
         if self.event is not None:
             rel = self.event(rel, valid)
         rel_pooled = self.pool(rel, valid)
+        if self.flow is not None:
+            rel_pooled = rel_pooled + self.flow(pooled_flow(flow, valid))
         logits = self.rel_score(rel_pooled)[..., 0]                                   # (B, N)
         out = {"rel_logits": logits}
         if self.dual_head:
@@ -65,6 +86,15 @@ class SVIPRanker(nn.Module):
         present = valid.any(1)
         out["logits"] = logits.masked_fill(~present, float("-inf"))
         return out
+
+
+def pooled_flow(flow: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """flow (B,T,N,F), valid (B,T,N) -> (B,N,2F): mean and max over the frames where the person is valid."""
+    B, T, N, Fl = flow.shape
+    seq, ok = flow.permute(0, 2, 1, 3).flatten(0, 1), valid.permute(0, 2, 1).flatten(0, 1)    # (B*N, T, F)
+    peak = seq.masked_fill(~ok[..., None], float("-inf")).max(1).values
+    peak = torch.where(ok.any(1, keepdim=True), peak, torch.zeros_like(peak))
+    return torch.cat([masked_mean(seq, ok), peak], -1).view(B, N, 2 * Fl)
 
 
 def build_ranker(cfg: dict, visual_dim: int, geometry_dim: int) -> SVIPRanker:

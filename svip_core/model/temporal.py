@@ -56,7 +56,10 @@ class PersonTemporalEncoder(nn.Module):
 
 class EventContext(nn.Module):
     """A learned event token reads each frame's people, a Transformer runs over the resulting event sequence,
-    and each person token is mixed with its frame's event by a learned per-person gate. (B,T,N,d) -> same."""
+    and each person token receives its frame's event through a learned per-person gate. (B,T,N,d) -> same.
+
+    The event is added to the person's vector, never substituted for it: a convex mix could replace every
+    person by the same event vector, and then everyone scores alike (a run stuck at chance)."""
 
     def __init__(self, d_model: int, heads: int, ffn: int, dropout: float):
         super().__init__()
@@ -64,6 +67,7 @@ class EventContext(nn.Module):
         self.read = nn.MultiheadAttention(d_model, heads, dropout=dropout, batch_first=True)
         self.encoder = transformer(d_model, heads, ffn, 1, dropout)
         self.gate = nn.Linear(2 * d_model, 1)
+        self.mix = nn.Linear(d_model, d_model)
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         B, T, N, d = x.shape
@@ -74,4 +78,4 @@ class EventContext(nn.Module):
         event = self.encoder(event.view(B, T, d), src_key_padding_mask=padding_mask(valid.any(-1)))
         event = event[:, :, None].expand(B, T, N, d)
         g = torch.sigmoid(self.gate(torch.cat([x, event], -1)))
-        return ((1 - g) * x + g * event) * valid[..., None]
+        return (x + g * self.mix(event)) * valid[..., None]

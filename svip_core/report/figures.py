@@ -29,6 +29,36 @@ def training_curves(metrics_csv, out_png) -> None:
     plt.close(fig)
 
 
+def variant_curves(curves_by_run: dict[str, str], out_png) -> None:
+    """Validation top-1 per epoch of every variant side by side, one line per seed, with the split's chance
+    level (from the run's model.json) for reference. ``curves_by_run``: {"<variant>/seed<s>": metrics.csv}."""
+    by_variant: dict[str, list] = {}
+    for name, path in curves_by_run.items():
+        variant, seed = name.rsplit("/seed", 1)
+        by_variant.setdefault(variant, []).append((seed, path))
+    cols = min(4, len(by_variant))
+    rows = -(-len(by_variant) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), sharex=True, sharey=True, squeeze=False)
+    for ax, (variant, seeds) in zip(axes.flat, by_variant.items()):
+        chance = None
+        for seed, path in seeds:
+            h = pd.read_csv(path)
+            ax.plot(h.epoch, h.val_top1, marker=".", label=f"seed {seed}")
+            meta = Path(path).with_name("model.json")
+            chance = json.loads(meta.read_text()).get("val_chance_top1") if meta.exists() else chance
+        if chance:
+            ax.axhline(chance, color="grey", ls=":", label="chance")
+        ax.set(title=variant, ylim=(0, 1), xlabel="epoch")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(by_variant):]:
+        ax.axis("off")
+    axes[0, 0].set_ylabel("val top-1")
+    axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+
+
 def _rows(metrics: dict) -> pd.DataFrame:
     entries = {"SVIP": metrics["model"]["overall"], **metrics["baselines"]}
     rows = []

@@ -40,6 +40,29 @@ class StoreClips(Dataset):
         g = self._group(s)
         return {"video_id": str(g["video_id"][row]), "scene_category": str(g["scene_category"][row])}
 
+    def _rows_evenly(self, limit: int) -> list[tuple[int, np.ndarray]]:
+        """(store, sorted rows) of at most ``limit`` clips spread evenly over the split (every clip if fewer)."""
+        pick = np.unique(np.linspace(0, len(self.index) - 1, min(limit, len(self.index))).round().astype(int))
+        chosen = [self.index[i] for i in pick] if len(self.index) else []
+        return [(s, np.array(sorted(r for t, r in chosen if t == s), np.int64)) for s in range(len(self.paths))]
+
+    def geometry_sample(self, limit: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw geometry (V, T, N, G) and valid (V, T, N) of up to ``limit`` clips spread over the split: enough
+        for normalisation statistics without reading a large dataset whole."""
+        geometry, valid = [], []
+        for s, rows in self._rows_evenly(limit):
+            if len(rows):
+                g = self._group(s)
+                geometry.append(g["geometry"].get_orthogonal_selection((rows,)))
+                valid.append(g["person_mask"].get_orthogonal_selection((rows,)))
+        return torch.from_numpy(np.concatenate(geometry)), torch.from_numpy(np.concatenate(valid))
+
+    def chance_top1(self) -> float:
+        """Expected top-1 of a random ranking on this split: the mean over clips of 1 / people present."""
+        people = np.concatenate([self._group(s)["person_mask"].get_orthogonal_selection((rows,)).any(1).sum(-1)
+                                 for s, rows in enumerate(self.rows) if len(rows)]) if self.index else np.ones(1)
+        return float(np.mean(1.0 / np.maximum(people, 1)))
+
     def frame_stride(self) -> float:
         """Median sampling stride (source frames between samples) over this split's clips in every store."""
         strides = np.concatenate([frame_strides(self._group(s))[rows] for s, rows in enumerate(self.rows)])

@@ -29,6 +29,9 @@ from svip_core.train.checkpoint import (load_checkpoint, load_weights, mark_fini
 from svip_core.train.data import StoreClips
 
 log = logging.getLogger(__name__)
+# A run has left chance once its best val top-1 reaches this multiple of a random ranking's; before that,
+# epochs without improvement do not count toward early stopping (a slow start is not a plateau).
+LEFT_CHANCE = 1.5
 METRIC_COLUMNS = ["epoch", "step", "lr", "train_loss", "train_ce", "train_preference", "train_top1", "val_loss",
                   "val_top1", "seconds"]
 
@@ -134,6 +137,14 @@ def validate(model, dataset, device, cfg, amp, rank: int, world: int) -> tuple[f
     return float(sums[0] / sums[2].clamp(min=1)), float(sums[1] / sums[2].clamp(min=1))
 
 
+def bad_epochs_after(bad_epochs: int, val_top1: float, best_top1: float, epoch: int, min_epochs: int,
+                     chance: float) -> int:
+    """Epochs without improvement after this one (``best_top1`` already includes it). They count only from
+    ``min_epochs`` on and once the run has left chance, so a slow start is never taken for a plateau."""
+    counting = epoch >= min_epochs and best_top1 >= LEFT_CHANCE * chance
+    return 0 if val_top1 >= best_top1 or not counting else bad_epochs + 1
+
+
 def resumable(folder: Path, identity: str | None) -> tuple[bool, str]:
     """Whether the checkpoint in ``folder`` may be resumed by the run ``identity``, and why not."""
     state = read_state(folder)
@@ -166,7 +177,10 @@ def train(store_paths: list[str], out_dir, model_cfg: dict, cfg: dict, debug: bo
     seed_everything(cfg["seed"])
     train_set, val_set = StoreClips(store_paths, "train"), StoreClips(store_paths, "val")
     visual_dim, geometry_dim = train_set.dims()
-    model = build_ranker(model_cfg, visual_dim, geometry_dim).to(device)     # same init on every rank
+    model = build_ranker(model_cfg, visual_dim, geometry_dim)                # same init on every rank
+    normalisation = model.fit_normalisation(*train_set.geometry_sample())    # same statistics on every rank
+    model = model.to(device)
+    chance = val_set.chance_top1()
     torch.manual_seed(cfg["seed"] * 1000 + rank)                             # distinct dropout per rank
     ddp = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
     sampler = DistributedSampler(train_set, world, rank, shuffle=True, seed=cfg["seed"], drop_last=False)
@@ -192,6 +206,9 @@ def train(store_paths: list[str], out_dir, model_cfg: dict, cfg: dict, debug: bo
     model.train()
     for epoch in range(state["epoch"] + 1, cfg["epochs"] + 1):
         if state["bad_epochs"] >= cfg["patience"]:
+            if rank == 0:
+                log.info("early stop: %d epochs without a better val top-1 (best %.4g at epoch %d, chance %.3g)",
+                         state["bad_epochs"], state["best_top1"], state["best_epoch"], chance)
             break
         sampler.set_epoch(epoch)
         start, sums = time.perf_counter(), torch.zeros(5, dtype=torch.float64, device=device)
@@ -230,7 +247,8 @@ def train(store_paths: list[str], out_dir, model_cfg: dict, cfg: dict, debug: bo
             state.update(best_top1=val_top1, best_epoch=epoch)
             if rank == 0:
                 save_weights(model, ckpt / "best.safetensors")
-        state["bad_epochs"] = 0 if val_top1 >= state["best_top1"] else state["bad_epochs"] + 1
+        state["bad_epochs"] = bad_epochs_after(state["bad_epochs"], val_top1, state["best_top1"], epoch,
+                                               cfg["min_epochs"], chance)
         state["epoch"] = epoch
         state["history"].append(row)
         if rank == 0:
@@ -256,6 +274,7 @@ def train(store_paths: list[str], out_dir, model_cfg: dict, cfg: dict, debug: bo
             {"model": model_cfg, "visual_dim": visual_dim, "geometry_dim": geometry_dim, "best_epoch": state["best_epoch"],
              "best_val_top1": state["best_top1"], "world_size": world, "rank_weight_checksums": checksums,
              "identity": identity, "run_settings": settings or {}, "frame_stride": train_set.frame_stride(),
+             "normalisation": normalisation, "val_chance_top1": chance,
              "features": train_set.provenance()},
             indent=1))
         if len(set(checksums)) != 1:
