@@ -82,16 +82,19 @@ def test_relation_features_say_who_walks_toward_whom_and_how_boxes_overlap():
     # Frame 1: person 0 stands still at x=0.2; person 1 steps from x=0.7 to 0.6, toward it; person 2 overlaps 0.
     boxes = torch.tensor([[[0.15, 0.4, 0.25, 0.8], [0.65, 0.4, 0.75, 0.8], [0.2, 0.4, 0.3, 0.8]],
                           [[0.15, 0.4, 0.25, 0.8], [0.55, 0.4, 0.65, 0.8], [0.2, 0.4, 0.3, 0.8]]])
-    valid = torch.ones(2, 3, dtype=torch.bool)
-    geometry = box_geometry(boxes, valid)[1]                                          # (3, 12), frame 1
-    edges = torch.tensor([[1, 0, 2], [0, 1, 0]])                                      # 1 -> 0, 0 -> 1, 2 -> 0
-    r = dict(zip(RELATION_FIELDS, relation_features(geometry, edges).T))
+    valid = torch.ones(1, 2, 3, dtype=torch.bool)
+    geometry = box_geometry(boxes, valid[0])[None]                                    # (1, 2, 3, 12)
+    edges = torch.tensor([[4, 3, 5], [3, 4, 3]])                                      # frame 1: 1 -> 0, 0 -> 1, 2 -> 0
+    r = dict(zip(RELATION_FIELDS, relation_features(geometry, valid, edges).T))
     torch.testing.assert_close(r["dx"][:2], torch.tensor([0.4, -0.4]))
     torch.testing.assert_close(r["src_toward_dst"][:2], torch.tensor([0.1, 0.0]))     # 1 walks toward 0
     torch.testing.assert_close(r["dst_toward_src"][:2], torch.tensor([0.0, 0.1]))
     torch.testing.assert_close(r["closing_speed"][:2], torch.tensor([0.1, 0.1]))
     torch.testing.assert_close(r["iou"], torch.tensor([0.0, 0.0, 1 / 3]))
     torch.testing.assert_close(r["distance_in_heights"][0], torch.tensor(0.4 / 0.4))
+    # 1 is 0.25 heights closer to 0 than in frame 0, and 0 and 2 (both still) do not move together.
+    torch.testing.assert_close(r["approach_since_first_seen"], torch.tensor([0.25, 0.25, 0.0]))
+    torch.testing.assert_close(r["moving_together"], torch.tensor([0.0, 0.0, 0.0]))
 
 
 def test_attention_flow_counts_attention_received_from_others_and_given_away():

@@ -49,12 +49,11 @@ def heuristic_scores(geometry: np.ndarray, valid: np.ndarray, seed: int = 0) -> 
     }
 
 
-def heuristic_top1_on_clips(paths, seed: int = 0) -> dict[str, float]:
-    """Top-1 of every heuristic straight from clip files (no features needed): geometry as the extract
-    stage computes it, scored with the evaluate stage's tie-aware metric."""
+def clip_geometry(paths) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Geometry (V, T, N, G) as the extract stage computes it, valid (V, T, N) and target (V,), straight from
+    clip files (no features needed)."""
     import torch
 
-    from svip_core.evaluate.metrics import per_clip_hits
     from svip_core.features.geometry import box_geometry
     from svip_core.io.clip import inspect_clip
 
@@ -65,6 +64,62 @@ def heuristic_top1_on_clips(paths, seed: int = 0) -> dict[str, float]:
     for i, c in enumerate(clips):
         boxes[i, : c.num_frames, : c.num_slots], valid[i, : c.num_frames, : c.num_slots] = c.boxes, c.valid
     target = np.array([c.target_index for c in clips])
-    geometry = box_geometry(torch.from_numpy(boxes), torch.from_numpy(valid)).numpy()
-    return {name: float(per_clip_hits(scores, target, valid.any(1), [1])["cmc@1"].mean())
-            for name, scores in heuristic_scores(geometry, valid, seed).items()}
+    return box_geometry(torch.from_numpy(boxes), torch.from_numpy(valid)).numpy(), valid, target
+
+
+def top1(scores: np.ndarray, target: np.ndarray, valid: np.ndarray) -> float:
+    """Tie-aware top-1, as the evaluate stage scores it."""
+    from svip_core.evaluate.metrics import per_clip_hits
+
+    return float(per_clip_hits(scores, target, valid.any(1), [1])["cmc@1"].mean())
+
+
+def heuristic_top1_on_clips(paths, seed: int = 0) -> dict[str, float]:
+    """Top-1 of every heuristic straight from clip files."""
+    geometry, valid, target = clip_geometry(paths)
+    return {name: top1(scores, target, valid) for name, scores in heuristic_scores(geometry, valid, seed).items()}
+
+
+def track_summary(geometry: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """(V, T, N, G), (V, T, N) -> (V, N, 4G + 3): each track on its own, summarised over its valid frames
+    (mean, std, min, max of every field) plus when it appears, when it leaves and how much of the clip it is seen."""
+    g = geometry.astype(np.float64)
+    w = valid[..., None].astype(np.float64)
+    count = np.maximum(w.sum(1), 1)
+    mean = (g * w).sum(1) / count
+    std = np.sqrt((((g - mean[:, None]) ** 2) * w).sum(1) / count)
+    low = np.where(valid[..., None], g, np.inf).min(1)
+    high = np.where(valid[..., None], g, -np.inf).max(1)
+    T = valid.shape[1]
+    frames = np.arange(T)[None, :, None]
+    first = np.where(valid, frames, T).min(1) / T
+    last = np.where(valid, frames, -1).max(1) / T
+    seen = valid.mean(1)
+    present = valid.any(1)[..., None]
+    out = np.concatenate([mean, std, low, high, first[..., None], last[..., None], seen[..., None]], -1)
+    return np.where(present, out, 0.0)
+
+
+def single_track_probe(train: tuple, test: tuple, epochs: int = 300, seed: int = 0) -> np.ndarray:
+    """The best a per-track cue can do: a small MLP scoring each person from its own track summary alone
+    (``track_summary``), trained with the ranking cross-entropy on ``train`` = (geometry, valid, target).
+    Returns scores (V, N) for ``test`` = (geometry, valid)."""
+    import torch
+
+    torch.manual_seed(seed)
+    x_train = torch.tensor(track_summary(*train[:2]), dtype=torch.float32)
+    present = torch.from_numpy(train[1].any(1))
+    target = torch.as_tensor(train[2])
+    mean, std = x_train[present].mean(0), x_train[present].std(0).clamp(min=1e-6)
+    net = torch.nn.Sequential(torch.nn.Linear(x_train.shape[-1], 64), torch.nn.ReLU(), torch.nn.Linear(64, 1))
+    opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=1e-3)
+    for _ in range(epochs):
+        logits = net((x_train - mean) / std)[..., 0].masked_fill(~present, -1e4)
+        loss = torch.nn.functional.cross_entropy(logits, target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        x_test = torch.tensor(track_summary(*test), dtype=torch.float32)
+        scores = net((x_test - mean) / std)[..., 0].masked_fill(~torch.from_numpy(test[1].any(1)), float("-inf"))
+    return scores.numpy()

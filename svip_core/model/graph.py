@@ -4,7 +4,7 @@ With ``relation_features`` each edge carries how the two people stand and move r
 (``relations``), standardised with training statistics, and it biases GATv2's attention (``edge_dim``). With
 ``attention_flow`` the last layer's attention is summarised per person: how much attention it receives from
 the others (per head, as a share of what they could give), how much it gives away from itself, their
-difference (focality), the relations of the people attending to it, weighted by that attention, and the
+difference (focality), the relations of the people attending to it, weighted by each head's attention, and the
 mean relation of everyone else to it (how the others, on average, stand and move relative to it).
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from svip_core.model.relations import RELATION_FIELDS, complete_graph_edges, rel
 
 
 def flow_dim(heads: int, relation_features: bool) -> int:
-    return 2 * heads + 1 + (2 * len(RELATION_FIELDS) if relation_features else 0)
+    return 2 * heads + 1 + ((heads + 1) * len(RELATION_FIELDS) if relation_features else 0)
 
 
 def attention_flow(alpha: torch.Tensor, edges: torch.Tensor, relations: torch.Tensor | None, valid: torch.Tensor,
@@ -34,9 +34,10 @@ def attention_flow(alpha: torch.Tensor, edges: torch.Tensor, relations: torch.Te
     given = scatter(a, dst, 0, dim_size=nodes, reduce="sum")                          # (M, heads)
     parts = [received, given, (received - given).mean(-1, keepdim=True)]
     if relations is not None:
-        weight = a[: len(relations)].mean(-1, keepdim=True)                            # (E, 1)
-        parts += [scatter(weight * relations, src[: len(relations)], 0, dim_size=nodes, reduce="sum") / others[:, None],
-                  scatter(relations, dst[: len(relations)], 0, dim_size=nodes, reduce="sum") / others[:, None]]
+        E = len(relations)
+        weighted = (a[:E, :, None] * relations[:, None, :]).flatten(1)                 # (E, heads * R)
+        parts += [scatter(weighted, src[:E], 0, dim_size=nodes, reduce="sum") / others[:, None],
+                  scatter(relations, dst[:E], 0, dim_size=nodes, reduce="sum") / others[:, None]]
     return torch.cat(parts, -1) * valid.flatten()[:, None]
 
 
@@ -61,7 +62,7 @@ class FrameGAT(nn.Module):
     def relations(self, geometry: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """geometry (B, T, N, G) raw, valid (B, T, N) -> edges (2, E), raw relation features (E, R)."""
         edges = complete_graph_edges(valid.flatten(0, 1))
-        return edges, relation_features(geometry.flatten(0, 2), edges)
+        return edges, relation_features(geometry, valid, edges)
 
     def forward(self, x: torch.Tensor, geometry: torch.Tensor, valid: torch.Tensor):
         B, T, N, _ = x.shape

@@ -58,8 +58,9 @@ class SVIPRanker(nn.Module):
         self.geometry_norm.fit(geometry[valid])
         out = {"geometry": self.geometry_norm.stats()}
         if self.gat is not None and self.gat.relation_norm is not None:
-            _, relations = self.gat.relations(geometry, valid)
-            self.gat.relation_norm.fit(relations)
+            # Pairs grow with people squared: 64 clips give plenty of pairs, read 16 clips at a time.
+            parts = [self.gat.relations(g, v)[1] for g, v in zip(geometry[:64].split(16), valid[:64].split(16))]
+            self.gat.relation_norm.fit(torch.cat(parts))
             out["relations"] = self.gat.relation_norm.stats()
         return out
 

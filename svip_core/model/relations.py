@@ -1,10 +1,11 @@
-"""How two people of a frame stand and move relative to each other: features of each directed pair.
+"""How two people of a frame stand and move relative to each other: features of each ordered pair.
 
-For an edge src -> dst (dst attends to src) and raw box geometry (``features.geometry.GEOMETRY_FIELDS``):
-offset of src from dst (dx, dy), distance, distance in body heights, IoU, log height and width ratios,
-how fast src moves toward dst, how fast dst moves toward src, and how fast the gap closes. Motion is the
-per-sample step already in the geometry, so "everyone walks up to me" is a direct input, not something the
-model must reconstruct from absolute positions.
+For the pair src -> dst (dst attends to src) in frame t, from raw box geometry (``GEOMETRY_FIELDS``): offset of
+src from dst (dx, dy), distance, distance in body heights, IoU, log height and width ratios, how fast src moves
+toward dst, how fast dst moves toward src, how fast the gap closes, how much closer the two are than when
+first seen together (in body heights), and whether they move together (cosine of their steps). So "everyone
+walks up to me and stays" is a direct input, not something the model must reconstruct from absolute
+positions; the last two carry each pair's history into every frame.
 """
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import torch
 from svip_core.features.geometry import GEOMETRY_FIELDS
 
 RELATION_FIELDS = ("dx", "dy", "distance", "distance_in_heights", "iou", "log_height_ratio", "log_width_ratio",
-                   "src_toward_dst", "dst_toward_src", "closing_speed")
+                   "src_toward_dst", "dst_toward_src", "closing_speed", "approach_since_first_seen",
+                   "moving_together")
 _F = {name: i for i, name in enumerate(GEOMETRY_FIELDS)}
 
 
@@ -26,22 +28,40 @@ def complete_graph_edges(valid: torch.Tensor) -> torch.Tensor:
     return torch.stack([frame * N + src, frame * N + dst])
 
 
-def relation_features(geometry: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
-    """geometry (M, G) raw per node, edges (2, E) -> (E, len(RELATION_FIELDS))."""
-    src, dst = geometry[edges[0]], geometry[edges[1]]
-    centre = [_F["cx"], _F["cy"]]
-    offset = src[:, centre] - dst[:, centre]                                          # (E, 2)
+def pair_relations(geometry: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """geometry (B, T, N, G) raw, valid (B, T, N) -> (B, T, N, N, R): [b, t, s, d] describes src s -> dst d."""
+    g = geometry.float()
+    s, d = g[..., :, None, :], g[..., None, :, :]                                     # (B, T, N, 1|N, G)
+    centre, motion = [_F["cx"], _F["cy"]], [_F["dcx"], _F["dcy"]]
+    offset = s[..., centre] - d[..., centre]                                          # (B, T, N, N, 2)
     distance = offset.norm(dim=-1)
-    unit = offset / distance.clamp(min=1e-6)[:, None]                                 # from dst toward src
-    height = (src[:, _F["h"]] + dst[:, _F["h"]]).clamp(min=1e-6) / 2
-    inter_w = (torch.minimum(src[:, _F["x2"]], dst[:, _F["x2"]]) - torch.maximum(src[:, _F["x1"]], dst[:, _F["x1"]])).clamp(min=0)
-    inter_h = (torch.minimum(src[:, _F["y2"]], dst[:, _F["y2"]]) - torch.maximum(src[:, _F["y1"]], dst[:, _F["y1"]])).clamp(min=0)
+    unit = offset / distance.clamp(min=1e-6)[..., None]                               # from dst toward src
+    height = (s[..., _F["h"]] + d[..., _F["h"]]).clamp(min=1e-6) / 2
+    inter_w = (torch.minimum(s[..., _F["x2"]], d[..., _F["x2"]]) - torch.maximum(s[..., _F["x1"]], d[..., _F["x1"]])).clamp(min=0)
+    inter_h = (torch.minimum(s[..., _F["y2"]], d[..., _F["y2"]]) - torch.maximum(s[..., _F["y1"]], d[..., _F["y1"]])).clamp(min=0)
     inter = inter_w * inter_h
-    iou = inter / (src[:, _F["area"]] + dst[:, _F["area"]] - inter).clamp(min=1e-8)
-    motion = [_F["dcx"], _F["dcy"]]
-    src_toward_dst = -(src[:, motion] * unit).sum(-1)
-    dst_toward_src = (dst[:, motion] * unit).sum(-1)
-    log_ratio = lambda a, b: torch.log(src[:, a].clamp(min=1e-4) / dst[:, b].clamp(min=1e-4))  # noqa: E731
-    return torch.stack([offset[:, 0], offset[:, 1], distance, distance / height, iou, log_ratio(_F["h"], _F["h"]),
-                        log_ratio(_F["w"], _F["w"]), src_toward_dst, dst_toward_src,
-                        src_toward_dst + dst_toward_src], -1)
+    iou = inter / (s[..., _F["area"]] + d[..., _F["area"]] - inter).clamp(min=1e-8)
+    step_s, step_d = s[..., motion], d[..., motion]
+    src_toward_dst = -(step_s * unit).sum(-1)
+    dst_toward_src = (step_d * unit).sum(-1)
+    together = (step_s * step_d).sum(-1) / (step_s.norm(dim=-1) * step_d.norm(dim=-1)).clamp(min=1e-6)
+    # Distance (in heights) at the first frame where both were valid, carried forward to every later frame.
+    both = valid[..., :, None] & valid[..., None, :]                                   # (B, T, N, N)
+    T = valid.shape[1]
+    steps = torch.arange(T, device=valid.device).view(1, T, 1, 1)
+    first = torch.where(both, steps, T).min(1, keepdim=True).values.clamp(max=T - 1)   # (B, 1, N, N)
+    scaled = distance / height
+    at_first = scaled.gather(1, first)
+    ratio = lambda a: torch.log(s[..., a].clamp(min=1e-4) / d[..., a].clamp(min=1e-4))  # noqa: E731
+    out = torch.stack([offset[..., 0], offset[..., 1], distance, scaled, iou, ratio(_F["h"]), ratio(_F["w"]),
+                       src_toward_dst, dst_toward_src, src_toward_dst + dst_toward_src, at_first - scaled,
+                       together], -1)
+    return out * both[..., None]
+
+
+def relation_features(geometry: torch.Tensor, valid: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+    """geometry (B, T, N, G) raw, valid (B, T, N), edges (2, E) from ``complete_graph_edges`` over the B*T
+    frames -> (E, R)."""
+    N = valid.shape[-1]
+    pairs = pair_relations(geometry, valid).flatten(0, 1)                             # (B*T, N, N, R)
+    return pairs[edges[0] // N, edges[0] % N, edges[1] % N]
