@@ -3,22 +3,22 @@
 Every track, the VIP's included, comes from one process: stand, or walk from a spot A to a spot B, with the
 same distributions of spots, distances, timing, sway, size, tracker gaps, gestures and look. Roles differ
 only in where B lies relative to other people:
-- the audience (two or more) gathers around the VIP at a stand-off distance, in a full ring (meeting), an arc
-  in front of it (lecture) or a loose wide arc (street); at least two walk up during the clip, toward it, the
-  rest are already there; they follow it when it moves and turn to face it (the face mark, in the pixels);
-- a crowd gathers the same way around an empty spot (a shop window, a notice board), so people converging
-  on a point is not enough: it must be a person;
+- the audience (two or more) gathers around the VIP at a stand-off distance: a ring (meeting), a wide arc
+  (lecture) or a loose arc (street); at least two walk up during the clip, from outside, toward it, the rest
+  are already there; they follow it when it moves and turn to face it (the face mark, in the pixels);
+- a decoy stands near the middle of the frame amid a crowd that was there all along and looks anywhere, so
+  being amid people (or the closest to everyone) is not enough: being walked up to and faced is;
 - a companion walks up to a host, so being approached by one person is not enough;
 - wanderers stand or walk between random spots, passing close to people on the way.
-So no box heuristic and no single-track cue finds the VIP (least or second-least motion, longest visible,
-most central, largest, closest to everyone at the end): see `benchmarks/heuristics.py`, whose single-track
-probe learns the best per-person cue from the training split.
+No box heuristic and no single-track cue finds the VIP (least or second-least motion, longest visible, most
+central, largest, closest to everyone at the end): see `benchmarks/heuristics.py`, whose single-track probe
+learns the best per-person cue from the training split.
 """
 from __future__ import annotations
 
 import numpy as np
 
-ROLE_VIP, ROLE_AUDIENCE, ROLE_CROWD, ROLE_HOST, ROLE_COMPANION, ROLE_WANDERER = range(6)
+ROLE_VIP, ROLE_AUDIENCE, ROLE_CROWD, ROLE_HOST, ROLE_COMPANION, ROLE_WANDERER, ROLE_DECOY = range(7)
 # Where anyone may stand (body centre y, fraction of the height): spots of gatherings are kept inside it too,
 # so where a track stands does not tell a gathering's member from its centre.
 GROUND = (0.45, 0.72)
@@ -31,7 +31,8 @@ def _smoothstep(x: np.ndarray) -> np.ndarray:
 
 def _home(rng, count: int, H: int, W: int) -> np.ndarray:
     """(count, 2) standing spots (body centres, pixels) anywhere on the ground."""
-    return np.stack([rng.uniform(0.1, 0.9, count) * W, rng.uniform(*GROUND, count) * H], -1)
+    x = rng.uniform(0.08, 0.4, count) + 0.52 * (rng.random(count) < 0.5)
+    return np.stack([x * W, rng.uniform(*GROUND, count) * H], -1)
 
 
 def _walk(rng, t: np.ndarray, count: int) -> np.ndarray:
@@ -56,7 +57,7 @@ def _audience_offsets(rng, count: int, category_index: int, base_h: float, side:
     uneven arc."""
     arrangement = category_index % 3
     radius = scale * rng.uniform(1.0, 1.4) * base_h * rng.uniform(0.9, 1.1 + 0.25 * (arrangement == 2), count)
-    span = (rng.uniform(1.9, 2.6), rng.uniform(1.3, 1.9), rng.uniform(2.2, 3.0))[arrangement]
+    span = (2 * np.pi * (1 - 1 / count), rng.uniform(3.0, 3.8), rng.uniform(4.0, 5.0))[arrangement]
     toward = np.arctan2(0.8 if arrangement == 1 else rng.uniform(-0.5, 0.5), side)
     angles = toward + span * (np.linspace(0, 1, count) - 0.5) + rng.normal(0, 0.1, count)
     return radius[:, None] * np.stack([np.cos(angles), 0.35 * np.sin(angles)], -1)
@@ -78,8 +79,8 @@ def scene(rng: np.random.Generator, T: int, P: int, H: int, W: int, category_ind
     audience = int(rng.integers(2, max(2, P - 3) + 1)) if P >= 3 else P - 1
     left = P - 1 - audience
     extras = []
-    if left >= 2 and rng.random() < 0.5:
-        extras += [ROLE_CROWD] * int(rng.integers(2, min(3, left) + 1))
+    if left >= 3 and rng.random() < 0.7:
+        extras += [ROLE_DECOY] + [ROLE_CROWD] * int(rng.integers(2, min(4, left - 1) + 1))
     if left - len(extras) >= 2 and rng.random() < 0.6:
         extras += [ROLE_HOST, ROLE_COMPANION]
     extras += [ROLE_WANDERER] * (left - len(extras))
@@ -89,7 +90,7 @@ def scene(rng: np.random.Generator, T: int, P: int, H: int, W: int, category_ind
     amp = rng.uniform(0.0, 0.02, (1, P, 1)) * W
     freq, phase = rng.uniform(0.5, 2.0, (1, P, 1)), rng.random((1, P, 2))
     sway = amp * np.sin(2 * np.pi * (t[..., None] * freq + phase)) * np.array([1.0, 0.3])     # (T, P, 2)
-    walks = rng.random(P) < 0.9
+    walks = rng.random(P) < 0.7
     distance = rng.uniform(0.15, 0.5, P) * W
     progress = _walk(rng, t, P)[..., None]                                            # (T, P, 1)
     goal = np.broadcast_to(_home(rng, P, H, W), (T, P, 2)).copy()                     # B (T, P, 2): may move
@@ -98,9 +99,14 @@ def scene(rng: np.random.Generator, T: int, P: int, H: int, W: int, category_ind
     # Gatherings: the audience around the VIP (following it), a crowd around an empty spot, a companion
     # beside its host. At least two of a gathering walk up, from outside it, toward its centre.
     vip = np.where(walks[0], start[0] + progress[:, 0] * (goal[0, 0] - start[0]), goal[0, 0])      # (T, 2)
-    # The crowd's empty spot lies nearer the middle: the VIP, amid its ring, must not be the closest to everyone.
-    empty_spot = np.broadcast_to(np.array([rng.uniform(0.35, 0.65) * W, rng.uniform(*GROUND) * H]), (T, 2))
-    for role, centre in ((ROLE_AUDIENCE, vip), (ROLE_CROWD, empty_spot), (ROLE_COMPANION, None)):
+    # A decoy stands nearer the middle, amid a crowd that was there all along: it is the one closest to
+    # everyone, and standing amid people is not enough; being walked up to and faced is what counts.
+    decoy = np.flatnonzero(roles == ROLE_DECOY)
+    walks[decoy] = False
+    walks[roles == ROLE_CROWD] = False
+    goal[:, decoy, 0] = rng.uniform(0.35, 0.65, len(decoy)) * W
+    crowd_centre = goal[:, decoy[0]] if len(decoy) else vip
+    for role, centre in ((ROLE_AUDIENCE, vip), (ROLE_CROWD, crowd_centre), (ROLE_COMPANION, None)):
         members = np.flatnonzero(roles == role)
         if not len(members):
             continue
@@ -110,13 +116,12 @@ def scene(rng: np.random.Generator, T: int, P: int, H: int, W: int, category_ind
             offsets = np.array([[rng.choice([-1.0, 1.0]) * rng.uniform(0.6, 0.9) * base_h, 0.0]])
         else:
             side = np.sign(0.5 * W - centre[0, 0] + 1e-6) * rng.choice([1.0, -1.0], p=[0.7, 0.3])
-            # A crowd stands looser around its empty spot than an audience around a person.
-            offsets = _audience_offsets(rng, len(members), category_index, base_h, side,
-                                        1.0 if role == ROLE_AUDIENCE else 1.5)
+            offsets = _audience_offsets(rng, len(members), category_index, base_h, side)
         goal[:, members] = centre[:, None] + offsets[None]
         goal[..., members, 0] = goal[..., members, 0].clip(0.05 * W, 0.95 * W)
         goal[..., members, 1] = goal[..., members, 1].clip(GROUND[0] * H, GROUND[1] * H)
-        walks[members[rng.permutation(len(members))[:2]]] = True
+        if role != ROLE_CROWD:
+            walks[members[rng.permutation(len(members))[:2]]] = True
         start[members] = _from_outside(rng, goal[0, members], centre[0], distance[members])
     route = start[None] + progress * (goal - start[None])
     centres = np.where(walks[None, :, None], route, goal) + sway
@@ -132,11 +137,6 @@ def scene(rng: np.random.Generator, T: int, P: int, H: int, W: int, category_ind
     a = np.flatnonzero(roles == ROLE_AUDIENCE)
     facing[:, a] = np.where(arrived[:, a] & look[:, a], np.sign(centres[:, :1, 0] - centres[:, a, 0] + 1e-6), facing[:, a])
     facing[:, 0] = np.where(look[:, 0], np.sign(centres[:, a, 0].mean(1) - centres[:, 0, 0] + 1e-6), facing[:, 0])
-    crowd = np.flatnonzero(roles == ROLE_CROWD)
-    if len(crowd):
-        spot = goal[:, crowd].mean(1, keepdims=True)
-        facing[:, crowd] = np.where(arrived[:, crowd] & look[:, crowd], np.sign(spot[..., 0] - centres[:, crowd, 0] + 1e-6),
-                                    facing[:, crowd])
     pair = np.flatnonzero(np.isin(roles, (ROLE_HOST, ROLE_COMPANION)))
     if len(pair) == 2:
         towards = np.sign(centres[:, pair[::-1], 0] - centres[:, pair, 0] + 1e-6)
