@@ -38,7 +38,8 @@ class SVIPRanker(nn.Module):
                     if cfg["gat_layers"] > 0 else None)
         flow = self.gat.flow_dim if self.gat is not None else 0
         self.flow = nn.Sequential(nn.Linear(2 * flow, d), nn.GELU()) if flow else None
-        rel_in = cfg["gat_hidden"] if self.gat is not None else cfg["fused_dim"]
+        # The flow also enters the temporal encoder, per frame, so how attention moves over time counts too.
+        rel_in = (cfg["gat_hidden"] + flow) if self.gat is not None else cfg["fused_dim"]
         temporal = dict(d_model=d, heads=cfg["temporal_heads"], ffn=cfg["temporal_ffn"],
                         layers=cfg["temporal_layers"], dropout=drop, time_encoding=cfg["time_encoding"])
         self.rel_temporal = PersonTemporalEncoder(rel_in, **temporal)
@@ -69,6 +70,8 @@ class SVIPRanker(nn.Module):
         m = valid[..., None].to(visual.dtype)
         fused = self.fuse(torch.cat([visual, self.geometry(self.geometry_norm(geometry) * m)], -1)) * m
         social, flow = self.gat(fused, geometry, valid) if self.gat is not None else (fused, None)
+        if flow is not None:
+            social = torch.cat([social, flow], -1)
         rel = self.rel_temporal(social, valid)
         if self.event is not None:
             rel = self.event(rel, valid)
