@@ -58,7 +58,8 @@ def test_train_and_evaluate_outputs(finished_run):
     for k in (1, 2, 3, 4, 5):
         assert (f"cmc@{k}" if k > 1 else "top1") in metrics["model"]["overall"]
     assert set(metrics["baselines"]) == {"random", "largest_box", "most_central", "longest_visible",
-                                         "most_motion", "least_motion"}
+                                         "most_motion", "least_motion", "second_least_motion",
+                                         "closest_to_all_at_end"}
     assert set(metrics["model"]["by_people_count"]) <= {"1", "2", "3", "4"} and metrics["model"]["by_category"]
     # With at most 4 people, CMC@4 is certain.
     assert metrics["model"]["overall"]["cmc@4"]["mean"] == pytest.approx(1.0)
