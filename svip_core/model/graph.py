@@ -67,8 +67,11 @@ class FrameGAT(nn.Module):
     def forward(self, x: torch.Tensor, geometry: torch.Tensor, valid: torch.Tensor):
         B, T, N, _ = x.shape
         h = self.in_proj(x).flatten(0, 2)                                             # (B*T*N, hidden)
-        edges, relations = self.relations(geometry, valid)
-        relations = self.relation_norm(relations) if self.relation_norm is not None else None
+        if self.relation_norm is not None:
+            edges, relations = self.relations(geometry, valid)
+            relations = self.relation_norm(relations)
+        else:
+            edges, relations = complete_graph_edges(valid.flatten(0, 1)), None
         keep = valid.flatten()[:, None]
         flow = None
         for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
