@@ -84,10 +84,8 @@ def track_summary(geometry: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """(V, T, N, G), (V, T, N) -> (V, N, 4G + 3): each track on its own, summarised over its valid frames
     (mean, std, min, max of every field) plus when it appears, when it leaves and how much of the clip it is seen."""
     g = geometry.astype(np.float64)
-    w = valid[..., None].astype(np.float64)
-    count = np.maximum(w.sum(1), 1)
-    mean = (g * w).sum(1) / count
-    std = np.sqrt((((g - mean[:, None]) ** 2) * w).sum(1) / count)
+    mean = _track_mean(g, valid[..., None])
+    std = np.sqrt(_track_mean((g - mean[:, None]) ** 2, valid[..., None]))
     low = np.where(valid[..., None], g, np.inf).min(1)
     high = np.where(valid[..., None], g, -np.inf).max(1)
     T = valid.shape[1]

@@ -18,19 +18,17 @@ from __future__ import annotations
 
 import numpy as np
 
+from svip_core.io.scene_motion import smoothstep, sway
+
 ROLE_VIP, ROLE_AUDIENCE, ROLE_CROWD, ROLE_HOST, ROLE_COMPANION, ROLE_WANDERER, ROLE_DECOY = range(7)
 # Where anyone may stand (body centre y, fraction of the height): spots of gatherings are kept inside it too,
 # so where a track stands does not tell a gathering's member from its centre.
 GROUND = (0.45, 0.72)
 
 
-def _smoothstep(x: np.ndarray) -> np.ndarray:
-    x = np.clip(x, 0.0, 1.0)
-    return x * x * (3 - 2 * x)
-
-
 def _home(rng, count: int, H: int, W: int) -> np.ndarray:
-    """(count, 2) standing spots (body centres, pixels) anywhere on the ground."""
+    """(count, 2) standing spots (body centres, pixels) on the ground, left or right of the middle band (where
+    the decoy stands)."""
     x = rng.uniform(0.08, 0.4, count) + 0.52 * (rng.random(count) < 0.5)
     return np.stack([x * W, rng.uniform(*GROUND, count) * H], -1)
 
@@ -39,7 +37,7 @@ def _walk(rng, t: np.ndarray, count: int) -> np.ndarray:
     """(T, count) progress of a walk in [0, 1], starting and ending at random times within the clip."""
     t0 = rng.uniform(0.0, 0.45, count)
     t1 = np.minimum(t0 + rng.uniform(0.3, 0.6, count), 0.95)
-    return _smoothstep((t - t0) / (t1 - t0))
+    return smoothstep((t - t0) / (t1 - t0))
 
 
 def _steps(rng, length: np.ndarray, H: int) -> np.ndarray:
@@ -49,14 +47,12 @@ def _steps(rng, length: np.ndarray, H: int) -> np.ndarray:
     return np.stack([step[:, 0], np.clip(step[:, 1], -0.12 * H, 0.12 * H)], -1)
 
 
-def _audience_offsets(rng, count: int, category_index: int, base_h: float, side: float,
-                      scale: float = 1.0) -> np.ndarray:
-    """(count, 2) where a gathering stands relative to its centre: on an arc at a stand-off distance, opening
-    toward ``side`` (-1 left, 1 right: the frame's middle), so the centre stands at the group's edge rather
-    than amid it. Meeting: a wide arc; lecture: a tighter arc in front (nearer the camera); street: a loose,
-    uneven arc."""
+def _audience_offsets(rng, count: int, category_index: int, base_h: float, side: float) -> np.ndarray:
+    """(count, 2) where a gathering stands relative to its centre, at a stand-off distance: a full ring
+    (meeting), a wide arc in front of it, opening toward ``side`` (-1 left, 1 right; lecture), or a loose,
+    uneven arc toward ``side`` (street)."""
     arrangement = category_index % 3
-    radius = scale * rng.uniform(1.0, 1.4) * base_h * rng.uniform(0.9, 1.1 + 0.25 * (arrangement == 2), count)
+    radius = rng.uniform(1.0, 1.4) * base_h * rng.uniform(0.9, 1.1 + 0.25 * (arrangement == 2), count)
     span = (2 * np.pi * (1 - 1 / count), rng.uniform(3.0, 3.8), rng.uniform(4.0, 5.0))[arrangement]
     toward = np.arctan2(0.8 if arrangement == 1 else rng.uniform(-0.5, 0.5), side)
     angles = toward + span * (np.linspace(0, 1, count) - 0.5) + rng.normal(0, 0.1, count)
@@ -87,17 +83,15 @@ def scene(rng: np.random.Generator, T: int, P: int, H: int, W: int, category_ind
     roles = np.array([ROLE_VIP] + [ROLE_AUDIENCE] * audience + extras, np.int64)[:P]
 
     # One process for every track: stand at B, or walk there from A over part of the clip.
-    amp = rng.uniform(0.0, 0.02, (1, P, 1)) * W
-    freq, phase = rng.uniform(0.5, 2.0, (1, P, 1)), rng.random((1, P, 2))
-    sway = amp * np.sin(2 * np.pi * (t[..., None] * freq + phase)) * np.array([1.0, 0.3])     # (T, P, 2)
+    idle = sway(rng, t, P, W, 0.02)                                                  # (T, P, 2)
     walks = rng.random(P) < 0.7
     distance = rng.uniform(0.15, 0.5, P) * W
     progress = _walk(rng, t, P)[..., None]                                            # (T, P, 1)
     goal = np.broadcast_to(_home(rng, P, H, W), (T, P, 2)).copy()                     # B (T, P, 2): may move
     start = goal[0] - _steps(rng, distance, H)                                        # A, for walkers
 
-    # Gatherings: the audience around the VIP (following it), a crowd around an empty spot, a companion
-    # beside its host. At least two of a gathering walk up, from outside it, toward its centre.
+    # Gatherings: the audience around the VIP (following it), a crowd around the decoy, a companion beside its
+    # host. At least two of the audience walk up, from outside it, toward the VIP; the crowd was always there.
     vip = np.where(walks[0], start[0] + progress[:, 0] * (goal[0, 0] - start[0]), goal[0, 0])      # (T, 2)
     # A decoy stands nearer the middle, amid a crowd that was there all along: it is the one closest to
     # everyone, and standing amid people is not enough; being walked up to and faced is what counts.
@@ -105,7 +99,7 @@ def scene(rng: np.random.Generator, T: int, P: int, H: int, W: int, category_ind
     walks[decoy] = False
     walks[roles == ROLE_CROWD] = False
     goal[:, decoy, 0] = rng.uniform(0.35, 0.65, len(decoy)) * W
-    crowd_centre = goal[:, decoy[0]] if len(decoy) else vip
+    crowd_centre = goal[:, decoy[0]] if len(decoy) else None       # no decoy, no crowd
     for role, centre in ((ROLE_AUDIENCE, vip), (ROLE_CROWD, crowd_centre), (ROLE_COMPANION, None)):
         members = np.flatnonzero(roles == role)
         if not len(members):
@@ -124,7 +118,7 @@ def scene(rng: np.random.Generator, T: int, P: int, H: int, W: int, category_ind
             walks[members[rng.permutation(len(members))[:2]]] = True
         start[members] = _from_outside(rng, goal[0, members], centre[0], distance[members])
     route = start[None] + progress * (goal - start[None])
-    centres = np.where(walks[None, :, None], route, goal) + sway
+    centres = np.where(walks[None, :, None], route, goal) + idle
     heights = base_h * (0.55 + 0.9 * centres[0, :, 1] / H) * rng.uniform(0.9, 1.1, P)
 
     # Facing: walkers look where they go; a gathering looks at its centre once there (now and then away);

@@ -14,13 +14,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from svip_core.io.scene_motion import smoothstep, sway as idle_sway
+
 ROLE_VIP, ROLE_MEMBER, ROLE_PASSER, ROLE_BYSTANDER = 0, 1, 2, 3
 RING_SCALES = (0.9, 1.3, 1.1, 1.0, 1.0)   # per category
-
-
-def _smoothstep(x: np.ndarray) -> np.ndarray:
-    x = np.clip(x, 0.0, 1.0)
-    return x * x * (3 - 2 * x)
 
 
 def scene(rng: np.random.Generator, T: int, P: int, H: int, W: int, category_index: int):
@@ -33,15 +30,13 @@ def scene(rng: np.random.Generator, T: int, P: int, H: int, W: int, category_ind
 
     # Everyone idles with a sway of the same range, so how much a track moves does not give the VIP away.
     def sway(count: int) -> np.ndarray:                                               # (T, count, 2)
-        amp = rng.uniform(0.0, 0.03, (1, count, 1)) * W
-        freq, phase = rng.uniform(0.5, 2.0, (1, count, 1)), rng.random((1, count, 2))
-        return amp * np.sin(2 * np.pi * (t[..., None] * freq + phase)) * np.array([1.0, 0.3])
+        return idle_sway(rng, t, count, W, 0.03)
 
     # Depth from the foot's y: people lower in the frame are closer and taller.
     base_h = 0.34 * H
     vip0 = np.array([W * rng.choice([0.25, 0.72]) + rng.normal(0, 0.04 * W), H * rng.uniform(0.5, 0.62)])
     drift = rng.normal(0, 0.05, 2) * np.array([W, 0.3 * H]) * (rng.random() < 0.5)    # the VIP may walk a few steps
-    vip_xy = vip0 + _smoothstep(t) * drift + sway(1)[:, 0]                             # (T, 2)
+    vip_xy = vip0 + smoothstep(t) * drift + sway(1)[:, 0]                             # (T, 2)
     ring_r = ring_scale * base_h * rng.uniform(0.8, 1.0)
     angles = rng.uniform(0, 2 * np.pi) + np.linspace(0, 2 * np.pi, members, endpoint=False)
     offset = ring_r * np.stack([np.cos(angles), 0.45 * np.sin(angles)], -1)          # (M, 2)
@@ -51,10 +46,10 @@ def scene(rng: np.random.Generator, T: int, P: int, H: int, W: int, category_ind
                                              rng.uniform(0.4, 0.75, members) * H], -1), goal[0])
     arrive = np.where(far, rng.uniform(0.35, 0.8, members), 1e-3)                     # fraction of the clip
     depart = np.where(rng.random(members) < 0.25, rng.uniform(0.75, 0.95, members), 2.0)
-    walk = _smoothstep(t / arrive)                                                    # (T, M)
+    walk = smoothstep(t / arrive)                                                    # (T, M)
     member_xy = start + walk[..., None] * (goal - start) + sway(members)              # (T, M, 2)
     exit_side = np.where(goal[-1, :, 0] < W / 2, -1.0, 1.0)                           # nearest edge
-    member_xy[..., 0] += _smoothstep((t - depart) / 0.3) * 1.3 * W * exit_side
+    member_xy[..., 0] += smoothstep((t - depart) / 0.3) * 1.3 * W * exit_side
 
     direction = rng.choice([-1.0, 1.0])
     passer_y = H * rng.uniform(0.82, 0.95)
