@@ -9,7 +9,8 @@ from svip_core.model.graph import FrameGAT
 from svip_core.model.loss import ranking_loss
 from svip_core.model.ranker import build_ranker
 from svip_core.model.ranking import hit_at_k, rank_people, reciprocal_rank, target_rank_stats
-from svip_core.model.relations import RELATION_FIELDS, complete_graph_edges, relation_features
+from svip_core.model.pair_history import PairHistory
+from svip_core.model.relations import RELATION_FIELDS, complete_graph_edges, edge_relations, pair_mask, pair_relations
 from svip_core.model.temporal import EventContext
 
 CFG = {"fused_dim": 32, "geometry_dim": 8, "gat_hidden": 16, "gat_layers": 2, "gat_heads": 2, "d_model": 16,
@@ -85,7 +86,7 @@ def test_relation_features_say_who_walks_toward_whom_and_how_boxes_overlap():
     valid = torch.ones(1, 2, 3, dtype=torch.bool)
     geometry = box_geometry(boxes, valid[0])[None]                                    # (1, 2, 3, 12)
     edges = torch.tensor([[4, 3, 5], [3, 4, 3]])                                      # frame 1: 1 -> 0, 0 -> 1, 2 -> 0
-    r = dict(zip(RELATION_FIELDS, relation_features(geometry, valid, edges).T))
+    r = dict(zip(RELATION_FIELDS, edge_relations(pair_relations(geometry, valid), edges).T))
     torch.testing.assert_close(r["dx"][:2], torch.tensor([0.4, -0.4]))
     torch.testing.assert_close(r["src_toward_dst"][:2], torch.tensor([0.1, 0.0]))     # 1 walks toward 0
     torch.testing.assert_close(r["dst_toward_src"][:2], torch.tensor([0.0, 0.1]))
@@ -103,8 +104,8 @@ def test_attention_flow_counts_attention_received_from_others_and_given_away():
     valid[0, 1, 3] = False
     gat = FrameGAT(8, 8, 1, 2, 0.0).eval()
     geometry = random_geometry(1, 2, 4, valid)
-    gat.relation_norm.fit(gat.relations(geometry, valid)[1])
-    _, flow = gat(torch.randn(1, 2, 4, 8), geometry, valid)
+    gat.relation_norm.fit(pair_relations(geometry, valid)[pair_mask(valid)])
+    _, flow, _ = gat(torch.randn(1, 2, 4, 8), geometry, valid)
     heads = 2
     received, given = flow[..., :heads], flow[..., heads:2 * heads]
     # Each person gives away what its self-loop does not keep, so given is in [0, 1]; on average over a
@@ -153,3 +154,23 @@ def test_early_stopping_never_counts_a_slow_start_as_a_plateau():
     # Left chance and past min_epochs: a worse epoch counts, a tie with the best resets.
     assert bad_epochs_after(1, 0.5, 0.6, epoch=7, min_epochs=6, chance=chance) == 2
     assert bad_epochs_after(1, 0.6, 0.6, epoch=7, min_epochs=6, chance=chance) == 0
+
+
+def test_pair_history_counts_who_approaches_and_ignores_absent_people():
+    torch.manual_seed(0)
+    history = PairHistory(person_dim=4, relation_dim=3, hidden=8, out_dim=6, dropout=0.0).eval()
+    B, T, N = 1, 5, 4
+    x = torch.zeros(B, T, N, 4)
+    relations = torch.zeros(B, T, N, N, 3)
+    # Person 0 is walked up to by two people (1 and 2), person 3 by one (2): same relation, different counts.
+    relations[0, :, 1, 0, 0] = relations[0, :, 2, 0, 0] = relations[0, :, 2, 3, 0] = 2.0
+    valid = torch.ones(B, T, N, dtype=torch.bool)
+    out = history(x, relations, pair_mask(valid))
+    assert out.shape == (B, N, 6) and not torch.allclose(out[0, 0], out[0, 3])
+    # A person never present gets zeros, and what absent pairs hold cannot leak into anyone's history.
+    valid[:, :, 3] = False
+    noisy = relations.clone()
+    noisy[0, :, 3] = noisy[0, :, :, 3] = 99.0
+    out_absent = history(x, noisy, pair_mask(valid))
+    assert (out_absent[0, 3] == 0).all()
+    torch.testing.assert_close(out_absent[0, :3], history(x, relations, pair_mask(valid))[0, :3])

@@ -5,7 +5,8 @@ With ``relation_features`` each edge carries how the two people stand and move r
 ``attention_flow`` the last layer's attention is summarised per person: how much attention it receives from
 the others (per head, as a share of what they could give), how much it gives away from itself, their
 difference (focality), the relations of the people attending to it, weighted by each head's attention, and the
-mean relation of everyone else to it (how the others, on average, stand and move relative to it).
+mean relation of everyone else to it (how the others, on average, stand and move relative to it). With
+relation features it also summarises each pair's relations over the whole clip (``pair_history``).
 """
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from torch_geometric.nn import GATv2Conv
 from torch_geometric.utils import scatter
 
 from svip_core.model.normalise import FeatureNorm
-from svip_core.model.relations import RELATION_FIELDS, complete_graph_edges, relation_features
+from svip_core.model.pair_history import PairHistory
+from svip_core.model.relations import RELATION_FIELDS, complete_graph_edges, edge_relations, pair_mask, pair_relations
 
 
 def flow_dim(heads: int, relation_features: bool) -> int:
@@ -42,11 +44,12 @@ def attention_flow(alpha: torch.Tensor, edges: torch.Tensor, relations: torch.Te
 
 
 class FrameGAT(nn.Module):
-    """(B, T, N, C) person features -> (B, T, N, hidden) with each frame's people attending to each other, and
-    (B, T, N, flow_dim) attention-flow features (None without ``attention_flow``)."""
+    """(B, T, N, C) person features -> (B, T, N, hidden) with each frame's people attending to each other,
+    (B, T, N, flow_dim) attention-flow features (None without ``attention_flow``) and (B, N, history_dim) pair
+    histories (None without ``relation_features``)."""
 
     def __init__(self, in_dim: int, hidden: int, layers: int, heads: int, dropout: float,
-                 relation_features: bool = True, attention_flow: bool = True):
+                 relation_features: bool = True, attention_flow: bool = True, history_dim: int = 0):
         super().__init__()
         assert hidden % heads == 0, "model.gat_hidden must be divisible by model.gat_heads"
         edge_dim = len(RELATION_FIELDS) if relation_features else None
@@ -58,20 +61,19 @@ class FrameGAT(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.attention_flow = attention_flow
         self.flow_dim = flow_dim(heads, relation_features) if attention_flow else 0
-
-    def relations(self, geometry: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """geometry (B, T, N, G) raw, valid (B, T, N) -> edges (2, E), raw relation features (E, R)."""
-        edges = complete_graph_edges(valid.flatten(0, 1))
-        return edges, relation_features(geometry, valid, edges)
+        self.history = (PairHistory(in_dim, len(RELATION_FIELDS), hidden, history_dim, dropout)
+                        if relation_features and history_dim else None)
 
     def forward(self, x: torch.Tensor, geometry: torch.Tensor, valid: torch.Tensor):
         B, T, N, _ = x.shape
         h = self.in_proj(x).flatten(0, 2)                                             # (B*T*N, hidden)
+        edges = complete_graph_edges(valid.flatten(0, 1))
+        relations = history = None
         if self.relation_norm is not None:
-            edges, relations = self.relations(geometry, valid)
-            relations = self.relation_norm(relations)
-        else:
-            edges, relations = complete_graph_edges(valid.flatten(0, 1)), None
+            pairs = self.relation_norm(pair_relations(geometry, valid))               # (B, T, N, N, R)
+            relations = edge_relations(pairs, edges)                                  # (E, R)
+            if self.history is not None:
+                history = self.history(x, pairs, pair_mask(valid))
         keep = valid.flatten()[:, None]
         flow = None
         for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
@@ -82,4 +84,4 @@ class FrameGAT(nn.Module):
             else:
                 out = conv(h, edges, relations)
             h = (h + norm(self.dropout(nn.functional.elu(out)))) * keep
-        return h.view(B, T, N, -1), flow
+        return h.view(B, T, N, -1), flow, history

@@ -7,10 +7,16 @@ from torch import nn
 from svip_core.model.temporal import padding_mask
 
 
-def masked_mean(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """x (S, T, d), valid (S, T) -> (S, d)."""
+def masked_mean(x: torch.Tensor, valid: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """x (..., d), valid (...) bool -> the mean over ``dim`` where valid (0 where nothing is); (S,T,d) -> (S,d)."""
     w = valid[..., None].to(x.dtype)
-    return (x * w).sum(1) / w.sum(1).clamp(min=1)
+    return (x * w).sum(dim) / w.sum(dim).clamp(min=1)
+
+
+def masked_max(x: torch.Tensor, valid: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """x (..., d), valid (...) bool -> the max over ``dim`` where valid (0 where nothing is); (S,T,d) -> (S,d)."""
+    peak = x.masked_fill(~valid[..., None], float("-inf")).amax(dim)
+    return torch.where(valid.any(dim)[..., None], peak, torch.zeros_like(peak))
 
 
 class TemporalPool(nn.Module):

@@ -12,7 +12,8 @@ from torch import nn
 
 from svip_core.model.graph import FrameGAT
 from svip_core.model.normalise import FeatureNorm
-from svip_core.model.pooling import TemporalPool, masked_mean
+from svip_core.model.pooling import TemporalPool, masked_max, masked_mean
+from svip_core.model.relations import pair_mask, pair_relations
 from svip_core.model.temporal import EventContext, PersonTemporalEncoder
 
 
@@ -34,7 +35,7 @@ class SVIPRanker(nn.Module):
         self.fuse = nn.Sequential(nn.Linear(visual_dim + cfg["geometry_dim"], cfg["fused_dim"]), nn.ReLU(),
                                   nn.Dropout(drop))
         self.gat = (FrameGAT(cfg["fused_dim"], cfg["gat_hidden"], cfg["gat_layers"], cfg["gat_heads"], drop,
-                             cfg.get("relation_features", False), cfg.get("attention_flow", False))
+                             cfg.get("relation_features", False), cfg.get("attention_flow", False), history_dim=d)
                     if cfg["gat_layers"] > 0 else None)
         flow = self.gat.flow_dim if self.gat is not None else 0
         self.flow = nn.Sequential(nn.Linear(2 * flow, d), nn.GELU()) if flow else None
@@ -60,7 +61,7 @@ class SVIPRanker(nn.Module):
         out = {"geometry": self.geometry_norm.stats()}
         if self.gat is not None and self.gat.relation_norm is not None:
             # Pairs grow with people squared: 64 clips give plenty of pairs, read 16 clips at a time.
-            parts = [self.gat.relations(g, v)[1] for g, v in zip(geometry[:64].split(16), valid[:64].split(16))]
+            parts = [pair_relations(g, v)[pair_mask(v)] for g, v in zip(geometry[:64].split(16), valid[:64].split(16))]
             self.gat.relation_norm.fit(torch.cat(parts))
             out["relations"] = self.gat.relation_norm.stats()
         return out
@@ -69,7 +70,7 @@ class SVIPRanker(nn.Module):
         """visual (B,T,N,D), geometry (B,T,N,G) raw, valid (B,T,N) -> logits (B,N) (-inf for absent people)."""
         m = valid[..., None].to(visual.dtype)
         fused = self.fuse(torch.cat([visual, self.geometry(self.geometry_norm(geometry) * m)], -1)) * m
-        social, flow = self.gat(fused, geometry, valid) if self.gat is not None else (fused, None)
+        social, flow, history = self.gat(fused, geometry, valid) if self.gat is not None else (fused, None, None)
         if flow is not None:
             social = torch.cat([social, flow], -1)
         rel = self.rel_temporal(social, valid)
@@ -78,6 +79,8 @@ class SVIPRanker(nn.Module):
         rel_pooled = self.pool(rel, valid)
         if self.flow is not None:
             rel_pooled = rel_pooled + self.flow(pooled_flow(flow, valid))
+        if history is not None:
+            rel_pooled = rel_pooled + history
         logits = self.rel_score(rel_pooled)[..., 0]                                   # (B, N)
         out = {"rel_logits": logits}
         if self.dual_head:
@@ -94,11 +97,7 @@ class SVIPRanker(nn.Module):
 
 def pooled_flow(flow: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """flow (B,T,N,F), valid (B,T,N) -> (B,N,2F): mean and max over the frames where the person is valid."""
-    B, T, N, Fl = flow.shape
-    seq, ok = flow.permute(0, 2, 1, 3).flatten(0, 1), valid.permute(0, 2, 1).flatten(0, 1)    # (B*N, T, F)
-    peak = seq.masked_fill(~ok[..., None], float("-inf")).max(1).values
-    peak = torch.where(ok.any(1, keepdim=True), peak, torch.zeros_like(peak))
-    return torch.cat([masked_mean(seq, ok), peak], -1).view(B, N, 2 * Fl)
+    return torch.cat([masked_mean(flow, valid), masked_max(flow, valid)], -1)
 
 
 def build_ranker(cfg: dict, visual_dim: int, geometry_dim: int) -> SVIPRanker:

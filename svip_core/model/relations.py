@@ -22,9 +22,8 @@ _F = {name: i for i, name in enumerate(GEOMETRY_FIELDS)}
 def complete_graph_edges(valid: torch.Tensor) -> torch.Tensor:
     """valid (F, N) bool -> edge_index (2, E) over F*N nodes: src -> dst for every ordered pair of distinct
     valid people in the same frame."""
-    Fr, N = valid.shape
-    pair = valid[:, :, None] & valid[:, None, :] & ~torch.eye(N, dtype=torch.bool, device=valid.device)
-    frame, src, dst = pair.nonzero(as_tuple=True)
+    N = valid.shape[-1]
+    frame, src, dst = pair_mask(valid).nonzero(as_tuple=True)
     return torch.stack([frame * N + src, frame * N + dst])
 
 
@@ -59,9 +58,15 @@ def pair_relations(geometry: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return out * both[..., None]
 
 
-def relation_features(geometry: torch.Tensor, valid: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
-    """geometry (B, T, N, G) raw, valid (B, T, N), edges (2, E) from ``complete_graph_edges`` over the B*T
-    frames -> (E, R)."""
+def pair_mask(valid: torch.Tensor) -> torch.Tensor:
+    """valid (B, T, N) -> (B, T, N, N): both people present in the frame, and not a person with itself."""
     N = valid.shape[-1]
-    pairs = pair_relations(geometry, valid).flatten(0, 1)                             # (B*T, N, N, R)
-    return pairs[edges[0] // N, edges[0] % N, edges[1] % N]
+    return valid[..., :, None] & valid[..., None, :] & ~torch.eye(N, dtype=torch.bool, device=valid.device)
+
+
+def edge_relations(pairs: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+    """pairs (B, T, N, N, R) from ``pair_relations``, edges (2, E) from ``complete_graph_edges`` over the B*T
+    frames -> (E, R)."""
+    N = pairs.shape[2]
+    flat = pairs.flatten(0, 1)                                                         # (B*T, N, N, R)
+    return flat[edges[0] // N, edges[0] % N, edges[1] % N]
