@@ -52,11 +52,27 @@ def _audience_offsets(rng, count: int, category_index: int, base_h: float, side:
     (meeting), a wide arc in front of it, opening toward ``side`` (-1 left, 1 right; lecture), or a loose,
     uneven arc toward ``side`` (street)."""
     arrangement = category_index % 3
-    radius = rng.uniform(1.0, 1.4) * base_h * rng.uniform(0.9, 1.1 + 0.25 * (arrangement == 2), count)
+    radius = rng.uniform(0.75, 1.05) * base_h * rng.uniform(0.9, 1.1 + 0.25 * (arrangement == 2), count)
     span = (2 * np.pi * (1 - 1 / count), rng.uniform(3.0, 3.8), rng.uniform(4.0, 5.0))[arrangement]
     toward = np.arctan2(0.8 if arrangement == 1 else rng.uniform(-0.5, 0.5), side)
     angles = toward + span * (np.linspace(0, 1, count) - 0.5) + rng.normal(0, 0.1, count)
     return radius[:, None] * np.stack([np.cos(angles), 0.35 * np.sin(angles)], -1)
+
+
+def _away_from(rng, route: np.ndarray, draw, gap: float, tries: int = 30) -> np.ndarray:
+    """A spot (2,) from ``draw()`` at least ``gap`` pixels (depth counted as on the ground, y / 0.35) from every
+    point of ``route`` (T, 2), so two gatherings do not merge into one by chance; the farthest of ``tries``
+    draws when none is that far."""
+    best, best_gap = None, -1.0
+    for _ in range(tries):
+        spot = draw()
+        d = route - spot
+        closest = np.hypot(d[:, 0], d[:, 1] / 0.35).min()
+        if closest > best_gap:
+            best, best_gap = spot, closest
+        if closest >= gap:
+            break
+    return best
 
 
 def _from_outside(rng, spots: np.ndarray, centre: np.ndarray, distance: np.ndarray) -> np.ndarray:
@@ -98,7 +114,13 @@ def scene(rng: np.random.Generator, T: int, P: int, H: int, W: int, category_ind
     decoy = np.flatnonzero(roles == ROLE_DECOY)
     walks[decoy] = False
     walks[roles == ROLE_CROWD] = False
-    goal[:, decoy, 0] = rng.uniform(0.35, 0.65, len(decoy)) * W
+    # Other gatherings keep clear of the VIP's: a crowd or a pair merged with the audience by chance would be
+    # one gathering with two centres, and nobody could tell which is the VIP.
+    gap = 2.0 * base_h
+    for d in decoy:
+        goal[:, d] = _away_from(rng, vip, lambda: np.array([rng.uniform(0.3, 0.7) * W, rng.uniform(*GROUND) * H]), gap)
+    for h in np.flatnonzero(roles == ROLE_HOST):
+        goal[:, h] = _away_from(rng, vip, lambda: _home(rng, 1, H, W)[0], gap)
     crowd_centre = goal[:, decoy[0]] if len(decoy) else None       # no decoy, no crowd
     for role, centre in ((ROLE_AUDIENCE, vip), (ROLE_CROWD, crowd_centre), (ROLE_COMPANION, None)):
         members = np.flatnonzero(roles == role)
