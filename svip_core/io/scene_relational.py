@@ -52,7 +52,7 @@ def _audience_offsets(rng, count: int, category_index: int, base_h: float, side:
     (meeting), a wide arc in front of it, opening toward ``side`` (-1 left, 1 right; lecture), or a loose,
     uneven arc toward ``side`` (street)."""
     arrangement = category_index % 3
-    radius = rng.uniform(0.75, 1.05) * base_h * rng.uniform(0.9, 1.1 + 0.25 * (arrangement == 2), count)
+    radius = rng.uniform(1.0, 1.4) * base_h * rng.uniform(0.9, 1.1 + 0.25 * (arrangement == 2), count)
     span = (2 * np.pi * (1 - 1 / count), rng.uniform(3.0, 3.8), rng.uniform(4.0, 5.0))[arrangement]
     toward = np.arctan2(0.8 if arrangement == 1 else rng.uniform(-0.5, 0.5), side)
     angles = toward + span * (np.linspace(0, 1, count) - 0.5) + rng.normal(0, 0.1, count)
