@@ -59,7 +59,7 @@ def _audience_offsets(rng, count: int, category_index: int, base_h: float, side:
     return radius[:, None] * np.stack([np.cos(angles), 0.35 * np.sin(angles)], -1)
 
 
-def _away_from(rng, route: np.ndarray, draw, gap: float, tries: int = 30) -> np.ndarray:
+def _away_from(route: np.ndarray, draw, gap: float, tries: int = 30) -> np.ndarray:
     """A spot (2,) from ``draw()`` at least ``gap`` pixels (depth counted as on the ground, y / 0.35) from every
     point of ``route`` (T, 2), so two gatherings do not merge into one by chance; the farthest of ``tries``
     draws when none is that far."""
@@ -118,9 +118,9 @@ def scene(rng: np.random.Generator, T: int, P: int, H: int, W: int, category_ind
     # one gathering with two centres, and nobody could tell which is the VIP.
     gap = 2.0 * base_h
     for d in decoy:
-        goal[:, d] = _away_from(rng, vip, lambda: np.array([rng.uniform(0.3, 0.7) * W, rng.uniform(*GROUND) * H]), gap)
+        goal[:, d] = _away_from(vip, lambda: np.array([rng.uniform(0.3, 0.7) * W, rng.uniform(*GROUND) * H]), gap)
     for h in np.flatnonzero(roles == ROLE_HOST):
-        goal[:, h] = _away_from(rng, vip, lambda: _home(rng, 1, H, W)[0], gap)
+        goal[:, h] = _away_from(vip, lambda: _home(rng, 1, H, W)[0], gap)
     crowd_centre = goal[:, decoy[0]] if len(decoy) else None       # no decoy, no crowd
     for role, centre in ((ROLE_AUDIENCE, vip), (ROLE_CROWD, crowd_centre), (ROLE_COMPANION, None)):
         members = np.flatnonzero(roles == role)

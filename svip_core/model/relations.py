@@ -45,7 +45,7 @@ def pair_relations(geometry: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     dst_toward_src = (step_d * unit).sum(-1)
     together = (step_s * step_d).sum(-1) / (step_s.norm(dim=-1) * step_d.norm(dim=-1)).clamp(min=1e-6)
     # Distance (in heights) at the first frame where both were valid, carried forward to every later frame.
-    both = valid[..., :, None] & valid[..., None, :]                                   # (B, T, N, N)
+    both = pair_mask(valid)                                                            # (B, T, N, N)
     T = valid.shape[1]
     steps = torch.arange(T, device=valid.device).view(1, T, 1, 1)
     first = torch.where(both, steps, T).min(1, keepdim=True).values.clamp(max=T - 1)   # (B, 1, N, N)
