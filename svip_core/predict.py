@@ -22,7 +22,9 @@ from svip_core.evaluate.evaluation import load_ranker
 from svip_core.features.backbone import load_backbone, normalisation
 from svip_core.features.extract import frame_indices, person_features, person_slots, resize_frames
 from svip_core.features.geometry import box_geometry
-from svip_core.io.tracks import PeopleDetector, Tracks, read_mot, track_detections, write_mot
+from svip_core.io.detection import load_detector
+from svip_core.io.tracking import PeopleTracker
+from svip_core.io.tracks import Tracks, read_mot, write_mot
 from svip_core.io.video import VideoWriter, read_frames, video_info
 
 log = logging.getLogger(__name__)
@@ -43,20 +45,25 @@ def newest_checkpoint(results="results") -> Path:
     return (full or models)[-1].parent
 
 
-def load_video(video, frame_size, tracks_path=None, detect_every: int = 4, detect_upscale: float = 1.5):
-    """One pass over the video: frames resized for the backbone (T, 3, h, w) uint8, and the tracks."""
+def load_video(video, frame_size, tracks_path=None, detect_every: int = 2, detector: str = "auto"):
+    """One pass over the video: frames resized for the backbone (T, 3, h, w) uint8, the tracks (read from
+    ``tracks_path``, else detected and tracked), and the video's info with the tracker used."""
     info = video_info(video)
-    detector = None if tracks_path else PeopleDetector(upscale=detect_upscale)
-    small, detections = [], {}
-    for t, frame in enumerate(tqdm(read_frames(video), total=info["frames"], desc="read video", unit="frame")):
+    tracker = None
+    if not tracks_path:
+        found = load_detector(detector)
+        tracker = PeopleTracker(found, detect_every=detect_every)
+        info["tracks_source"] = f"detected ({found.name}, every {tracker.detect_every} frames) + DeepSORT"
+    small = []
+    for frame in tqdm(read_frames(video), total=info["frames"], desc="read video", unit="frame"):
         rgb = torch.from_numpy(frame[..., ::-1].copy()).permute(2, 0, 1)
         small.append(resize_frames(rgb[None], frame_size)[0])
-        if detector is not None and t % detect_every == 0:
-            detections[t] = detector(frame)
+        if tracker is not None:
+            tracker.step(frame)
     frames = torch.stack(small)
     T = len(frames)
-    tracks = read_mot(tracks_path, T) if tracks_path else track_detections(detections, T)
-    return frames, tracks, {**info, "frames": T}
+    tracks = tracker.tracks() if tracker is not None else read_mot(tracks_path, T)
+    return frames, tracks, {**info, "frames": T, "tracks_source": info.get("tracks_source", str(tracks_path))}
 
 
 def training_stride(meta: dict) -> float:
@@ -166,7 +173,7 @@ def annotate(video, out_path, tracks: Tracks, scores: np.ndarray, fps: float, wi
     return written
 
 
-def predict_video(video, out_dir, checkpoint=None, tracks_path=None, detect_every: int = 4, detect_upscale: float = 1.5,
+def predict_video(video, out_dir, checkpoint=None, tracks_path=None, detect_every: int = 2, detector: str = "auto",
                   device=None, backbone=None) -> dict:
     """Rank the people of ``video``; writes ranking.csv, ranking.json, tracks.txt and annotated.mp4."""
     checkpoint = Path(checkpoint) if checkpoint else newest_checkpoint()
@@ -174,7 +181,7 @@ def predict_video(video, out_dir, checkpoint=None, tracks_path=None, detect_ever
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = json.loads((checkpoint / "model.json").read_text())
     frame_size = meta["features"]["features"]["frame_size"]
-    frames, tracks, info = load_video(video, frame_size, tracks_path, detect_every, detect_upscale)
+    frames, tracks, info = load_video(video, frame_size, tracks_path, detect_every, detector)
     if len(tracks.ids) == 0:
         raise RuntimeError(f"{video}: no person was detected or tracked. Fix: pass --tracks with a MOT file")
     scores = score_tracks(frames, tracks, (info["width"], info["height"]), checkpoint, device, backbone=backbone)
@@ -186,7 +193,7 @@ def predict_video(video, out_dir, checkpoint=None, tracks_path=None, detect_ever
     write_mot(tracks, out_dir / "tracks.txt")
     written = annotate(video, out_dir / "annotated.mp4", tracks, scores, info["fps"], info["width"], info["height"])
     result = {"video": str(video), "checkpoint": str(checkpoint), "frames": info["frames"], "frames_written": written,
-              "tracks_source": str(tracks_path) if tracks_path else "detected (OpenCV HOG) + IoU tracking",
+              "tracks_source": info["tracks_source"],
               "frame_stride": stride,
               "windows": len(window_indices(info["frames"], meta["features"]["features"]["num_frames"], stride)),
               "vip_track_id": int(ranking.track_id.iloc[0]),

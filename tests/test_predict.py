@@ -12,33 +12,16 @@ import pandas as pd
 import pytest
 
 from conftest import ROOT, TINY, build_stores
+from svip_core.io.samples import fetch_vtest
 from svip_core.stages import runs, validate_config
 
 BIN = Path(sys.executable).parent
 CACHE = ROOT / "tests" / "data"
-VTEST = "usr/share/doc/opencv-doc/examples/data/vtest.avi"
-
-
-def fetch_vtest() -> Path:
-    """Debian's opencv-doc ships vtest.avi; fetch just that file once and keep it under tests/data/ (ignored)."""
-    target = CACHE / "vtest.avi"
-    if target.exists():
-        return target
-    work = CACHE / "download"
-    work.mkdir(parents=True, exist_ok=True)
-    if subprocess.run(["apt-get", "download", "opencv-doc"], cwd=work, capture_output=True).returncode != 0:
-        subprocess.run(["apt-get", "update", "-q"], check=True, capture_output=True)
-        subprocess.run(["apt-get", "download", "opencv-doc"], cwd=work, check=True, capture_output=True)
-    deb = next(work.glob("opencv-doc_*.deb"))
-    subprocess.run(f"dpkg-deb --fsys-tarfile {deb.name} | tar -x ./{VTEST}", shell=True, cwd=work, check=True)
-    shutil.move(work / VTEST, target)
-    shutil.rmtree(work)
-    return target
 
 
 @pytest.fixture(scope="module")
 def vtest():
-    return fetch_vtest()
+    return fetch_vtest(CACHE)
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +47,7 @@ def test_predict_detects_tracks_and_ranks_the_people_of_a_real_video(vtest, chec
     import cv2
 
     out = tmp_path / "pred"
-    # Detection on every 8th frame keeps the test short; the default is every 4th.
+    # Detection on every 8th frame keeps the test short; the default is every 2nd.
     result = svip("predict", vtest, "--checkpoint", checkpoint, "--out", out, "--detect-every", 8)
     assert result.returncode == 0, result.stderr[-3000:]
     ranking = pd.read_csv(out / "ranking.csv")
@@ -72,6 +55,7 @@ def test_predict_detects_tracks_and_ranks_the_people_of_a_real_video(vtest, chec
     assert ranking.score.dropna().between(0, 1).all() and ranking.score.is_monotonic_decreasing
     summary = json.loads((out / "ranking.json").read_text())
     assert summary["vip_track_id"] == ranking.track_id.iloc[0] and summary["frames"] == 795
+    assert summary["tracks_source"].startswith("detected (ssdlite, every 8 frames)")
     video = cv2.VideoCapture(str(out / "annotated.mp4"))
     count = 0
     while video.read()[0]:

@@ -1,9 +1,5 @@
-"""People tracks of a raw video: MOTChallenge files, and detection + tracking when there is no file.
-
-Detection uses OpenCV's HOG people detector (a well-kept, CPU-only classic that ships with opencv 4.x and
-needs no downloaded weights, which this tool cannot fetch); tracking is greedy IoU association between
-detections, with boxes interpolated between detection frames.
-"""
+"""People tracks of a raw video as arrays, and MOTChallenge text files (detection and tracking, for a video
+without such a file, live in ``detection`` and ``tracking``)."""
 from __future__ import annotations
 
 import dataclasses
@@ -69,29 +65,6 @@ def write_mot(tracks: Tracks, path) -> None:
     table.to_csv(path, header=False, index=False, float_format="%.2f")
 
 
-class PeopleDetector:
-    """OpenCV HOG + linear SVM people detector, with non-maximum suppression."""
-
-    def __init__(self, upscale: float = 1.5, scale: float = 1.1, min_score: float = 0.3, nms: float = 0.4):
-        import cv2
-
-        # HOG's window is 64x128: people shorter than ~128 px are found only in an upscaled frame.
-        self.cv2, self.upscale, self.scale, self.min_score, self.nms = cv2, upscale, scale, min_score, nms
-        self.hog = cv2.HOGDescriptor()
-        self.hog.setSVMDetector(cv2.HOGDescriptor_getDefaultPeopleDetector())
-
-    def __call__(self, frame_bgr: np.ndarray) -> np.ndarray:
-        """(H, W, 3) uint8 -> (D, 4) xyxy boxes."""
-        if self.upscale != 1:
-            frame_bgr = self.cv2.resize(frame_bgr, None, fx=self.upscale, fy=self.upscale)
-        rects, weights = self.hog.detectMultiScale(frame_bgr, winStride=(8, 8), padding=(8, 8), scale=self.scale)
-        if len(rects) == 0:
-            return np.zeros((0, 4), np.float32)
-        keep = self.cv2.dnn.NMSBoxes(rects.tolist(), np.ravel(weights).tolist(), self.min_score, self.nms)
-        rects = rects[np.ravel(keep)] if len(keep) else rects[:0]
-        return np.concatenate([rects[:, :2], rects[:, :2] + rects[:, 2:]], 1).astype(np.float32) / self.upscale
-
-
 def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """a (A, 4), b (B, 4) xyxy -> (A, B) intersection over union."""
     lt = np.maximum(a[:, None, :2], b[None, :, :2])
@@ -99,41 +72,3 @@ def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     inter = np.clip(rb - lt, 0, None).prod(-1)
     area = lambda x: (x[:, 2:] - x[:, :2]).prod(-1)  # noqa: E731
     return inter / (area(a)[:, None] + area(b)[None, :] - inter + 1e-9)
-
-
-def track_detections(detections: dict[int, np.ndarray], num_frames: int, iou_threshold: float = 0.3,
-                     max_missed: int = 2, min_hits: int = 3) -> Tracks:
-    """Greedy IoU association of detections {frame: (D, 4)} into tracks; a track ends after ``max_missed``
-    detection rounds without a match and is kept with at least ``min_hits`` detections. Between its
-    detections a track's box is interpolated linearly; it is valid from its first to its last detection."""
-    finished, active = [], []                    # a track: {"frames": [...], "boxes": [...], "missed": int}
-    for t in sorted(detections):
-        dets = detections[t]
-        matched = set()
-        if active and len(dets):
-            overlap = iou(np.stack([tr["boxes"][-1] for tr in active]), dets)
-            for flat in np.argsort(-overlap, axis=None):
-                i, j = np.unravel_index(flat, overlap.shape)
-                if overlap[i, j] < iou_threshold:
-                    break
-                if active[i]["missed"] >= 0 and j not in matched:
-                    active[i]["frames"].append(t)
-                    active[i]["boxes"].append(dets[j])
-                    active[i]["missed"] = -1         # matched this round
-                    matched.add(j)
-        for tr in active:
-            tr["missed"] = 0 if tr["missed"] < 0 else tr["missed"] + 1
-        finished += [tr for tr in active if tr["missed"] > max_missed]
-        active = [tr for tr in active if tr["missed"] <= max_missed]
-        active += [{"frames": [t], "boxes": [dets[j]], "missed": 0} for j in range(len(dets)) if j not in matched]
-    kept = [tr for tr in finished + active if len(tr["frames"]) >= min_hits]
-    kept.sort(key=lambda tr: tr["frames"][0])
-    boxes = np.zeros((num_frames, len(kept), 4), np.float32)
-    valid = np.zeros((num_frames, len(kept)), bool)
-    frames = np.arange(num_frames)
-    for k, tr in enumerate(kept):
-        f, b = np.array(tr["frames"]), np.stack(tr["boxes"])
-        span = (frames >= f[0]) & (frames <= f[-1])
-        boxes[span, k] = np.stack([np.interp(frames[span], f, b[:, c]) for c in range(4)], -1)
-        valid[span, k] = True
-    return Tracks(boxes, valid, np.arange(1, len(kept) + 1))
