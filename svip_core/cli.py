@@ -122,7 +122,7 @@ def main(argv=None) -> int:
     p.add_argument("--tracks", help="MOTChallenge tracks; without it people are detected and tracked")
     p.add_argument("--checkpoint", help="a train results folder (default: the newest under results/train/)")
     p.add_argument("--out", help="output folder (default: results/predict/<video name>)")
-    p.add_argument("--detect-every", type=int, default=2,
+    p.add_argument("--detect-every", type=int, default=3,
                    help="run the detector on every k-th frame (1: best tracks, slowest; see README, Tracking)")
     p.add_argument("--detector", default="auto", choices=["auto", "ssdlite", "hog"],
                    help="auto: the SSDLite pedestrian detector when installed, else OpenCV HOG")

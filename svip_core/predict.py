@@ -45,7 +45,7 @@ def newest_checkpoint(results="results") -> Path:
     return (full or models)[-1].parent
 
 
-def load_video(video, frame_size, tracks_path=None, detect_every: int = 2, detector: str = "auto"):
+def load_video(video, frame_size, tracks_path=None, detect_every: int = 3, detector: str = "auto"):
     """One pass over the video: frames resized for the backbone (T, 3, h, w) uint8, the tracks (read from
     ``tracks_path``, else detected and tracked), and the video's info with the tracker used."""
     info = video_info(video)
@@ -173,7 +173,7 @@ def annotate(video, out_path, tracks: Tracks, scores: np.ndarray, fps: float, wi
     return written
 
 
-def predict_video(video, out_dir, checkpoint=None, tracks_path=None, detect_every: int = 2, detector: str = "auto",
+def predict_video(video, out_dir, checkpoint=None, tracks_path=None, detect_every: int = 3, detector: str = "auto",
                   device=None, backbone=None) -> dict:
     """Rank the people of ``video``; writes ranking.csv, ranking.json, tracks.txt and annotated.mp4."""
     checkpoint = Path(checkpoint) if checkpoint else newest_checkpoint()

@@ -47,7 +47,7 @@ def test_predict_detects_tracks_and_ranks_the_people_of_a_real_video(vtest, chec
     import cv2
 
     out = tmp_path / "pred"
-    # Detection on every 8th frame keeps the test short; the default is every 2nd.
+    # Detection on every 8th frame keeps the test short; the default is every 3rd.
     result = svip("predict", vtest, "--checkpoint", checkpoint, "--out", out, "--detect-every", 8)
     assert result.returncode == 0, result.stderr[-3000:]
     ranking = pd.read_csv(out / "ranking.csv")

@@ -30,11 +30,11 @@ def detector():
 def test_ssdlite_and_deepsort_track_tud_campus_far_better_than_hog_and_iou(campus, detector):
     frames, truth = campus
     assert len(frames) == 71 and len(truth.ids) == 8
-    tracker = PeopleTracker(detector, detect_every=2)
+    tracker = PeopleTracker(detector)                  # the defaults: detection on every 3rd frame
     for frame in frames:
         tracker.step(frame)
     ours = mot_metrics(tracker.tracks(), truth)
-    # Measured 0.75-0.78 MOTA and 0.83 IDF1 (README, Tracking); the floor leaves room for CPU kernels' rounding.
+    # Measured 0.77 MOTA and 0.79 IDF1 (README, Tracking); the floor leaves room for CPU kernels' rounding.
     assert ours["mota"] >= 0.6 and ours["idf1"] >= 0.65, ours
     assert ours["precision"] >= 0.85 and ours["id_switches"] <= 5, ours
 
@@ -47,7 +47,7 @@ def test_ssdlite_and_deepsort_track_tud_campus_far_better_than_hog_and_iou(campu
 def test_detector_boxes_fit_the_people_of_a_frame(campus, detector):
     frames, truth = campus
     boxes, scores = detector(frames[0])
-    assert boxes.dtype == np.float32 and boxes.shape[1] == 4 and (scores >= 0.6).all()
+    assert boxes.dtype == np.float32 and boxes.shape[1] == 4 and (scores >= 0.5).all()
     assert (boxes[:, 2:] > boxes[:, :2]).all() and (boxes[:, 2] <= 640).all() and (boxes[:, 3] <= 480).all()
     from svip_core.io.tracks import iou
 
@@ -92,3 +92,21 @@ def test_linking_over_gaps_keeps_identities_and_frames_between_detections_are_fi
     (linked, ours), (unlinked, theirs) = results["linked"], results["unlinked"]
     assert linked < unlinked and ours["idf1"] > theirs["idf1"] + 0.1, results
     assert ours["id_switches"] < theirs["id_switches"], results
+
+
+def test_import_of_tud_campus_with_its_ground_truth_makes_a_valid_clip(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    svip = Path(sys.executable).parent / "svip"
+    folder = MOT15 / "TUD-Campus"
+    data = tmp_path / "data"
+    made = subprocess.run([str(svip), "import", str(folder / "TUD-Campus.mp4"), str(folder / "gt" / "gt.txt"), str(data),
+                           "--vip", "3", "--split", "val", "--max-frames", "32"], capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    with np.load(data / "val" / "TUD-Campus.npz", allow_pickle=False) as clip:
+        assert clip["frames"].shape[0] == 32 and clip["original_ids"][clip["target_index"]] == 3
+        assert clip["bboxes"].shape[1] == len(clip["original_ids"]) and 3 <= len(clip["original_ids"]) <= 8
+    checked = subprocess.run([str(svip), "validate", str(data)], capture_output=True, text=True)
+    assert checked.returncode == 0 and "1 accepted, 0 rejected" in checked.stdout, checked.stdout + checked.stderr

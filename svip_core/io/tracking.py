@@ -99,8 +99,8 @@ class PeopleTracker:
     dropped after ``max_age`` frames unmatched (``_links`` may still join it to a later one).
     """
 
-    def __init__(self, detector, embedder: AppearanceEmbedder | None = None, detect_every: int = 1,
-                 max_age: int = 30, n_init: int = 4, max_cosine_distance: float = 0.2, max_iou_distance: float = 0.7,
+    def __init__(self, detector, embedder: AppearanceEmbedder | None = None, detect_every: int = 3,
+                 max_age: int = 30, n_init: int = 4, max_cosine_distance: float = 0.2, max_iou_distance: float = 0.9,
                  max_gap: int = 50, link_distance: float = 1.0, link_appearance: float = 0.35):
         require_deepsort()
         self.detector, self.embedder = detector, embedder or AppearanceEmbedder()
