@@ -110,3 +110,11 @@ def test_import_of_tud_campus_with_its_ground_truth_makes_a_valid_clip(tmp_path)
         assert clip["bboxes"].shape[1] == len(clip["original_ids"]) and 3 <= len(clip["original_ids"]) <= 8
     checked = subprocess.run([str(svip), "validate", str(data)], capture_output=True, text=True)
     assert checked.returncode == 0 and "1 accepted, 0 rejected" in checked.stdout, checked.stdout + checked.stderr
+
+
+def test_the_default_detector_is_ssdlite_and_a_wrong_name_says_the_choices():
+    from svip_core.io.detection import load_detector
+
+    assert load_detector("auto").name == "ssdlite" and load_detector("hog").name == "hog"
+    with pytest.raises(ValueError, match="auto, ssdlite or hog"):
+        load_detector("yolo")

@@ -75,7 +75,9 @@ def ssd_text_graph(frozen_graph: str) -> tuple[str, list[str]]:
             name = nodes[name]["inputs"][0]
         return name
 
-    heads = sorted(n for n in nodes if re.fullmatch(r"BoxPredictor_\d+/(BoxEncodingPredictor|ClassPredictor)/BiasAdd", n))
+    head = re.compile(r"BoxPredictor_(\d+)/(BoxEncodingPredictor|ClassPredictor)/BiasAdd")
+    # Per layer, boxes then classes: the order ``SsdLiteDetector._run`` reads them in.
+    heads = sorted((n for n in nodes if head.fullmatch(n)), key=lambda n: (int(head.fullmatch(n)[1]), head.fullmatch(n)[2]))
     if not heads:
         raise DetectorUnavailable(f"{frozen_graph}: no SSD box predictors (BoxPredictor_k/.../BiasAdd) in the graph")
     needed, stack = set(), list(heads)
