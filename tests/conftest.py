@@ -15,6 +15,11 @@ ROOT = Path(__file__).resolve().parent.parent
 WORKFLOW_FILES = ("Snakefile", "rules", "workflow_scripts", "config.schema.yaml", "report", "envs", "profiles")
 BIN = Path(sys.executable).parent
 
+
+def svip(*args, cwd=None) -> subprocess.CompletedProcess:
+    """The installed ``svip`` command, as a user runs it."""
+    return subprocess.run([str(BIN / "svip"), *map(str, args)], capture_output=True, text=True, cwd=cwd)
+
 TINY = {
     "data": {"source": "synthetic", "num_shards": 2, "max_persons": 4},
     "synthetic": {"clips": {"train": 12, "val": 4, "test": 4}, "frames": 6, "persons": 4, "height": 48,

@@ -2,20 +2,16 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import ROOT, TINY, build_stores
+from conftest import BIN, ROOT, TINY, build_stores, svip
 from svip_core.io.samples import fetch_vtest
 from svip_core.stages import runs, validate_config
 
-BIN = Path(sys.executable).parent
 CACHE = ROOT / "tests" / "data"
 
 
@@ -37,10 +33,6 @@ def checkpoint(tmp_path_factory):
                     "--config", stage, "--stores", store, "--out-dir", str(tmp / "train")], check=True,
                    capture_output=True)
     return tmp / "train"
-
-
-def svip(*args, cwd=None):
-    return subprocess.run([str(BIN / "svip"), *map(str, args)], capture_output=True, text=True, cwd=cwd)
 
 
 def test_predict_detects_tracks_and_ranks_the_people_of_a_real_video(vtest, checkpoint, tmp_path):

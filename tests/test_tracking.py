@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, svip
 from svip_core.evaluate.mot import mot_metrics
 from svip_core.io.detection import HogDetector, SsdLiteDetector
 from svip_core.io.samples import MOT15, sequence
@@ -95,20 +95,15 @@ def test_linking_over_gaps_keeps_identities_and_frames_between_detections_are_fi
 
 
 def test_import_of_tud_campus_with_its_ground_truth_makes_a_valid_clip(tmp_path):
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    svip = Path(sys.executable).parent / "svip"
     folder = MOT15 / "TUD-Campus"
     data = tmp_path / "data"
-    made = subprocess.run([str(svip), "import", str(folder / "TUD-Campus.mp4"), str(folder / "gt" / "gt.txt"), str(data),
-                           "--vip", "3", "--split", "val", "--max-frames", "32"], capture_output=True, text=True)
+    made = svip("import", folder / "TUD-Campus.mp4", folder / "gt" / "gt.txt", data, "--vip", 3, "--split", "val",
+                "--max-frames", 32)
     assert made.returncode == 0, made.stderr
     with np.load(data / "val" / "TUD-Campus.npz", allow_pickle=False) as clip:
         assert clip["frames"].shape[0] == 32 and clip["original_ids"][clip["target_index"]] == 3
         assert clip["bboxes"].shape[1] == len(clip["original_ids"]) and 3 <= len(clip["original_ids"]) <= 8
-    checked = subprocess.run([str(svip), "validate", str(data)], capture_output=True, text=True)
+    checked = svip("validate", data)
     assert checked.returncode == 0 and "1 accepted, 0 rejected" in checked.stdout, checked.stdout + checked.stderr
 
 

