@@ -19,6 +19,8 @@ from svip_core.model.normalise import FeatureNorm
 from svip_core.model.pair_history import PairHistory
 from svip_core.model.relations import RELATION_FIELDS, complete_graph_edges, edge_relations, pair_mask, pair_relations
 
+LAYER_SCALE_INIT = 0.1
+
 
 def flow_dim(heads: int, relation_features: bool) -> int:
     return 2 * heads + 1 + ((heads + 1) * len(RELATION_FIELDS) if relation_features else 0)
@@ -58,6 +60,10 @@ class FrameGAT(nn.Module):
         self.convs = nn.ModuleList(GATv2Conv(hidden, hidden // heads, heads=heads, dropout=dropout, edge_dim=edge_dim)
                                    for _ in range(layers))
         self.norms = nn.ModuleList(nn.LayerNorm(hidden) for _ in range(layers))
+        # LayerScale: each layer's output enters the residual at a tenth of its size at first. At full size the
+        # near-uniform attention of an untrained layer adds the same mean of everyone to every person, and
+        # without relation features to tell the people apart they all start alike.
+        self.scales = nn.ParameterList(nn.Parameter(torch.full((hidden,), LAYER_SCALE_INIT)) for _ in range(layers))
         self.dropout = nn.Dropout(dropout)
         self.attention_flow = attention_flow
         self.flow_dim = flow_dim(heads, relation_features) if attention_flow else 0
@@ -76,12 +82,12 @@ class FrameGAT(nn.Module):
                 history = self.history(x, pairs, pair_mask(valid))
         keep = valid.flatten()[:, None]
         flow = None
-        for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
+        for i, (conv, norm, scale) in enumerate(zip(self.convs, self.norms, self.scales)):
             last = i == len(self.convs) - 1
             if last and self.attention_flow:
                 out, (loop_edges, alpha) = conv(h, edges, relations, return_attention_weights=True)
                 flow = attention_flow(alpha, loop_edges, relations, valid.flatten(0, 1), len(h)).view(B, T, N, -1)
             else:
                 out = conv(h, edges, relations)
-            h = (h + norm(self.dropout(nn.functional.elu(out)))) * keep
+            h = (h + scale * norm(self.dropout(nn.functional.elu(out)))) * keep
         return h.view(B, T, N, -1), flow, history
