@@ -55,8 +55,8 @@ def reference_gat_loop(gat, x, valid):
                 out[b, t] = h
                 continue
             edge_index, _ = dense_to_sparse((m[:, None] & m[None, :]).float())
-            for conv, norm in zip(gat.convs, gat.norms):
-                h = (h + norm(torch.nn.functional.elu(conv(h, edge_index)))) * m[:, None]
+            for conv, norm, scale in zip(gat.convs, gat.norms, gat.scales):
+                h = (h + scale * norm(torch.nn.functional.elu(conv(h, edge_index)))) * m[:, None]
             out[b, t] = h
     return out
 
