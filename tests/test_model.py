@@ -143,17 +143,19 @@ def test_normalisation_statistics_come_from_the_data_and_travel_with_the_weights
     torch.testing.assert_close(fresh.gat.relation_norm.std, model.gat.relation_norm.std)
 
 
-def test_early_stopping_never_counts_a_slow_start_as_a_plateau():
+def test_early_stopping_never_counts_a_slow_start_or_a_falling_loss_as_a_plateau():
     from svip_core.train.loop import bad_epochs_after
 
     chance = 0.2
     # Still at chance at epoch 9: no epoch counts, however long it has been.
-    assert bad_epochs_after(4, 0.2, 0.22, epoch=9, min_epochs=6, chance=chance) == 0
+    assert bad_epochs_after(4, 0.2, 0.22, 1.9, 1.8, epoch=9, min_epochs=6, chance=chance) == 0
     # Left chance, but before min_epochs: nothing counts yet.
-    assert bad_epochs_after(0, 0.5, 0.6, epoch=3, min_epochs=6, chance=chance) == 0
+    assert bad_epochs_after(0, 0.5, 0.6, 1.9, 1.8, epoch=3, min_epochs=6, chance=chance) == 0
     # Left chance and past min_epochs: a worse epoch counts, a tie with the best resets.
-    assert bad_epochs_after(1, 0.5, 0.6, epoch=7, min_epochs=6, chance=chance) == 2
-    assert bad_epochs_after(1, 0.6, 0.6, epoch=7, min_epochs=6, chance=chance) == 0
+    assert bad_epochs_after(1, 0.5, 0.6, 1.9, 1.8, epoch=7, min_epochs=6, chance=chance) == 2
+    assert bad_epochs_after(1, 0.6, 0.6, 1.9, 1.8, epoch=7, min_epochs=6, chance=chance) == 0
+    # Top-1 below its best, but the lowest val loss yet: the run is still learning.
+    assert bad_epochs_after(3, 0.5, 0.6, 1.7, 1.7, epoch=9, min_epochs=6, chance=chance) == 0
 
 
 def test_pair_history_counts_who_approaches_and_ignores_absent_people():

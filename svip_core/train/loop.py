@@ -137,12 +137,15 @@ def validate(model, dataset, device, cfg, amp, rank: int, world: int) -> tuple[f
     return float(sums[0] / sums[2].clamp(min=1)), float(sums[1] / sums[2].clamp(min=1))
 
 
-def bad_epochs_after(bad_epochs: int, val_top1: float, best_top1: float, epoch: int, min_epochs: int,
-                     chance: float) -> int:
-    """Epochs without improvement after this one (``best_top1`` already includes it). They count only from
-    ``min_epochs`` on and once the run has left chance, so a slow start is never taken for a plateau."""
+def bad_epochs_after(bad_epochs: int, val_top1: float, best_top1: float, val_loss: float, best_loss: float,
+                     epoch: int, min_epochs: int, chance: float) -> int:
+    """Epochs without improvement after this one (the bests already include it). An epoch improves when its
+    val top-1 reaches the best or its val loss is the lowest yet: top-1 on a small split moves in steps as
+    large as a slow learner's progress, the loss shows it. Epochs count only from ``min_epochs`` on and once
+    the run has left chance, so a slow start is never taken for a plateau."""
     counting = epoch >= min_epochs and best_top1 >= LEFT_CHANCE * chance
-    return 0 if val_top1 >= best_top1 or not counting else bad_epochs + 1
+    improved = val_top1 >= best_top1 or val_loss <= best_loss
+    return 0 if improved or not counting else bad_epochs + 1
 
 
 def resumable(folder: Path, identity: str | None) -> tuple[bool, str]:
@@ -193,7 +196,8 @@ def train(store_paths: list[str], out_dir, model_cfg: dict, cfg: dict, debug: bo
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
     state = (load_checkpoint(ckpt, model, optimizer, scheduler, rank) if resume else None) or \
-        {"epoch": 0, "step": 0, "best_top1": -1.0, "best_epoch": 0, "bad_epochs": 0, "history": []}
+        {"epoch": 0, "step": 0, "best_top1": -1.0, "best_epoch": 0, "best_loss": math.inf, "bad_epochs": 0,
+         "history": []}
     state["identity"] = identity
     if state["epoch"] and rank == 0:
         log.info("resuming after epoch %d from %s (same run identity %s)", state["epoch"], ckpt, identity)
@@ -247,8 +251,9 @@ def train(store_paths: list[str], out_dir, model_cfg: dict, cfg: dict, debug: bo
             state.update(best_top1=val_top1, best_epoch=epoch)
             if rank == 0:
                 save_weights(model, ckpt / "best.safetensors")
-        state["bad_epochs"] = bad_epochs_after(state["bad_epochs"], val_top1, state["best_top1"], epoch,
-                                               cfg["min_epochs"], chance)
+        state["best_loss"] = min(state.get("best_loss", math.inf), val_loss)
+        state["bad_epochs"] = bad_epochs_after(state["bad_epochs"], val_top1, state["best_top1"], val_loss,
+                                               state["best_loss"], epoch, cfg["min_epochs"], chance)
         state["epoch"] = epoch
         state["history"].append(row)
         if rank == 0:
