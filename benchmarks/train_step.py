@@ -88,7 +88,7 @@ def bench_shape(name, model_cfg, device, repeats):
 
     fused = torch.randn(B, T, N, model_cfg["fused_dim"], device=device)
     with torch.no_grad(), torch.autocast(**amp):
-        batched_s = timed(lambda: model.gat(fused, valid), device, repeats)
+        batched_s = timed(lambda: model.gat(fused, geometry, valid), device, repeats)
         loop_s = timed(lambda: reference_gat_loop(model.gat, fused, valid), device, 1, warmup=1)
     return {"shape": {"B": B, "T": T, "N": N}, "params": sum(p.numel() for p in model.parameters()),
             "step_seconds": round(seconds, 5), "step_flops": flops, "achieved_tflops": round(flops / seconds / 1e12, 3),

@@ -14,9 +14,10 @@ rule evaluate:
     threads: 1
     resources:
         mem_mb=4000,
+        gpu=1,
         runtime=60,
     conda:
         ENV
     shell:
-        "python workflow_scripts/evaluate.py --config {params.config:q} --stores {input.stores} "
+        "python -m svip_core.cli with-gpus {resources.gpu} -- python workflow_scripts/evaluate.py --config {params.config:q} --stores {input.stores} "
         "--train-dir {params.train_dir} --out-dir {params.out_dir} --log-file {log} 2>> {log}"

@@ -115,6 +115,51 @@ def test_attention_flow_counts_attention_received_from_others_and_given_away():
         torch.testing.assert_close(received[0, t, :people].sum(0) * (people - 1), given[0, t, :people].sum(0))
 
 
+def all_slots_gat(gat: FrameGAT, x: torch.Tensor, geometry: torch.Tensor, valid: torch.Tensor):
+    """The GAT as it ran before it took present people only: every slot a node, absent ones zeroed after each
+    layer; the same weights and the same attention-flow arithmetic, over all B*T*N slots."""
+    B, T, N, _ = x.shape
+    frames = valid.flatten(0, 1)
+    edges = complete_graph_edges(frames)
+    relations = edge_relations(gat.relation_norm(pair_relations(geometry, valid)), edges)
+    keep = valid.flatten()[:, None]
+    h = gat.in_proj(x).flatten(0, 2)
+    for i, (conv, norm, scale) in enumerate(zip(gat.convs, gat.norms, gat.scales)):
+        out, (loop_edges, alpha) = conv(h, edges, relations, return_attention_weights=True)
+        h = (h + scale * norm(torch.nn.functional.elu(out))) * keep
+    src, dst = loop_edges
+    a = alpha * (src != dst)[:, None]
+    others = (frames.sum(-1, keepdim=True) - 1).clamp(min=1).expand_as(frames).flatten()[:, None]
+    received = torch.zeros(len(h), a.shape[1]).index_add_(0, src, a) / others
+    given = torch.zeros(len(h), a.shape[1]).index_add_(0, dst, a)
+    E = len(relations)
+    weighted = (a[:E, :, None] * relations[:, None, :]).flatten(1)
+    by_attention = torch.zeros(len(h), weighted.shape[1]).index_add_(0, src[:E], weighted) / others
+    mean_relation = torch.zeros(len(h), relations.shape[1]).index_add_(0, dst[:E], relations) / others
+    flow = torch.cat([received, given, (received - given).mean(-1, keepdim=True), by_attention, mean_relation], -1)
+    return h.view(B, T, N, -1), (flow * keep).view(B, T, N, -1)
+
+
+def test_the_gat_over_present_people_only_equals_the_gat_over_every_slot():
+    torch.manual_seed(0)
+    B, T, N = 3, 4, 6
+    valid = torch.rand(B, T, N) > 0.5
+    valid[0, 0] = False                                                                # an empty frame
+    valid[1, 1, :1] = True
+    geometry = random_geometry(B, T, N, valid)
+    gat = FrameGAT(10, 8, 2, 2, 0.0).eval()
+    gat.relation_norm.fit(pair_relations(geometry, valid)[pair_mask(valid)])
+    x = torch.randn(B, T, N, 10)
+    with torch.no_grad():
+        for scale in gat.scales:
+            scale.uniform_(0.5, 1.5)                                                   # the layers must count
+        h, flow, _ = gat(x, geometry, valid)
+        h_ref, flow_ref = all_slots_gat(gat, x, geometry, valid)
+    torch.testing.assert_close(h, h_ref, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(flow, flow_ref, atol=1e-6, rtol=1e-5)
+    assert (h[~valid] == 0).all() and h[valid].abs().sum(-1).gt(0).all()
+
+
 def test_the_event_token_adds_to_each_person_and_never_replaces_them_all_by_one_vector():
     torch.manual_seed(0)
     event = EventContext(8, 2, 16, 0.0).eval()

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from conftest import ROOT, TINY, build_stores
 from svip_core.stages import runs, validate_config
+from svip_core.train.loop import TIME_COLUMNS
 
 BIN = Path(sys.executable).parent
 
@@ -22,9 +23,10 @@ def stores(tmp_path_factory):
     return build_stores(tmp_path_factory.mktemp("stores"), {"train": 16, "val": 6}, num_shards=2)
 
 
-def launch(stores, out: Path, epochs: int, nproc: int = 2, batch_size: int = 4, lr: float = 0.001) -> subprocess.Popen:
+def launch(stores, out: Path, epochs: int, nproc: int = 2, batch_size: int = 4, lr: float = 0.001,
+           **train) -> subprocess.Popen:
     run = next(iter(runs(validate_config(json.loads(json.dumps(TINY)))).values()))
-    run["train"].update(epochs=epochs, patience=100, batch_size=batch_size, lr=lr)
+    run["train"].update(epochs=epochs, patience=100, batch_size=batch_size, lr=lr, **train)
     stage = {"config": {"model": run["model"], "train": run["train"]}}
     return subprocess.Popen([str(BIN / "torchrun"), "--standalone", f"--nproc_per_node={nproc}",
                              str(ROOT / "workflow_scripts/train.py"), "--config", json.dumps(stage), "--stores", *stores,
@@ -55,7 +57,7 @@ def finish(job: subprocess.Popen, timeout: int = 240) -> int:
 
 
 def curves(out: Path) -> pd.DataFrame:
-    return pd.read_csv(out / "metrics.csv").drop(columns="seconds")
+    return pd.read_csv(out / "metrics.csv").drop(columns=list(TIME_COLUMNS))
 
 
 def test_two_ranks_hold_identical_weights_and_the_same_seed_gives_the_same_loss(stores, tmp_path):
@@ -69,6 +71,48 @@ def test_two_ranks_hold_identical_weights_and_the_same_seed_gives_the_same_loss(
     assert curves(a).train_loss.notna().all()
     wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
     assert all((wa[k] == wb[k]).all() for k in wa)
+
+
+def test_loader_items_are_the_stored_clips_and_workers_deliver_the_same_batches(stores):
+    import numpy as np
+    import torch
+    import zarr
+
+    from svip_core.train.data import StoreClips, clip_loader
+
+    dataset = StoreClips(stores, "train")
+    groups = [zarr.open_group(path, mode="r") for path in stores]
+    for i in (0, len(dataset) // 2, len(dataset) - 1):
+        s, row = dataset.index[i]
+        item, g = dataset[i], groups[s]
+        assert item["visual"].dtype == torch.float16                   # fp16 until the model's device
+        assert np.array_equal(item["visual"].numpy(), g["visual"][row])
+        assert np.array_equal(item["geometry"].numpy(), g["geometry"][row])
+        assert np.array_equal(item["valid"].numpy(), g["person_mask"][row])
+        assert int(item["target"]) == int(g["target_index"][row]) and g["split"][row] == "train"
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(3)).tolist()
+    cpu = torch.device("cpu")
+    inline = list(clip_loader(dataset, 3, 0, cpu, order))
+    for _ in range(2):                                                 # persistent workers: a second epoch
+        pooled = list(clip_loader(dataset, 3, 2, cpu, order))
+        assert len(pooled) == len(inline) == -(-len(dataset) // 3)
+        for a, b in zip(inline, pooled):
+            assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert torch.cat([b["item"] for b in inline]).tolist() == order
+
+
+def test_loader_workers_and_deterministic_kernels_leave_every_number_unchanged(stores, tmp_path):
+    """One process (no DDP wrapper) trains to the same curves and weights with its clips read inline or by two
+    worker processes, with or without deterministic algorithms."""
+    inline, pooled = tmp_path / "inline", tmp_path / "pooled"
+    for out, train in ((inline, {"workers": 0}), (pooled, {"workers": 2, "deterministic": True})):
+        out.mkdir()
+        assert finish(launch(stores, out, epochs=2, nproc=1, **train)) == 0, (out / "train.log").read_text()[-2000:]
+    assert "2 loader worker(s)" in (pooled / "train.log").read_text()
+    pd.testing.assert_frame_equal(curves(inline), curves(pooled))
+    wa, wb = load_file(inline / "model.safetensors"), load_file(pooled / "model.safetensors")
+    assert all((wa[k] == wb[k]).all() for k in wa)
+    assert json.loads((inline / "model.json").read_text())["world_size"] == 1
 
 
 def test_a_killed_run_resumes_and_ends_with_the_same_metrics(stores, tmp_path):

@@ -8,19 +8,19 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader
 
 from svip_core.evaluate.baselines import heuristic_scores
 from svip_core.evaluate.metrics import people_bucket, per_clip_hits, summarise
 from svip_core.model.ranker import build_ranker
 from svip_core.model.ranking import rank_people
 from svip_core.train.checkpoint import load_weights
-from svip_core.train.data import StoreClips
+from svip_core.train.data import StoreClips, clip_loader, loader_workers, on_device
 
 log = logging.getLogger(__name__)
 SELECTION_NOTE = "evaluated on val, the split that selected the checkpoint: figures are optimistic"
@@ -34,17 +34,25 @@ def load_ranker(train_dir, device="cpu") -> torch.nn.Module:
     return model.eval().to(device)
 
 
+def best_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
 @torch.no_grad()
-def score_split(model, dataset: StoreClips, batch_size: int = 16) -> dict[str, np.ndarray]:
-    """Model scores (V, N) plus the targets, validity and geometry needed by metrics and baselines."""
+def score_split(model, dataset: StoreClips, batch_size: int = 16, workers: int = 0) -> dict[str, np.ndarray]:
+    """Model scores (V, N) plus the targets, validity and geometry needed by metrics and baselines. On a GPU
+    the model runs in bfloat16, as in training, and batches are copied ahead while the previous one runs."""
     device = next(model.parameters()).device
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     parts: dict[str, list] = {"scores": [], "target": [], "valid": [], "geometry": []}
-    for batch in DataLoader(dataset, batch_size=batch_size):
-        out = model(batch["visual"].to(device), batch["geometry"].to(device), batch["valid"].to(device))
-        parts["scores"].append(out["logits"].float().cpu())
-        for k, src in (("target", "target"), ("valid", "valid"), ("geometry", "geometry")):
-            parts[k].append(batch[src])
-    return {k: torch.cat(v).numpy() for k, v in parts.items()}
+    for batch in on_device(clip_loader(dataset, batch_size, workers, device), device):
+        with amp:
+            out = model(batch["visual"], batch["geometry"], batch["valid"])
+        # Kept on the device until the end: a copy per batch would wait for each batch's model run.
+        parts["scores"].append(out["logits"].float())
+        for k in ("target", "valid", "geometry"):
+            parts[k].append(batch[k])
+    return {k: torch.cat(v).cpu().numpy() for k, v in parts.items()}
 
 
 def target_absent(present: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -52,8 +60,10 @@ def target_absent(present: np.ndarray, target: np.ndarray) -> np.ndarray:
     return ~np.take_along_axis(present, target[:, None].astype(np.int64), 1)[:, 0]
 
 
-def evaluate(store_paths: list[str], train_dir, out_dir, split: str, ks: list[int], seed: int = 0) -> dict:
-    """Write ``metrics.json`` and ``predictions.parquet`` (one row per person of every clip) to ``out_dir``."""
+def evaluate(store_paths: list[str], train_dir, out_dir, split: str, ks: list[int], seed: int = 0,
+             workers: int | str = "auto") -> dict:
+    """Write ``metrics.json`` and ``predictions.parquet`` (one row per person of every clip) to ``out_dir``.
+    Runs on the GPU when there is one."""
     out_dir = Path(out_dir)
     dataset = StoreClips(store_paths, split)
     if len(dataset) == 0 and split == "test":
@@ -61,7 +71,8 @@ def evaluate(store_paths: list[str], train_dir, out_dir, split: str, ks: list[in
                     "selected the checkpoint: the figures are optimistic")
         split, dataset = "val", StoreClips(store_paths, "val")
     torch.manual_seed(seed)
-    res = score_split(load_ranker(train_dir), dataset)
+    device = best_device()
+    res = score_split(load_ranker(train_dir, device), dataset, workers=loader_workers(workers, device))
     present = res["valid"].any(1)                                                     # (V, N)
     clips = pd.DataFrame([dataset.describe(i) for i in range(len(dataset))])
     absent = target_absent(present, res["target"])

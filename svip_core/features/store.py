@@ -53,7 +53,11 @@ def create_arrays(group, V: int, T: int, N: int, D: int, G: int) -> None:
             "scene_category": ((V,), str, ("clip",)), "split": ((V,), str, ("clip",))}
     for name, (shape, dtype, dims) in spec.items():
         chunks = (1,) + shape[1:] if len(shape) > 1 else (max(V, 1),)
-        group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, dimension_names=dims)
+        # Backbone features barely compress (a few percent) and decompressing them cost the training loader
+        # more than reading them: visual is stored raw.
+        compressors = None if name == "visual" else "auto"
+        group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, dimension_names=dims,
+                           compressors=compressors)
 
 
 def open_store(path):

@@ -26,23 +26,39 @@ def flow_dim(heads: int, relation_features: bool) -> int:
     return 2 * heads + 1 + ((heads + 1) * len(RELATION_FIELDS) if relation_features else 0)
 
 
-def attention_flow(alpha: torch.Tensor, edges: torch.Tensor, relations: torch.Tensor | None, valid: torch.Tensor,
-                   nodes: int) -> torch.Tensor:
+def attention_flow(alpha: torch.Tensor, edges: torch.Tensor, relations: torch.Tensor | None,
+                   others: torch.Tensor) -> torch.Tensor:
     """alpha (E', heads) over edges (2, E') that include self-loops, relations (E, R) for the first E edges
-    (the non-self ones, in order) or None, valid (F, N) -> (F*N, flow_dim) per-node flow features."""
+    (the non-self ones, in order) or None, others (M,) how many other people share each node's frame ->
+    (M, flow_dim) per-node flow features."""
     src, dst = edges
-    other = src != dst
-    a = alpha * other[:, None]                                                        # self-attention excluded
-    others = (valid.sum(-1, keepdim=True) - 1).clamp(min=1).expand_as(valid).flatten()   # (F*N,)
-    received = scatter(a, src, 0, dim_size=nodes, reduce="sum") / others[:, None]     # (M, heads)
+    nodes = len(others)
+    a = alpha * (src != dst)[:, None]                                                 # self-attention excluded
+    share = others.clamp(min=1)[:, None].to(alpha.dtype)
+    received = scatter(a, src, 0, dim_size=nodes, reduce="sum") / share               # (M, heads)
     given = scatter(a, dst, 0, dim_size=nodes, reduce="sum")                          # (M, heads)
     parts = [received, given, (received - given).mean(-1, keepdim=True)]
     if relations is not None:
         E = len(relations)
         weighted = (a[:E, :, None] * relations[:, None, :]).flatten(1)                 # (E, heads * R)
-        parts += [scatter(weighted, src[:E], 0, dim_size=nodes, reduce="sum") / others[:, None],
-                  scatter(relations, dst[:E], 0, dim_size=nodes, reduce="sum") / others[:, None]]
-    return torch.cat(parts, -1) * valid.flatten()[:, None]
+        parts += [scatter(weighted, src[:E], 0, dim_size=nodes, reduce="sum") / share,
+                  scatter(relations, dst[:E], 0, dim_size=nodes, reduce="sum") / share]
+    return torch.cat(parts, -1)
+
+
+def present_nodes(valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """valid (F, N) -> nodes (M,) the flat indices of the present people, numbering (F*N,) each present
+    slot's node number (0..M-1, in slot order; meaningless for absent slots), others (M,) how many other
+    people share each node's frame."""
+    flat = valid.flatten()
+    nodes = flat.nonzero().squeeze(1)
+    others = (valid.sum(-1, keepdim=True) - 1).expand_as(valid).flatten()[nodes]
+    return nodes, torch.cumsum(flat, 0) - 1, others
+
+
+def scatter_slots(values: torch.Tensor, nodes: torch.Tensor, slots: int) -> torch.Tensor:
+    """values (M, C) of the present nodes -> (slots, C) with zeros for absent people."""
+    return values.new_zeros(slots, values.shape[-1]).index_copy_(0, nodes, values)
 
 
 class FrameGAT(nn.Module):
@@ -72,22 +88,25 @@ class FrameGAT(nn.Module):
 
     def forward(self, x: torch.Tensor, geometry: torch.Tensor, valid: torch.Tensor):
         B, T, N, _ = x.shape
-        h = self.in_proj(x).flatten(0, 2)                                             # (B*T*N, hidden)
-        edges = complete_graph_edges(valid.flatten(0, 1))
+        # Only present people enter the graph: absent slots (often most of them) would cost every layer.
+        slot_edges = complete_graph_edges(valid.flatten(0, 1))                         # (2, E) over B*T*N slots
+        nodes, numbering, others = present_nodes(valid.flatten(0, 1))
+        edges = numbering[slot_edges]                                                   # (2, E) over M nodes
+        h = self.in_proj(x.flatten(0, 2)[nodes])                                       # (M, hidden)
         relations = history = None
         if self.relation_norm is not None:
             pairs = self.relation_norm(pair_relations(geometry, valid))               # (B, T, N, N, R)
-            relations = edge_relations(pairs, edges)                                  # (E, R)
+            relations = edge_relations(pairs, slot_edges)                             # (E, R)
             if self.history is not None:
                 history = self.history(x, pairs, pair_mask(valid))
-        keep = valid.flatten()[:, None]
         flow = None
         for i, (conv, norm, scale) in enumerate(zip(self.convs, self.norms, self.scales)):
             last = i == len(self.convs) - 1
             if last and self.attention_flow:
                 out, (loop_edges, alpha) = conv(h, edges, relations, return_attention_weights=True)
-                flow = attention_flow(alpha, loop_edges, relations, valid.flatten(0, 1), len(h)).view(B, T, N, -1)
+                flow = scatter_slots(attention_flow(alpha, loop_edges, relations, others), nodes, B * T * N)
+                flow = flow.view(B, T, N, -1)
             else:
                 out = conv(h, edges, relations)
-            h = (h + scale * norm(self.dropout(nn.functional.elu(out)))) * keep
-        return h.view(B, T, N, -1), flow, history
+            h = h + scale * norm(self.dropout(nn.functional.elu(out)))
+        return scatter_slots(h, nodes, B * T * N).view(B, T, N, -1), flow, history

@@ -68,6 +68,8 @@ class SVIPRanker(nn.Module):
 
     def forward(self, visual: torch.Tensor, geometry: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
         """visual (B,T,N,D), geometry (B,T,N,G) raw, valid (B,T,N) -> logits (B,N) (-inf for absent people)."""
+        # Stores keep visual features in float16 up to here (half the bytes to read and to copy).
+        visual = visual.to(self.fuse[0].weight.dtype)
         m = valid[..., None].to(visual.dtype)
         fused = self.fuse(torch.cat([visual, self.geometry(self.geometry_norm(geometry) * m)], -1)) * m
         social, flow, history = self.gat(fused, geometry, valid) if self.gat is not None else (fused, None, None)

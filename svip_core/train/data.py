@@ -1,44 +1,69 @@
-"""Training data: clips read from the Zarr feature stores as they are needed, never all held in RAM."""
+"""Training data: clips read from the Zarr feature stores as they are needed, never all held in RAM.
+
+The step must never wait for the disk. Each process keeps its own array handles (a Zarr lookup per item costs
+more than the read), targets and masks are read once for the whole split, visual features stay float16 until
+they reach the model's device, and ``on_device`` copies the next batch to the GPU while the current one runs.
+"""
 from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from svip_core.features.store import frame_strides, open_store
 
 
 class StoreClips(Dataset):
-    """Every clip of ``split`` across the given stores. An item is one chunk read per array."""
+    """Every clip of ``split`` across the given stores. An item reads one chunk of visual and of geometry;
+    masks and targets come from memory."""
 
     def __init__(self, store_paths: list[str], split: str):
         self.paths = [str(p) for p in store_paths]
-        self.rows = [np.flatnonzero(open_store(path)["split"][:] == split) for path in self.paths]   # per store
+        groups = [open_store(path) for path in self.paths]
+        self.rows = [np.flatnonzero(g["split"][:] == split) for g in groups]                       # per store
         self.index = [(s, row) for s, rows in enumerate(self.rows) for row in rows]
-        self._groups: dict[int, object] = {}
+        # Small arrays of the whole split, read once: (V, T, N) bool masks and (V,) targets.
+        self._valid = [torch.from_numpy(g["person_mask"].get_orthogonal_selection((rows,))) if len(rows) else None
+                       for g, rows in zip(groups, self.rows)]
+        self._target = [torch.from_numpy(g["target_index"][:][rows].astype(np.int64)) for g, rows in
+                        zip(groups, self.rows)]
+        self._position = [{int(row): i for i, row in enumerate(rows)} for rows in self.rows]
+        self._arrays: tuple[int, dict] | None = None
 
     def __len__(self):
         return len(self.index)
 
-    def _group(self, s: int):
-        # Opened lazily so each DataLoader worker holds its own handle.
-        if s not in self._groups:
-            self._groups[s] = open_store(self.paths[s])
-        return self._groups[s]
+    def _store_arrays(self, s: int) -> dict:
+        # Handles are opened once per process: a DataLoader worker (a fork or a spawn) opens its own.
+        if self._arrays is None or self._arrays[0] != os.getpid():
+            self._arrays = (os.getpid(), {})
+        arrays = self._arrays[1]
+        if s not in arrays:
+            g = open_store(self.paths[s])
+            arrays[s] = {name: g[name] for name in ("visual", "geometry", "video_id", "scene_category")}
+        return arrays[s]
+
+    def __getstate__(self):
+        # Open Zarr handles do not travel to spawned workers; each reopens its own.
+        return {**self.__dict__, "_arrays": None}
 
     def __getitem__(self, i: int) -> dict:
         s, row = self.index[i]
-        g = self._group(s)
-        return {"visual": torch.from_numpy(g["visual"][row].astype(np.float32)),       # (T, N, D)
-                "geometry": torch.from_numpy(g["geometry"][row]),                        # (T, N, G)
-                "valid": torch.from_numpy(g["person_mask"][row]),                        # (T, N)
-                "target": torch.tensor(int(g["target_index"][row])),
+        a, k = self._store_arrays(s), self._position[s][int(row)]
+        return {"visual": torch.from_numpy(a["visual"][row]),                                    # (T, N, D) fp16
+                "geometry": torch.from_numpy(a["geometry"][row]),                                # (T, N, G)
+                "valid": self._valid[s][k],                                                     # (T, N)
+                "target": self._target[s][k],
                 "item": torch.tensor(i)}
 
     def describe(self, i: int) -> dict:
         s, row = self.index[i]
-        g = self._group(s)
-        return {"video_id": str(g["video_id"][row]), "scene_category": str(g["scene_category"][row])}
+        a = self._store_arrays(s)
+        return {"video_id": str(a["video_id"][row]), "scene_category": str(a["scene_category"][row])}
 
     def _rows_evenly(self, limit: int) -> list[tuple[int, np.ndarray]]:
         """(store, sorted rows) of at most ``limit`` clips spread evenly over the split (every clip if fewer)."""
@@ -52,20 +77,18 @@ class StoreClips(Dataset):
         geometry, valid = [], []
         for s, rows in self._rows_evenly(limit):
             if len(rows):
-                g = self._group(s)
-                geometry.append(g["geometry"].get_orthogonal_selection((rows,)))
-                valid.append(g["person_mask"].get_orthogonal_selection((rows,)))
-        return torch.from_numpy(np.concatenate(geometry)), torch.from_numpy(np.concatenate(valid))
+                geometry.append(torch.from_numpy(self._store_arrays(s)["geometry"].get_orthogonal_selection((rows,))))
+                valid.append(self._valid[s][[self._position[s][int(r)] for r in rows]])
+        return torch.cat(geometry), torch.cat(valid)
 
     def chance_top1(self) -> float:
         """Expected top-1 of a random ranking on this split: the mean over clips of 1 / people present."""
-        people = np.concatenate([self._group(s)["person_mask"].get_orthogonal_selection((rows,)).any(1).sum(-1)
-                                 for s, rows in enumerate(self.rows) if len(rows)]) if self.index else np.ones(1)
-        return float(np.mean(1.0 / np.maximum(people, 1)))
+        people = torch.cat([v.any(1).sum(-1) for v in self._valid if v is not None]) if self.index else torch.ones(1)
+        return float(torch.mean(1.0 / people.clamp(min=1).double()))
 
     def frame_stride(self) -> float:
         """Median sampling stride (source frames between samples) over this split's clips in every store."""
-        strides = np.concatenate([frame_strides(self._group(s))[rows] for s, rows in enumerate(self.rows)])
+        strides = np.concatenate([frame_strides(open_store(self.paths[s]))[rows] for s, rows in enumerate(self.rows)])
         return float(np.median(strides)) if len(strides) else 1.0
 
     def provenance(self) -> dict:
@@ -74,5 +97,66 @@ class StoreClips(Dataset):
 
     def dims(self) -> tuple[int, int]:
         """(visual dim D, geometry dim G)."""
-        g = self._group(self.index[0][0]) if self.index else open_store(self.paths[0])
+        g = open_store(self.paths[self.index[0][0]] if self.index else self.paths[0])
         return g["visual"].shape[-1], g["geometry"].shape[-1]
+
+
+def loader_workers(setting: int | str, device: torch.device, processes_per_node: int = 1) -> int:
+    """DataLoader workers per process: ``setting`` as given, or for "auto" on a GPU the cores this process's
+    share leaves after its own (at most 4: a clip is one chunk read, a few readers keep up with any step).
+    On the CPU "auto" is 0: a clip reads in milliseconds against a step of a tenth of a second or more, and a
+    worker would only take a core from the step's own threads."""
+    if setting != "auto":
+        return int(setting)
+    if device.type != "cuda":
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(4, cores // max(1, processes_per_node) - 1))
+
+
+def clip_loader(dataset: Dataset, batch_size: int, workers: int, device: torch.device,
+                sampler: Sampler | Iterable | None = None) -> DataLoader:
+    """Batches of ``dataset`` in ``sampler``'s order (the dataset's order without one). Workers persist across
+    epochs (no re-fork, no re-opened stores each epoch) and, on a GPU, fill pinned memory for fast copies.
+    The loader's own generator is seeded, so worker seeds, and the numbers, do not depend on ``workers``."""
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                      persistent_workers=workers > 0, pin_memory=device.type == "cuda",
+                      prefetch_factor=4 if workers else None, generator=torch.Generator().manual_seed(0))
+
+
+def on_device(batches: Iterable[dict], device: torch.device) -> Iterator[dict]:
+    """Each batch's tensors on ``device``. On a GPU the next batch is copied on a side stream while the
+    current one is used, so the step never waits for a host-to-device copy."""
+    if device.type != "cuda":
+        yield from batches
+        return
+    stream = torch.cuda.Stream(device)
+
+    def copy(batch: dict) -> dict:
+        with torch.cuda.stream(stream):
+            return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+    pending = None
+    for batch in batches:
+        ready = copy(batch)
+        if pending is not None:
+            yield pending
+        torch.cuda.current_stream(device).wait_stream(stream)
+        for v in ready.values():
+            v.record_stream(torch.cuda.current_stream(device))
+        pending = ready
+    if pending is not None:
+        yield pending
+
+
+def waited_for(batches: Iterable[dict], totals: dict) -> Iterator[dict]:
+    """``batches`` as they come, adding the seconds spent waiting for each to ``totals["data_wait"]``: the time
+    the step stood idle for want of data (with workers, what they could not prefetch in time)."""
+    batches = iter(batches)
+    while True:
+        start = time.perf_counter()
+        batch = next(batches, None)
+        totals["data_wait"] = totals.get("data_wait", 0.0) + time.perf_counter() - start
+        if batch is None:
+            return
+        yield batch

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
 from svip_core.model.loss import ranking_loss
@@ -26,14 +26,19 @@ from svip_core.model.ranker import build_ranker
 from svip_core.model.ranking import hit_at_k, target_rank_stats
 from svip_core.train.checkpoint import (load_checkpoint, load_weights, mark_finished, read_state, save_checkpoint,
                                        save_rng, save_weights)
-from svip_core.train.data import StoreClips
+from svip_core.train.data import StoreClips, clip_loader, loader_workers, on_device, waited_for
 
 log = logging.getLogger(__name__)
 # A run has left chance once its best val top-1 reaches this multiple of a random ranking's; before that,
 # epochs without improvement do not count toward early stopping (a slow start is not a plateau).
 LEFT_CHANCE = 1.5
 METRIC_COLUMNS = ["epoch", "step", "lr", "train_loss", "train_ce", "train_preference", "train_top1", "val_loss",
-                  "val_top1", "seconds"]
+                  "val_top1", "data_wait_seconds", "train_seconds", "seconds"]
+# Wall-clock columns: they differ between identical runs, every other column must not. data_wait_seconds is
+# how long the step stood idle waiting for clips, train_seconds the epoch's training, seconds with validation.
+TIME_COLUMNS = ("data_wait_seconds", "train_seconds", "seconds")
+# The progress bar shows the loss every this many steps: reading it forces the GPU to catch up.
+SHOW_LOSS_EVERY = 25
 
 
 def setup_distributed() -> tuple[int, int, torch.device]:
@@ -58,10 +63,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def seed_everything(seed: int) -> None:
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed every generator. CPU runs repeat bit for bit either way; ``deterministic`` also makes GPU kernels
+    repeat (slower kernels, and cuBLAS needs its workspace setting before CUDA starts)."""
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -109,11 +119,11 @@ class PhaseTimer:
         return now
 
 
-def _forward(model, batch, device, cfg, amp):
-    visual, geometry = batch["visual"].to(device, non_blocking=True), batch["geometry"].to(device, non_blocking=True)
-    valid, target = batch["valid"].to(device, non_blocking=True), batch["target"].to(device, non_blocking=True)
+def _forward(model, batch, cfg, amp):
+    """batch: tensors already on the model's device."""
+    valid, target = batch["valid"], batch["target"]
     with amp:
-        out = model(visual, geometry, valid)
+        out = model(batch["visual"], batch["geometry"], valid)
     logits = out["logits"].float()
     present = valid.any(1)
     losses = ranking_loss(logits, target, present, cfg["preference_weight"], cfg["pairwise_weight"],
@@ -122,19 +132,20 @@ def _forward(model, batch, device, cfg, amp):
 
 
 @torch.no_grad()
-def validate(model, dataset, device, cfg, amp, rank: int, world: int) -> tuple[float, float]:
-    """Exact (loss, top-1) over the whole split: each rank scores every world-th clip, sums are reduced."""
+def validate(model, loader, device, cfg, amp) -> tuple[float, float]:
+    """Exact (loss, top-1) over the whole split: each rank's loader holds every world-th clip, sums are
+    reduced."""
     model.eval()
-    subset = torch.utils.data.Subset(dataset, range(rank, len(dataset), world))
     sums = torch.zeros(3, dtype=torch.float64, device=device)
-    for batch in DataLoader(subset, batch_size=cfg["batch_size"], num_workers=cfg.get("workers", 0)):
-        logits, target, present, losses = _forward(model, batch, device, cfg, amp)
+    for batch in on_device(loader, device):
+        logits, target, present, losses = _forward(model, batch, cfg, amp)
         above, tied = target_rank_stats(logits, target, present)
         sums += torch.stack([losses["total"].double() * len(target), hit_at_k(above, tied, 1).double().sum(),
                              torch.tensor(len(target), dtype=torch.float64, device=device)])
     dist.all_reduce(sums)
     model.train()
-    return float(sums[0] / sums[2].clamp(min=1)), float(sums[1] / sums[2].clamp(min=1))
+    loss, hits, n = sums.tolist()
+    return loss / max(n, 1), hits / max(n, 1)
 
 
 def bad_epochs_after(bad_epochs: int, val_top1: float, best_top1: float, val_loss: float, best_loss: float,
@@ -177,7 +188,7 @@ def train(store_paths: list[str], out_dir, model_cfg: dict, cfg: dict, debug: bo
             log.info("not resuming the checkpoint in %s: %s; starting fresh", ckpt, why_not)
             shutil.rmtree(ckpt)
     dist.barrier()                            # nobody reads the checkpoint folder while rank 0 clears it
-    seed_everything(cfg["seed"])
+    seed_everything(cfg["seed"], cfg.get("deterministic", False))
     train_set, val_set = StoreClips(store_paths, "train"), StoreClips(store_paths, "val")
     visual_dim, geometry_dim = train_set.dims()
     model = build_ranker(model_cfg, visual_dim, geometry_dim)                # same init on every rank
@@ -185,10 +196,12 @@ def train(store_paths: list[str], out_dir, model_cfg: dict, cfg: dict, debug: bo
     model = model.to(device)
     chance = val_set.chance_top1()
     torch.manual_seed(cfg["seed"] * 1000 + rank)                             # distinct dropout per rank
-    ddp = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    # One process needs no DDP wrapper (its bucketing and hooks cost time every step).
+    ddp = DDP(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
     sampler = DistributedSampler(train_set, world, rank, shuffle=True, seed=cfg["seed"], drop_last=False)
-    loader = DataLoader(train_set, batch_size=cfg["batch_size"], sampler=sampler, num_workers=cfg.get("workers", 0),
-                        pin_memory=device.type == "cuda", drop_last=False)
+    workers = loader_workers(cfg.get("workers", 0), device, int(os.environ.get("LOCAL_WORLD_SIZE", world)))
+    loader = clip_loader(train_set, cfg["batch_size"], workers, device, sampler)
+    val_loader = clip_loader(val_set, cfg["batch_size"], workers, device, range(rank, len(val_set), world))
     steps_per_epoch = math.ceil(len(loader) / cfg["accumulation_steps"])
     optimizer = torch.optim.AdamW(param_groups(model, cfg["weight_decay"]), lr=cfg["lr"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -201,6 +214,9 @@ def train(store_paths: list[str], out_dir, model_cfg: dict, cfg: dict, debug: bo
     state["identity"] = identity
     if state["epoch"] and rank == 0:
         log.info("resuming after epoch %d from %s (same run identity %s)", state["epoch"], ckpt, identity)
+    if rank == 0:
+        log.info("%d clips to train on, %d to validate on; %d loader worker(s) per process, device %s",
+                 len(train_set), len(val_set), workers, device)
     writer = None
     if rank == 0:
         from torch.utils.tensorboard import SummaryWriter
@@ -216,14 +232,15 @@ def train(store_paths: list[str], out_dir, model_cfg: dict, cfg: dict, debug: bo
             break
         sampler.set_epoch(epoch)
         start, sums = time.perf_counter(), torch.zeros(5, dtype=torch.float64, device=device)
-        bar = tqdm(loader, desc=f"epoch {epoch}/{cfg['epochs']}", disable=rank != 0, leave=False)
+        bar = tqdm(total=len(loader), desc=f"epoch {epoch}/{cfg['epochs']}", disable=rank != 0, leave=False)
         optimizer.zero_grad(set_to_none=True)
         t = time.perf_counter()
-        for i, batch in enumerate(bar):
+        waits: dict[str, float] = {}
+        for i, batch in enumerate(waited_for(on_device(loader, device), waits)):
             t = timer.mark("data", t)
             last_micro = (i + 1) % cfg["accumulation_steps"] == 0 or i + 1 == len(loader)
-            with (nullcontext() if last_micro else ddp.no_sync()):
-                logits, target, present, losses = _forward(ddp, batch, device, cfg, amp)
+            with (nullcontext() if last_micro or ddp is model else ddp.no_sync()):
+                logits, target, present, losses = _forward(ddp, batch, cfg, amp)
                 t = timer.mark("forward+loss", t)
                 (losses["total"] / cfg["accumulation_steps"]).backward()
                 t = timer.mark("backward", t)
@@ -234,18 +251,25 @@ def train(store_paths: list[str], out_dir, model_cfg: dict, cfg: dict, debug: bo
                 optimizer.zero_grad(set_to_none=True)
                 state["step"] += 1
                 t = timer.mark("optimizer", t)
+            # Summed on the device and read once per epoch: a .item() per step would stall the GPU each time.
             above, tied = target_rank_stats(logits.detach(), target, present)
             n = len(target)
-            sums += torch.tensor([losses["total"].item() * n, losses["ce"].item() * n,
-                                  losses["preference"].item() * n, hit_at_k(above, tied, 1).sum().item(), n],
-                                 dtype=torch.float64, device=device)
-            bar.set_postfix(loss=f"{losses['total'].item():.3f}")
+            sums += torch.stack([losses["total"].detach().double() * n, losses["ce"].detach().double() * n,
+                                 losses["preference"].detach().double() * n, hit_at_k(above, tied, 1).double().sum(),
+                                 torch.full((), n, dtype=torch.float64, device=device)])
+            bar.update()
+            if rank == 0 and (i + 1) % SHOW_LOSS_EVERY == 0:
+                bar.set_postfix(loss=f"{losses['total'].item():.3f}")
+        bar.close()
         dist.all_reduce(sums)
-        val_loss, val_top1 = validate(ddp, val_set, device, cfg, amp, rank, world)
+        train_seconds = time.perf_counter() - start
+        loss, ce, preference, hits, n = sums.tolist()
+        val_loss, val_top1 = validate(ddp, val_loader, device, cfg, amp)
         row = {"epoch": epoch, "step": state["step"], "lr": scheduler.get_last_lr()[0],
-               "train_loss": float(sums[0] / sums[4]), "train_ce": float(sums[1] / sums[4]),
-               "train_preference": float(sums[2] / sums[4]), "train_top1": float(sums[3] / sums[4]),
-               "val_loss": val_loss, "val_top1": val_top1, "seconds": time.perf_counter() - start}
+               "train_loss": loss / n, "train_ce": ce / n, "train_preference": preference / n, "train_top1": hits / n,
+               "val_loss": val_loss, "val_top1": val_top1, "data_wait_seconds": waits["data_wait"],
+               "train_seconds": train_seconds,
+               "seconds": time.perf_counter() - start}
         # Ties count as improvement for patience (>=), but only a strictly better epoch replaces the best.
         if val_top1 > state["best_top1"]:
             state.update(best_top1=val_top1, best_epoch=epoch)
@@ -290,7 +314,7 @@ def train(store_paths: list[str], out_dir, model_cfg: dict, cfg: dict, debug: bo
         save_weights(model, out_dir / "model.safetensors")
         mark_finished(ckpt, state)
     # Release DDP's reducer while the group is alive: freeing it after destroy_process_group can hang gloo.
-    del ddp
+    del ddp, loader, val_loader
     dist.barrier()
     dist.destroy_process_group()
     return state
