@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # GPU checks as one prepared script, for a lent GPU machine (the `device` tool), from the repository root:
-#   bash benchmarks/device_checks.sh [tests] [smoke] [train] [extract]      (default: all; results under $OUT)
+#   bash benchmarks/device_checks.sh [tests] [smoke] [train] [loop] [extract]   (default: all; results under $OUT)
 # The machine has torch, transformers and torch_geometric; zarr and its needs travel as wheels in .whl/.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-results/device}
-STEPS=${*:-tests smoke train extract}
+STEPS=${*:-tests smoke train loop extract}
 mkdir -p "$OUT"
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
@@ -26,6 +26,11 @@ fi
 if [[ $STEPS == *train* ]]; then
   echo "== train step"
   python3 benchmarks/train_step.py --out "$OUT/train_step_gpu.json" 2>&1 | tail -40
+fi
+if [[ $STEPS == *loop* ]]; then
+  echo "== train loop: loader, step and loop clips/s; evaluation of 1,000 reference-shape clips"
+  python3 benchmarks/train_loop.py --clips 128 --epochs 3 --eval-clips 1000 --work-dir /tmp \
+    --out "$OUT/train_loop_gpu.json" 2>&1 | grep -v "it/s\]" | tail -30
 fi
 if [[ $STEPS == *extract* ]]; then
   echo "== extract throughput"

@@ -53,8 +53,10 @@ def create_arrays(group, V: int, T: int, N: int, D: int, G: int) -> None:
             "scene_category": ((V,), str, ("clip",)), "split": ((V,), str, ("clip",))}
     for name, (shape, dtype, dims) in spec.items():
         chunks = (1,) + shape[1:] if len(shape) > 1 else (max(V, 1),)
-        # Backbone features barely compress (a few percent) and decompressing them cost the training loader
-        # more than reading them: visual is stored raw.
+        # Visual is stored raw: the training loader must deliver a batch per GPU step, and decoding cost more
+        # than reading. Measured per T=120, N=20, D=768 clip: 1.5 ms raw, 2.2 ms Blosc-LZ4, 5.9 ms zstd; the
+        # loader's clips/s with LZ4 was two thirds of raw. The price is disk: zstd's files are 0.54 of raw
+        # with half the slots empty (absent people are zeros), 0.77 with a fifth; features alone barely shrink.
         compressors = None if name == "visual" else "auto"
         group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, dimension_names=dims,
                            compressors=compressors)
