@@ -141,7 +141,7 @@ def validate(model, loader, device, cfg, amp) -> tuple[float, float]:
         logits, target, present, losses = _forward(model, batch, cfg, amp)
         above, tied = target_rank_stats(logits, target, present)
         sums += torch.stack([losses["total"].double() * len(target), hit_at_k(above, tied, 1).double().sum(),
-                             torch.tensor(len(target), dtype=torch.float64, device=device)])
+                             torch.full((), len(target), dtype=torch.float64, device=device)])
     dist.all_reduce(sums)
     model.train()
     loss, hits, n = sums.tolist()
