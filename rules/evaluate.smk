@@ -19,5 +19,6 @@ rule evaluate:
     conda:
         ENV
     shell:
-        "python -m svip_core.cli with-gpus {resources.gpu} -- python workflow_scripts/evaluate.py --config {params.config:q} --stores {input.stores} "
-        "--train-dir {params.train_dir} --out-dir {params.out_dir} --log-file {log} 2>> {log}"
+        "python -m svip_core.cli with-gpus {resources.gpu} -- python workflow_scripts/evaluate.py "
+        "--config {params.config:q} --stores {input.stores} --train-dir {params.train_dir} "
+        "--out-dir {params.out_dir} --log-file {log} 2>> {log}"

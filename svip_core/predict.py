@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from svip_core.evaluate.evaluation import load_ranker
+from svip_core.evaluate.evaluation import best_device, load_ranker
 from svip_core.features.backbone import load_backbone, normalisation
 from svip_core.features.extract import frame_indices, person_features, person_slots, resize_frames
 from svip_core.features.geometry import box_geometry
@@ -115,7 +115,7 @@ def score_tracks(frames: torch.Tensor, tracks: Tracks, size: tuple[int, int], ch
     feats = meta["features"]
     cfg, max_persons = feats["features"], feats["max_persons"]
     T_win, stride = cfg["num_frames"], training_stride(meta)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(device) if device else best_device()
     source = checked_backbone(feats, backbone)
     backbone = load_backbone(source, device)
     mean, std = (torch.tensor(v, device=device).view(1, 3, 1, 1) for v in normalisation(source))

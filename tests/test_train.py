@@ -83,7 +83,7 @@ def test_loader_items_are_the_stored_clips_and_workers_deliver_the_same_batches(
     dataset = StoreClips(stores, "train")
     groups = [zarr.open_group(path, mode="r") for path in stores]
     for i in (0, len(dataset) // 2, len(dataset) - 1):
-        s, row = dataset.index[i]
+        s, row, _ = dataset.index[i]
         item, g = dataset[i], groups[s]
         assert item["visual"].dtype == torch.float16                   # fp16 until the model's device
         assert np.array_equal(item["visual"].numpy(), g["visual"][row])

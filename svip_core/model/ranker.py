@@ -34,8 +34,9 @@ class SVIPRanker(nn.Module):
                                       nn.Linear(cfg["geometry_dim"], cfg["geometry_dim"]))
         self.fuse = nn.Sequential(nn.Linear(visual_dim + cfg["geometry_dim"], cfg["fused_dim"]), nn.ReLU(),
                                   nn.Dropout(drop))
-        self.gat = (FrameGAT(cfg["fused_dim"] + geometry_in, cfg["gat_hidden"], cfg["gat_layers"], cfg["gat_heads"], drop,
-                             cfg.get("relation_features", False), cfg.get("attention_flow", False), history_dim=d)
+        self.gat = (FrameGAT(cfg["fused_dim"] + geometry_in, cfg["gat_hidden"], cfg["gat_layers"], cfg["gat_heads"],
+                             drop, cfg.get("relation_features", False), cfg.get("attention_flow", False),
+                             history_dim=d)
                     if cfg["gat_layers"] > 0 else None)
         flow = self.gat.flow_dim if self.gat is not None else 0
         self.flow = nn.Sequential(nn.Linear(2 * flow, d), nn.GELU()) if flow else None
@@ -71,13 +72,13 @@ class SVIPRanker(nn.Module):
         # Stores keep visual features in float16 up to here (half the bytes to read and to copy).
         visual = visual.to(self.fuse[0].weight.dtype)
         m = valid[..., None].to(visual.dtype)
-        fused = self.fuse(torch.cat([visual, self.geometry(self.geometry_norm(geometry) * m)], -1)) * m
+        standard = self.geometry_norm(geometry) * m                                   # (B, T, N, G)
+        fused = self.fuse(torch.cat([visual, self.geometry(standard)], -1)) * m
         if self.gat is not None:
             # The GAT also reads each person's standardised geometry as it is, beside the fused features: mixed
             # in with visual features, where people stand and move was too hard for its attention to compare
             # (without relation features, 0.27 -> 0.66 test top-1 on the relational scenes, seed 1).
-            gat_in = torch.cat([fused, self.geometry_norm(geometry) * m], -1)
-            social, flow, history = self.gat(gat_in, geometry, valid)
+            social, flow, history = self.gat(torch.cat([fused, standard], -1), geometry, valid)
         else:
             social, flow, history = fused, None, None
         if flow is not None:

@@ -25,13 +25,13 @@ class StoreClips(Dataset):
         self.paths = [str(p) for p in store_paths]
         groups = [open_store(path) for path in self.paths]
         self.rows = [np.flatnonzero(g["split"][:] == split) for g in groups]                       # per store
-        self.index = [(s, row) for s, rows in enumerate(self.rows) for row in rows]
+        # (store, row in the store, position in the split's part of that store)
+        self.index = [(s, row, k) for s, rows in enumerate(self.rows) for k, row in enumerate(rows)]
         # Small arrays of the whole split, read once: (V, T, N) bool masks and (V,) targets.
         self._valid = [torch.from_numpy(g["person_mask"].get_orthogonal_selection((rows,))) if len(rows) else None
                        for g, rows in zip(groups, self.rows)]
         self._target = [torch.from_numpy(g["target_index"][:][rows].astype(np.int64)) for g, rows in
                         zip(groups, self.rows)]
-        self._position = [{int(row): i for i, row in enumerate(rows)} for rows in self.rows]
         self._arrays: tuple[int, dict] | None = None
 
     def __len__(self):
@@ -52,8 +52,8 @@ class StoreClips(Dataset):
         return {**self.__dict__, "_arrays": None}
 
     def __getitem__(self, i: int) -> dict:
-        s, row = self.index[i]
-        a, k = self._store_arrays(s), self._position[s][int(row)]
+        s, row, k = self.index[i]
+        a = self._store_arrays(s)
         return {"visual": torch.from_numpy(a["visual"][row]),                                    # (T, N, D) fp16
                 "geometry": torch.from_numpy(a["geometry"][row]),                                # (T, N, G)
                 "valid": self._valid[s][k],                                                     # (T, N)
@@ -61,7 +61,7 @@ class StoreClips(Dataset):
                 "item": torch.tensor(i)}
 
     def describe(self, i: int) -> dict:
-        s, row = self.index[i]
+        s, row, _ = self.index[i]
         a = self._store_arrays(s)
         return {"video_id": str(a["video_id"][row]), "scene_category": str(a["scene_category"][row])}
 
@@ -69,7 +69,7 @@ class StoreClips(Dataset):
         """(store, sorted rows) of at most ``limit`` clips spread evenly over the split (every clip if fewer)."""
         pick = np.unique(np.linspace(0, len(self.index) - 1, min(limit, len(self.index))).round().astype(int))
         chosen = [self.index[i] for i in pick] if len(self.index) else []
-        return [(s, np.array(sorted(r for t, r in chosen if t == s), np.int64)) for s in range(len(self.paths))]
+        return [(s, np.array(sorted(r for t, r, _ in chosen if t == s), np.int64)) for s in range(len(self.paths))]
 
     def geometry_sample(self, limit: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw geometry (V, T, N, G) and valid (V, T, N) of up to ``limit`` clips spread over the split: enough
@@ -78,7 +78,7 @@ class StoreClips(Dataset):
         for s, rows in self._rows_evenly(limit):
             if len(rows):
                 geometry.append(torch.from_numpy(self._store_arrays(s)["geometry"].get_orthogonal_selection((rows,))))
-                valid.append(self._valid[s][[self._position[s][int(r)] for r in rows]])
+                valid.append(self._valid[s][np.searchsorted(self.rows[s], rows)])
         return torch.cat(geometry), torch.cat(valid)
 
     def chance_top1(self) -> float:

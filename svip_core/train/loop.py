@@ -268,8 +268,7 @@ def train(store_paths: list[str], out_dir, model_cfg: dict, cfg: dict, debug: bo
         row = {"epoch": epoch, "step": state["step"], "lr": scheduler.get_last_lr()[0],
                "train_loss": loss / n, "train_ce": ce / n, "train_preference": preference / n, "train_top1": hits / n,
                "val_loss": val_loss, "val_top1": val_top1, "data_wait_seconds": waits["data_wait"],
-               "train_seconds": train_seconds,
-               "seconds": time.perf_counter() - start}
+               "train_seconds": train_seconds, "seconds": time.perf_counter() - start}
         # Ties count as improvement for patience (>=), but only a strictly better epoch replaces the best.
         if val_top1 > state["best_top1"]:
             state.update(best_top1=val_top1, best_epoch=epoch)
