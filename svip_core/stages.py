@@ -49,7 +49,8 @@ _EMBEDDED = ("features.embedded.hidden_size", "features.embedded.num_layers", "f
 _MODEL = ("model.fused_dim", "model.geometry_dim", "model.gat_hidden", "model.gat_layers", "model.gat_heads",
           "model.relation_features", "model.attention_flow",
           "model.d_model", "model.temporal_layers", "model.temporal_heads", "model.temporal_ffn",
-          "model.time_encoding", "model.event_token", "model.dual_head", "model.pooling", "model.dropout")
+          "model.time_encoding", "model.event_token", "model.dual_head", "model.pooling", "model.track_summary",
+          "model.dropout")
 _TRAIN = ("train.seeds", "train.nproc", "train.nodes", "train.epochs", "train.batch_size", "train.accumulation_steps",
           "train.lr", "train.weight_decay", "train.warmup_steps", "train.min_lr_ratio", "train.grad_clip",
           "train.patience", "train.min_epochs", "train.preference_weight", "train.pairwise_weight", "train.pairwise_margin",

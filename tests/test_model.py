@@ -15,7 +15,7 @@ from svip_core.model.temporal import EventContext
 
 CFG = {"fused_dim": 32, "geometry_dim": 8, "gat_hidden": 16, "gat_layers": 2, "gat_heads": 2, "d_model": 16,
        "temporal_layers": 1, "temporal_heads": 2, "temporal_ffn": 32, "time_encoding": True, "event_token": True,
-       "dual_head": True, "pooling": "attention", "dropout": 0.0}
+       "dual_head": True, "pooling": "attention", "track_summary": True, "dropout": 0.0}
 
 
 def test_complete_graph_edges_link_valid_people_within_each_frame_only():
@@ -36,7 +36,7 @@ RELATIONAL = {"relation_features": True, "attention_flow": True}
 @pytest.mark.parametrize("variant", [{}, RELATIONAL, {**RELATIONAL, "attention_flow": False},
                                      {**RELATIONAL, "relation_features": False}, {"gat_layers": 0},
                                      {"temporal_layers": 0}, {"event_token": False}, {"dual_head": False},
-                                     {"pooling": "mean"}])
+                                     {"pooling": "mean"}, {"track_summary": False}])
 def test_absent_people_get_no_score_and_slots_are_permutation_equivariant(variant):
     torch.manual_seed(0)
     B, T, N = 2, 5, 4
@@ -221,3 +221,13 @@ def test_pair_history_counts_who_approaches_and_ignores_absent_people():
     out_absent = history(x, noisy, pair_mask(valid))
     assert (out_absent[0, 3] == 0).all()
     torch.testing.assert_close(out_absent[0, :3], history(x, relations, pair_mask(valid))[0, :3])
+
+
+def test_track_summary_reads_each_persons_valid_frames_only():
+    from svip_core.model.pooling import track_summary
+    x = torch.tensor([[[1.0], [9.0], [3.0]], [[5.0], [5.0], [5.0]]]).permute(1, 0, 2)[None]   # (1, T=3, N=2, 1)
+    valid = torch.tensor([[True, False, True], [False, False, False]]).T[None]              # (1, 3, 2)
+    summary = track_summary(x, valid)                     # mean, spread, min, max, first, last
+    assert summary.shape == (1, 2, 6)
+    torch.testing.assert_close(summary[0, 0], torch.tensor([2.0, 1.0, 1.0, 3.0, 0.0, 1.0]))
+    assert (summary[0, 1] == 0).all()

@@ -18,6 +18,7 @@ def hashes(cfg):
 @pytest.mark.parametrize("section,key,value,changed", [
     ("train", "lr", 0.5, {"train", "evaluate", "report"}),
     ("model", "pooling", "mean", {"train", "evaluate", "report"}),
+    ("model", "track_summary", False, {"train", "evaluate", "report"}),
     ("features", "mode", "crop", {"extract", "train", "evaluate", "report"}),
     ("data", "max_persons", 5, {"extract", "train", "evaluate", "report"}),
     ("data", "num_shards", 3, {"prepare", "train", "evaluate", "report"}),

@@ -12,7 +12,7 @@ from torch import nn
 
 from svip_core.model.graph import FrameGAT
 from svip_core.model.normalise import FeatureNorm
-from svip_core.model.pooling import TemporalPool, masked_max, masked_mean
+from svip_core.model.pooling import TemporalPool, TrackSummary, masked_max, masked_mean
 from svip_core.model.relations import pair_mask, pair_relations
 from svip_core.model.temporal import EventContext, PersonTemporalEncoder
 
@@ -24,7 +24,8 @@ def scoring_head(dim: int, dropout: float) -> nn.Sequential:
 class SVIPRanker(nn.Module):
     """Relational branch: fusion -> GATv2 per frame (relation features on its edges) -> temporal Transformer ->
     event token -> pooling, plus the attention flow pooled over time. Self branch (dual head): fusion -> the same
-    temporal encoder and pooling, no social context. A learned per-person gate mixes the two scores."""
+    temporal encoder and pooling, no social context. Both add the person's track summary. A learned per-person
+    gate mixes the two scores."""
 
     def __init__(self, visual_dim: int, geometry_in: int, cfg: dict):
         super().__init__()
@@ -47,6 +48,8 @@ class SVIPRanker(nn.Module):
         self.rel_temporal = PersonTemporalEncoder(rel_in, **temporal)
         self.event = EventContext(d, cfg["temporal_heads"], cfg["temporal_ffn"], drop) if cfg["event_token"] else None
         self.pool = TemporalPool(d, d, cfg["temporal_heads"], drop, cfg["pooling"])
+        # Each person's own geometry over the clip, in closed form, joins both heads' pooled tracks.
+        self.summary = TrackSummary(geometry_in, d) if cfg.get("track_summary", False) else None
         self.rel_score = scoring_head(d, drop)
         self.dual_head = cfg["dual_head"]
         if self.dual_head:
@@ -86,7 +89,8 @@ class SVIPRanker(nn.Module):
         rel = self.rel_temporal(social, valid)
         if self.event is not None:
             rel = self.event(rel, valid)
-        rel_pooled = self.pool(rel, valid)
+        summary = self.summary(standard, valid) if self.summary is not None else 0
+        rel_pooled = self.pool(rel, valid) + summary
         if self.flow is not None:
             rel_pooled = rel_pooled + self.flow(pooled_flow(flow, valid))
         if history is not None:
@@ -95,7 +99,7 @@ class SVIPRanker(nn.Module):
         out = {"rel_logits": logits}
         if self.dual_head:
             # Self branch shares the temporal encoder and pooling with the relational one, as in the reference.
-            self_pooled = self.pool(self.rel_temporal(self.self_proj(fused) * m, valid), valid)
+            self_pooled = self.pool(self.rel_temporal(self.self_proj(fused) * m, valid), valid) + summary
             self_logits = self.self_score(self_pooled)[..., 0]
             g = torch.sigmoid(self.gate(torch.cat([self_pooled, rel_pooled], -1)))[..., 0]
             logits = (1 - g) * self_logits + g * logits
