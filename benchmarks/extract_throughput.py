@@ -27,7 +27,7 @@ import torch
 
 from svip_core.features.backbone import load_backbone, normalisation
 from svip_core.features.extract import extract_shard, person_features
-from svip_core.hashing import file_sha256 as content_hash
+from svip_core.containers import clip_digests
 from svip_core.io.synth import write_dataset
 from timing import device_name, timed
 
@@ -51,7 +51,7 @@ def make_members(folder: Path, clips: int, args) -> list[dict]:
     for i in range(len(paths), clips):
         paths.append(folder / f"copy_{i:05d}.npz")
         shutil.copy(paths[i % 16], paths[-1])
-    return [{"video_id": p.stem, "split": "train", "path": str(p), "content_hash": content_hash(p)} for p in paths]
+    return [{"video_id": p.stem, "split": "train", "path": str(p), "content_hash": clip_digests(p)[0]} for p in paths]
 
 
 def features_cfg(args, mode="roi") -> dict:

@@ -30,7 +30,7 @@ def main() -> None:
                       s["categories"], s["seed"])
         generate = time.perf_counter() - start
         files = list_clips(tmp)
-        size = sum(path.stat().st_size for _, path in files)
+        size = sum(Path(path).stat().st_size for _, path in files)
         start = time.perf_counter()
         manifest = validate_files(files, 2_000_000_000)
         seconds = time.perf_counter() - start

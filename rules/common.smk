@@ -9,7 +9,8 @@ from snakemake.exceptions import WorkflowError
 
 # Rules run `python workflow_scripts/...`; make the library importable in any environment (incl. --sdm conda).
 sys.path.insert(0, workflow.basedir)
-shell.prefix(f"export PYTHONPATH={shlex.quote(workflow.basedir)}; ")
+# A PYTHONPATH the user set stays behind it (braces doubled twice: f-string, then Snakemake's formatting).
+shell.prefix(f"export PYTHONPATH={shlex.quote(workflow.basedir)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
 
 from svip_core.stages import (  # noqa: E402
     EMBEDDED, STAGE_DIRS, ConfigError, backbone_folder, run_settings, runs, stage_hash, stage_inputs, validate_config)

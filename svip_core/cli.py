@@ -31,12 +31,13 @@ def cmd_synth(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from svip_core.io.manifest import list_clips, resolve_duplicates, validate_files
+    from svip_core.containers import container_clips, list_clips
+    from svip_core.io.manifest import resolve_duplicates, validate_files
 
     path = Path(args.path)
-    files = [("", path)] if path.is_file() else list_clips(path)
+    files = [("", a) for a in container_clips(path)] if path.is_file() else list_clips(path)
     if not files:
-        print(f"{path}: no .npz clips found (expected {path}/train/*.npz, {path}/val/*.npz ...)", file=sys.stderr)
+        print(f"{path}: no clips found (expected {path}/train/*.npz or {path}/train.h5, ...)", file=sys.stderr)
         return 1
     manifest = resolve_duplicates(validate_files(files, _config(args)["data"]["max_array_bytes"]), "drop")
     for row in manifest.itertuples():
@@ -66,6 +67,17 @@ def cmd_import(args) -> int:
                          args.max_frames, args.max_side)
     print(f"wrote {path}")
     return 0
+
+
+def cmd_convert(args) -> int:
+    from svip_core.io.layouts import convert_dataset
+
+    result = convert_dataset(args.src, args.dst, args.to, _config(args)["data"]["max_array_bytes"])
+    for address, reason in result["refused"]:
+        print(f"refused  {address}  {reason}", file=sys.stderr)
+    print(f"wrote {result['converted']} clips to {args.dst} ({result['layout']} layout)"
+          + (f"; {len(result['refused'])} refused (not copied)" if result["refused"] else ""))
+    return 1 if result["refused"] else 0
 
 
 def _after_dashes(words: list[str]) -> list[str]:
@@ -114,8 +126,14 @@ def main(argv=None) -> int:
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("validate", help="check clips against the MSG_VIP contract; exit 1 if any is rejected")
-    p.add_argument("path", help="a dataset folder (train/ val/ test/) or one .npz file")
+    p.add_argument("path", help="a dataset folder (train/ val/ test/ or train.h5 ...), one .npz or one .h5 file")
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("convert", help="copy a dataset between the .npz and HDF5 layouts, losslessly")
+    p.add_argument("src", help="dataset folder: <split>/*.npz, or <split>.h5 / <split>/*.h5")
+    p.add_argument("dst", help="folder to write; clips keep their names (file stem <-> HDF5 group)")
+    p.add_argument("--to", choices=["h5", "npz"], help="layout to write (default: the one SRC does not use)")
+    p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("predict", help="rank the people of a video with a trained model")
     p.add_argument("video")

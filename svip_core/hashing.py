@@ -1,8 +1,8 @@
 """Hashing helpers under every other module: stable digests of objects, file contents and code.
 
 - ``digest``: short hash of a JSON-serialisable object, independent of dict key order.
-- ``ContentHashes``: SHA-256 of files, cached in SQLite by (path, size, mtime, inode, ctime) as git does, so
-  only new or changed files are read again.
+- ``ContentHashes``: SHA-256 of files (and values derived from a file, such as a clip's digests), cached in
+  SQLite by (path, size, mtime, inode, ctime) as git does, so only new or changed files are read again.
 - ``code_digest``: hash of the Python modules a stage runs, parsed to an AST without docstrings, so edits
   to comments, docstrings and layout do not count as code changes while any edit to what runs does.
 """
@@ -64,22 +64,29 @@ class ContentHashes:
 
     def hashes(self, stats: dict[str, os.stat_result]) -> dict[str, str]:
         """{absolute path: sha256} for files whose stat results are given; reads only unknown or changed ones."""
+        return self.derived("", stats, file_sha256)
+
+    def derived(self, kind: str, stats: dict[str, os.stat_result], compute) -> dict[str, str]:
+        """{key: compute(key)} for keys whose source file has the given stat result, remembered under ``kind``
+        (a clip inside an HDF5 file is keyed by its address and the file's stat). A None from ``compute`` is
+        returned but never remembered."""
         db = self._connect()
+        keyed = {f"{kind}\0{k}" if kind else k: k for k in stats}
         known = {}
         if db is not None and stats:
             columns = "path, size, mtime_ns, inode, ctime_ns, sha256"
             rows = db.execute(f"SELECT {columns} FROM file_hashes").fetchall() if len(stats) > 500 else \
-                [row for p in stats for row in db.execute(f"SELECT {columns} FROM file_hashes WHERE path = ?", (p,))]
-            known = {r[0]: (tuple(r[1:5]), r[5]) for r in rows}
+                [row for p in keyed for row in db.execute(f"SELECT {columns} FROM file_hashes WHERE path = ?", (p,))]
+            known = {keyed[r[0]]: (tuple(r[1:5]), r[5]) for r in rows if r[0] in keyed}
         out, fresh = {}, []
-        for path, st in stats.items():
-            hit = known.get(path)
+        for (row_key, key), st in zip(keyed.items(), stats.values()):
+            hit = known.get(key)
             if hit is not None and hit[0] == _stamp(st):
-                out[path] = hit[1]
+                out[key] = hit[1]
                 continue
-            out[path] = file_sha256(path)
-            if not self.is_racy(st):
-                fresh.append((path, *_stamp(st), out[path]))
+            out[key] = compute(key)
+            if out[key] is not None and not self.is_racy(st):
+                fresh.append((row_key, *_stamp(st), out[key]))
         if db is not None and fresh:
             with db:
                 db.executemany("INSERT OR REPLACE INTO file_hashes VALUES (?, ?, ?, ?, ?, ?)", fresh)

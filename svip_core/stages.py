@@ -20,12 +20,12 @@ import array
 import copy
 import hashlib
 import importlib.metadata
-import operator
 import os
 from pathlib import Path
 
 import yaml
 
+from svip_core.containers import SPLITS, clip_hashes, container_clips, scan_containers
 from svip_core.hashing import ContentHashes, code_digest, digest, file_hashes
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -35,7 +35,6 @@ STAGES = ("prepare", "extract", "train", "evaluate", "report")
 # The extract stage's results are feature stores, so its folder is named for what it holds.
 STAGE_DIRS = {"prepare": "prepare", "extract": "features", "train": "train", "evaluate": "evaluate",
               "report": "report"}
-SPLITS = ("train", "val", "test")
 SYNTHETIC = "synthetic"
 EMBEDDED = "embedded"
 
@@ -215,45 +214,30 @@ def stage_code(stage: str, config: dict | None = None) -> dict:
     return code_digest(roots, NOT_CODE, (script,) if script.is_file() else ())
 
 
-def scan_clips(source) -> list[tuple[str, str, os.DirEntry]]:
-    """(split, absolute path, directory entry) of every ``<source>/<split>/*.npz``, in a stable order. Paths
-    are made absolute without resolving links: one string join per clip, no syscall (planning 100,000 clips)."""
-    root = os.path.abspath(source)
-    out = []
-    for split in SPLITS:
-        folder = os.path.join(root, split)
-        if os.path.isdir(folder):
-            with os.scandir(folder) as it:
-                entries = [e for e in it if e.name.endswith(".npz") and e.is_file()]
-            entries.sort(key=operator.attrgetter("name"))
-            out += [(split, e.path, e) for e in entries]
-    return out
-
-
-def list_clips(source) -> list[tuple[str, Path]]:
-    """(split, path) of every ``<source>/<split>/*.npz``, in a stable order."""
-    return [(split, Path(path)) for split, path, _ in scan_clips(source)]
-
-
-def data_content(source, cache: ContentHashes | None = None) -> dict:
-    """What a folder dataset holds: ``clips`` hashes the (split, content) of every clip, ``files`` also their
-    names. Reads only files the cache does not know at their current size, mtime, inode and ctime; an unchanged
-    listing costs one stat per file and one lookup."""
+def data_content(source, cache: ContentHashes | None = None, max_array_bytes: int = 2_000_000_000) -> dict:
+    """What a dataset folder holds: ``clips`` hashes the (split, content) of every clip, ``files`` also where
+    each lies (file, and group in an HDF5 file). Content is the clip's values (``containers.clip_digests``), so
+    the same clips in ``.npz`` files or in HDF5 files hold the same ``clips``. Reads only files the cache does
+    not know at their current size, mtime, inode and ctime; an unchanged listing costs one stat per file and
+    one lookup."""
     cache = cache or ContentHashes()
-    files = scan_clips(source)
+    root = os.path.abspath(source)
+    files = scan_containers(source)
     stats = [entry.stat() for _, _, entry in files]
     # The stamp of the listing: names, then sizes, mtimes and inodes as one int64 array (fast at 100,000 clips).
     numbers = array.array("q")
     for st in stats:
         numbers.extend((st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns))
-    names = "\n".join([os.path.abspath(source)] + [f"{split}/{e.name}" for split, _, e in files])
+    names = "\n".join([root] + [os.path.relpath(path, root) for _, path, _ in files])
     stamp = hashlib.sha256(names.encode() + numbers.tobytes()).hexdigest()
     known = cache.listing(stamp)
     if known is not None:
         return known
-    hashes = list(cache.hashes({path: st for (_, path, _), st in zip(files, stats)}).values())
-    value = {"clips": digest(sorted((split, h) for (split, _, _), h in zip(files, hashes)), 32),
-             "files": digest([(split, e.name, h) for (split, _, e), h in zip(files, hashes)], 32), "count": len(files)}
+    clips = [(split, address) for split, path, _ in files for address in container_clips(path)]
+    hashes = clip_hashes([a for _, a in clips], cache, max_array_bytes)
+    value = {"clips": digest(sorted((split, hashes[a][0]) for split, a in clips), 32),
+             "files": digest([(split, os.path.relpath(a, root), hashes[a][0]) for split, a in clips], 32),
+             "count": len(clips)}
     if not any(cache.is_racy(st) for st in stats):
         cache.remember(stamp, value)
     return value
@@ -261,7 +245,7 @@ def data_content(source, cache: ContentHashes | None = None) -> dict:
 
 def _data_content(config: dict, memo: dict) -> dict:
     if "data" not in memo:
-        memo["data"] = data_content(config["data"]["source"])
+        memo["data"] = data_content(config["data"]["source"], max_array_bytes=config["data"]["max_array_bytes"])
     return memo["data"]
 
 
@@ -348,7 +332,7 @@ def stage_inputs(config: dict, stage: str, memo: dict | None = None) -> dict:
         source = config["data"]["source"]
         resolved["dataset"] = dataset_identity(config, memo)
         if source != SYNTHETIC:     # the manifest names the files, so where they are is part of prepare's output
-            # abspath, not resolve: the content-hash cache is keyed by it (stages.scan_clips, hashing.file_hashes)
+            # abspath, not resolve: the content-hash cache is keyed by it (containers.scan_containers, clip_hashes)
             resolved["location"] = {"source": os.path.abspath(source), "files": _data_content(config, memo)["files"]}
     if stage == "extract":
         if "backbone" not in memo:

@@ -13,7 +13,7 @@ from svip_core.features.extract import extract_shard, frame_indices, person_slot
 from svip_core.features.geometry import GEOMETRY_FIELDS, box_geometry
 from svip_core.features.pooling import crop_boxes, roi_pool
 from svip_core.features.store import open_store, writing_store
-from svip_core.hashing import file_sha256 as content_hash
+from svip_core.containers import clip_digests
 from svip_core.io.synth import write_dataset
 
 EMBEDDED = {"hidden_size": 16, "num_layers": 1, "num_heads": 2, "patch_size": 8, "seed": 0}
@@ -29,7 +29,7 @@ def backbone_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def members(tmp_path_factory):
     paths = write_dataset(tmp_path_factory.mktemp("data"), {"train": 3}, 7, 4, 40, 64, ["meeting"], seed=2)
-    return [{"video_id": p.stem, "split": "train", "path": str(p), "content_hash": content_hash(p)} for p in paths]
+    return [{"video_id": p.stem, "split": "train", "path": str(p), "content_hash": clip_digests(p)[0]} for p in paths]
 
 
 def test_embedded_backbone_loads_through_from_pretrained_and_is_frozen(backbone_dir):
@@ -122,7 +122,7 @@ def test_a_killed_extract_job_leaves_no_complete_store_and_the_rerun_matches(tmp
     from conftest import ROOT
 
     paths = write_dataset(tmp_path / "clips", {"train": 24}, 7, 4, 40, 64, ["meeting"], seed=4)
-    members = [{"video_id": p.stem, "split": "train", "path": str(p), "content_hash": content_hash(p)} for p in paths]
+    members = [{"video_id": p.stem, "split": "train", "path": str(p), "content_hash": clip_digests(p)[0]} for p in paths]
     shard = tmp_path / "shard.json"
     shard.write_text(json.dumps(members))
     stage = {"config": {"features": FEATURES, "data": {"max_persons": 4}}}
@@ -163,7 +163,7 @@ def test_extract_refuses_clips_changed_since_prepare(tmp_path):
     from svip_core.features.extract import check_members
 
     paths = write_dataset(tmp_path / "clips", {"train": 2}, 5, 4, 40, 64, ["meeting"], seed=4)
-    members = [{"video_id": p.stem, "split": "train", "path": str(p), "content_hash": content_hash(p)} for p in paths]
+    members = [{"video_id": p.stem, "split": "train", "path": str(p), "content_hash": clip_digests(p)[0]} for p in paths]
     check_members(members)
     arrays = dict(np.load(paths[1]))
     arrays["bboxes"] = arrays["bboxes"] * 0.5

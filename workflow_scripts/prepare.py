@@ -25,7 +25,7 @@ cache = ContentHashes()
 if "location" in stage:
     source = stage["location"]["source"]
     # The folder's name is the content planned; a clip edited since then would be prepared under a stale name.
-    found = data_content(source, cache)
+    found = data_content(source, cache, cfg["data"]["max_array_bytes"])
     if found["files"] != stage["location"]["files"]:
         sys.exit(f"{source}: the clips changed after the workflow was planned (the results folder is named for "
                  f"the clips as they were). Fix: run snakemake again")

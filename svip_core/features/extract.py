@@ -22,8 +22,9 @@ from svip_core.features.backbone import load_backbone, normalisation
 from svip_core.features.geometry import GEOMETRY_FIELDS, box_geometry
 from svip_core.features.pooling import crop_boxes, roi_pool
 from svip_core.features.store import create_arrays, writing_store
-from svip_core.hashing import ContentHashes, file_hashes
-from svip_core.io.clip import read_clip
+from svip_core.containers import clip_hashes
+from svip_core.hashing import ContentHashes
+from svip_core.io.clip import inspect_clip
 
 log = logging.getLogger(__name__)
 
@@ -97,14 +98,20 @@ class ShardClips(Dataset):
     def __len__(self):
         return len(self.members)
 
+    def sampled_frames(self, clip) -> np.ndarray:
+        """The clip's sampled frame indices (num_frames,), -1 for padding."""
+        return frame_indices(clip.num_frames, self.num_frames, clip.frame_mask, clip.valid, clip.target_index)
+
     def __getitem__(self, i):
-        clip = read_clip(self.members[i]["path"], self.max_array_bytes)
-        t_idx = frame_indices(clip.num_frames, self.num_frames, clip.frame_mask, clip.valid, clip.target_index)
+        # Only the sampled frames are read (from HDF5, only their chunks); clip.frames holds them in t_idx order.
+        clip = inspect_clip(self.members[i]["path"], self.max_array_bytes,
+                            load_frames=lambda c: self.sampled_frames(c).clip(0))
+        t_idx = self.sampled_frames(clip)
         n_idx = person_slots(clip.valid, clip.target_index, self.max_persons)
         t_ok, n_ok = t_idx >= 0, n_idx >= 0
         pick = np.ix_(t_idx.clip(0), n_idx.clip(0))
         valid = clip.valid[pick] & t_ok[:, None] & n_ok[None, :]
-        frames = torch.from_numpy(clip.frames[t_idx.clip(0)]).permute(0, 3, 1, 2)     # (T, 3, H, W) uint8
+        frames = torch.from_numpy(clip.frames).permute(0, 3, 1, 2)                    # (T, 3, H, W) uint8
         if self.resize:
             frames = resize_frames(frames, self.frame_size)
         return {"frames": frames, "boxes": torch.from_numpy(clip.boxes[pick] * valid[..., None]),
@@ -134,11 +141,11 @@ def person_features(backbone, frames: torch.Tensor, boxes: torch.Tensor, mode: s
     return F.normalize(feats.float(), dim=-1)
 
 
-def check_members(members: list[dict], cache: ContentHashes | None = None) -> None:
+def check_members(members: list[dict], cache: ContentHashes | None = None, max_array_bytes: int = 2_000_000_000) -> None:
     """Refuse to extract clips whose files no longer hold the content their shard key was made from (edited
     after prepare): the store would be filed under a key that does not describe it."""
-    found = file_hashes([m["path"] for m in members if "content_hash" in m], cache)
-    changed = [m["path"] for m in members if "content_hash" in m and found[str(m["path"])] != m["content_hash"]]
+    found = clip_hashes([m["path"] for m in members if "content_hash" in m], cache, max_array_bytes)
+    changed = [m["path"] for m in members if "content_hash" in m and found[str(m["path"])][0] != m["content_hash"]]
     if changed:
         raise RuntimeError(f"{len(changed)} clip(s) changed since prepare listed them, e.g. {changed[0]}. "
                            f"Fix: run snakemake again (prepare will see the new content)")
@@ -149,7 +156,7 @@ def extract_shard(members: list[dict], out_path, features_cfg: dict, max_persons
                   cache: ContentHashes | None = None) -> dict:
     """Write the feature store of one shard to ``out_path``; returns timing figures. Members' files are checked
     against their content hashes first (through ``cache`` when given)."""
-    check_members(members, cache)
+    check_members(members, cache, max_array_bytes)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     backbone = load_backbone(backbone_path, device)
     mean, std = (torch.tensor(v, device=device).view(1, 3, 1, 1) for v in normalisation(backbone_path))

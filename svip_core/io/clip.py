@@ -7,28 +7,13 @@ the field and the fix.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import zipfile
-from pathlib import Path
+from collections.abc import Callable
 
 import numpy as np
 
-REQUIRED_FIELDS = ("frames", "bboxes", "person_mask", "frame_mask", "person_ids", "original_ids",
-                   "target_index", "video_id", "scene_category")
-# Deflate cannot compress better than about 1032:1, so a member claiming more is lying about its size.
-MAX_DEFLATE_RATIO = 1032
+from svip_core.containers import PAYLOAD_FIELDS, REQUIRED_FIELDS, ClipError, open_clip
 
-
-class ClipError(ValueError):
-    """A clip breaks the contract. ``field`` is the offending array (or ``file``)."""
-
-    def __init__(self, path, field: str, problem: str, fix: str):
-        self.path, self.field, self.problem, self.fix = str(path), field, problem, fix
-        super().__init__(f"{path}: field '{field}': {problem}. Fix: {fix}")
-
-    @property
-    def reason(self) -> str:
-        return f"{self.field}: {self.problem}"
+__all__ = ["Clip", "ClipError", "PAYLOAD_FIELDS", "REQUIRED_FIELDS", "inspect_clip", "read_clip"]
 
 
 @dataclasses.dataclass
@@ -46,8 +31,7 @@ class Clip:
     original_ids: np.ndarray   # (N,) int64
     height: int
     width: int
-    payload: str = ""                  # payload_fingerprint: same pixels, boxes and target, whatever the id
-    frames: np.ndarray | None = None   # (T, H, W, 3) uint8, only from read_clip
+    frames: np.ndarray | None = None   # (T, H, W, 3) uint8 (or only the frames asked for), from read_clip
 
     @property
     def num_frames(self) -> int:
@@ -61,47 +45,6 @@ class Clip:
     def present(self) -> np.ndarray:
         """(N,) bool: valid in at least one frame."""
         return self.valid.any(0)
-
-
-# The members that make a clip what it is; the ids and names do not (a copy under another id is the same clip).
-PAYLOAD_FIELDS = ("frames", "bboxes", "person_mask", "frame_mask", "target_index")
-
-
-def payload_fingerprint(zf: zipfile.ZipFile) -> str:
-    """Hash of the pixels, boxes, masks and target as stored: each member's CRC-32 and size from the zip's
-    directory (free to read; independent of compression, video_id and file name)."""
-    infos = {i.filename[:-4]: i for i in zf.infolist() if i.filename.endswith(".npy")}
-    parts = [(f, infos[f].CRC, infos[f].file_size) for f in PAYLOAD_FIELDS if f in infos]
-    return hashlib.sha256(repr(parts).encode()).hexdigest()[:32]
-
-
-def _check_headers(path: Path, zf: zipfile.ZipFile, max_array_bytes: int) -> dict[str, tuple]:
-    """Read every member's .npy header; refuse object arrays and impossible sizes before allocating."""
-    shapes = {}
-    for info in zf.infolist():
-        if not info.filename.endswith(".npy"):
-            continue
-        field = info.filename[:-4]
-        with zf.open(info) as f:
-            try:
-                version = np.lib.format.read_magic(f)
-                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                               else np.lib.format.read_array_header_2_0)
-                shape, _, dtype = read_header(f, max_header_size=10000)
-            except ValueError as e:
-                raise ClipError(path, field, f"unreadable .npy header ({e})",
-                                "re-save the clip with numpy.savez / savez_compressed") from None
-        if dtype.hasobject:
-            raise ClipError(path, field, "object array (would need pickle, refused)",
-                            "store strings as fixed-width unicode (np.array(str)), numbers as numeric arrays")
-        nbytes = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
-        stored = info.file_size if info.compress_type == zipfile.ZIP_STORED else info.compress_size * MAX_DEFLATE_RATIO
-        if nbytes > max_array_bytes or nbytes > stored + 1024:
-            raise ClipError(path, field, f"header claims {nbytes:,} bytes for shape {shape}, more than the file "
-                                         f"holds or the limit data.max_array_bytes={max_array_bytes:,}",
-                            "re-export the clip; raise data.max_array_bytes only for genuinely large clips")
-        shapes[field] = (shape, dtype)
-    return shapes
 
 
 def _bool_mask(path, field: str, arr: np.ndarray) -> np.ndarray:
@@ -123,34 +66,31 @@ def _scalar_str(path, field: str, arr: np.ndarray) -> str:
     return value
 
 
-def inspect_clip(path, max_array_bytes: int = 2_000_000_000, load_frames: bool = False) -> Clip:
-    """Validate a clip against the contract; read all fields (frames only if ``load_frames``)."""
-    path = Path(path)
-    try:
-        zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as e:
-        raise ClipError(path, "file", f"not a readable .npz (zip) file ({e})",
-                        "write clips with numpy.savez or numpy.savez_compressed") from None
-    with zf:
-        try:
-            shapes = _check_headers(path, zf, max_array_bytes)
-        except ClipError:
-            raise
-        except Exception as e:  # truncated or corrupt members fail in many ways (zlib, EOF, struct, ...)
-            raise ClipError(path, "file", f"corrupt or truncated archive ({type(e).__name__}: {e})",
-                            "re-export the clip") from None
-        payload = payload_fingerprint(zf)
+def inspect_clip(path, max_array_bytes: int = 2_000_000_000,
+                 load_frames: bool | Callable[["Clip"], np.ndarray] = False) -> Clip:
+    """Validate a clip (an address: ``.npz`` path or ``file.h5::group``) against the contract and read all its
+    fields but the frames. ``load_frames``: True reads every frame; a function of the validated clip returning
+    frame indices (K,) reads only those (from HDF5, only their chunks) into ``frames`` (K, H, W, 3)."""
+    with open_clip(path, max_array_bytes) as source:
+        shapes = source.fields
         missing = [f for f in REQUIRED_FIELDS if f not in shapes]
         if missing:
             raise ClipError(path, missing[0], f"required field missing (missing: {', '.join(missing)})",
                             "add every field of shared/spec/clip-format.md")
-        try:
-            with np.load(path, allow_pickle=False) as npz:
-                arr = {f: npz[f] for f in REQUIRED_FIELDS if f != "frames" or load_frames}
-        except Exception as e:  # np.load refuses pickles with ValueError; corrupt data raises zlib/EOF errors
-            raise ClipError(path, "file", f"member data unreadable ({type(e).__name__}: {e})",
-                            "re-save the clip with numpy.savez") from None
+        arr = {f: source.read(f) for f in REQUIRED_FIELDS if f != "frames"}
+        clip = _validated(path, shapes, arr)
+        if load_frames is True:
+            clip.frames = _frames_uint8(source.read("frames"), clip.frame_mask)
+        elif load_frames:
+            index = np.asarray(load_frames(clip), dtype=np.int64)
+            frames = source.read_frames(index)
+            # Float frames are 0..1 or 0..255 by the maximum of the whole clip, not of the frames read.
+            peak = source.peak("frames") if frames.dtype != np.uint8 else None
+            clip.frames = _frames_uint8(frames, clip.frame_mask[index], peak)
+    return clip
 
+
+def _validated(path, shapes: dict, arr: dict) -> Clip:
     frame_shape, frame_dtype = shapes["frames"]
     if len(frame_shape) != 4 or frame_shape[-1] != 3:
         raise ClipError(path, "frames", f"shape {frame_shape} is not (T, H, W, 3)",
@@ -201,19 +141,20 @@ def inspect_clip(path, max_array_bytes: int = 2_000_000_000, load_frames: bool =
 
     scale = np.array([W, H, W, H], dtype=np.float64)
     norm = np.where(valid[..., None], np.clip(np.nan_to_num(boxes.astype(np.float64)) / scale, 0.0, 1.0), 0.0)
-    frames = _frames_uint8(arr["frames"], frame_mask) if load_frames else None
     return Clip(path=str(path), video_id=_scalar_str(path, "video_id", arr["video_id"]),
                 scene_category=_scalar_str(path, "scene_category", arr["scene_category"]),
                 target_index=target, boxes=norm.astype(np.float32), valid=valid, frame_mask=frame_mask,
                 person_ids=arr["person_ids"].astype(np.int64), original_ids=arr["original_ids"].astype(np.int64),
-                height=H, width=W, payload=payload, frames=frames)
+                height=H, width=W)
 
 
-def _frames_uint8(frames: np.ndarray, frame_mask: np.ndarray) -> np.ndarray:
-    """(T, H, W, 3) uint8 with invalid frames blanked. Floats are 0..1, or 0..255 when max > 1.5."""
+def _frames_uint8(frames: np.ndarray, frame_mask: np.ndarray, peak: float | None = None) -> np.ndarray:
+    """(T, H, W, 3) uint8 with invalid frames blanked. Floats are 0..1, or 0..255 when the clip's maximum
+    (``peak``; these frames' when None) is above 1.5."""
     if frames.dtype != np.uint8:
         f = np.nan_to_num(frames.astype(np.float32))
-        f = f if f.max(initial=0.0) > 1.5 else f * 255.0
+        peak = f.max(initial=0.0) if peak is None else peak
+        f = f if peak > 1.5 else f * 255.0
         frames = np.clip(np.rint(f), 0, 255).astype(np.uint8)
     return np.where(frame_mask[:, None, None, None], frames, 0).astype(np.uint8)
 

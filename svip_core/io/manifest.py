@@ -15,10 +15,10 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from svip_core.hashing import ContentHashes, file_hashes
+from svip_core.containers import SPLITS, clip_hashes, list_clips
+from svip_core.hashing import ContentHashes
 from svip_core.io.clip import ClipError, inspect_clip
 from svip_core.io.shards import write_shared_shard
-from svip_core.stages import SPLITS, list_clips
 
 MANIFEST_COLUMNS = ["path", "video_id", "split", "T", "N", "persons_present", "scene_category", "verdict",
                     "reason", "content_hash", "payload_hash", "shard"]
@@ -33,20 +33,22 @@ def shard_of(video_id: str, num_shards: int) -> int:
     return int(hashlib.sha256(video_id.encode()).hexdigest()[:8], 16) % num_shards
 
 
-def validate_files(files: list[tuple[str, Path]], max_array_bytes: int,
+def validate_files(files: list[tuple[str, str]], max_array_bytes: int,
                    cache: ContentHashes | None = None) -> pd.DataFrame:
-    """One manifest row per file: the verdict and, for rejects, the reason naming the field. Content hashes
-    come through ``cache`` (the one that planning filled), so no clip is read twice for them."""
-    hashes = file_hashes([p for _, p in files], cache)
+    """One manifest row per clip (``path`` is its address): the verdict and, for rejects, the reason naming the
+    field. Content hashes come through ``cache`` (the one that planning filled), so no clip is read twice for
+    them."""
+    hashes = clip_hashes([p for _, p in files], cache, max_array_bytes)
     rows = []
     for split, path in tqdm(files, desc="validate", unit="clip", disable=len(files) < 50):
         row = dict.fromkeys(MANIFEST_COLUMNS)
-        row.update(path=str(path), split=split, verdict="accepted", reason="", shard=-1, content_hash=hashes[str(path)])
+        content, payload = hashes[str(path)]
+        row.update(path=str(path), split=split, verdict="accepted", reason="", shard=-1, content_hash=content)
         try:
             clip = inspect_clip(path, max_array_bytes)
             row.update(video_id=clip.video_id, T=clip.num_frames, N=clip.num_slots,
                        persons_present=int(clip.present.sum()), scene_category=clip.scene_category,
-                       payload_hash=clip.payload)
+                       payload_hash=payload)
         except ClipError as e:
             row.update(verdict="rejected", reason=f"{e.reason}. Fix: {e.fix}")
         rows.append(row)
@@ -55,7 +57,7 @@ def validate_files(files: list[tuple[str, Path]], max_array_bytes: int,
 
 # What makes two clips the same: the same id, or the same content (file bytes, or the same pixels, boxes,
 # masks and target under another id or compression).
-SAME_CLIP = {"video_id": "video_id", "content_hash": "file content", "payload_hash": "frames, boxes and target"}
+SAME_CLIP = {"video_id": "video_id", "content_hash": "content", "payload_hash": "frames, boxes and target"}
 
 
 def resolve_duplicates(manifest: pd.DataFrame, policy: str) -> pd.DataFrame:
@@ -108,8 +110,8 @@ def prepare_dataset(source, out_dir, num_shards: int, max_array_bytes: int, on_d
     out_dir = Path(out_dir)
     files = list_clips(source)
     if not files:
-        raise DatasetError(f"{source}: no clips found. Fix: put MSG_VIP .npz files under "
-                           f"{source}/train, {source}/val and optionally {source}/test")
+        raise DatasetError(f"{source}: no clips found. Fix: put MSG_VIP .npz files under {source}/train, "
+                           f"{source}/val and optionally {source}/test, or HDF5 files as {source}/train.h5, ...")
     manifest = resolve_duplicates(validate_files(files, max_array_bytes, cache), on_duplicate_id)
     shards = assign_shards(manifest, num_shards)
     accepted = manifest[manifest.verdict == "accepted"]

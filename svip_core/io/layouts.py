@@ -1,0 +1,116 @@
+"""The two dataset layouts and ``svip convert`` between them, losslessly.
+
+- npz: ``<root>/<split>/<name>.npz``, one clip per file (``shared/spec/clip-format.md``).
+- HDF5: ``<root>/<split>.h5``, one group ``<name>`` per clip holding the same nine fields as datasets. Frames are
+  chunked one frame per chunk and compressed, so extraction reads only the frames it samples; strings are
+  fixed-length UTF-8 scalars.
+
+A clip keeps its name (file stem or group) and every field its values, dtype and shape, so converting back
+gives the same arrays, and the same content digests in either layout (``containers.clip_digests``).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from svip_core.containers import (REQUIRED_FIELDS, STRING_FIELDS, ClipError, container_clips, is_hdf5, open_clip,
+                                  scan_containers, split_address)
+from svip_core.io.clip import inspect_clip
+
+FRAME_COMPRESSION = {"compression": "gzip", "compression_opts": 4}
+
+
+def clip_arrays(address, max_array_bytes: int = 2_000_000_000) -> dict[str, np.ndarray]:
+    """The nine fields of a clip exactly as stored (strings as 0-d unicode arrays)."""
+    with open_clip(address, max_array_bytes) as clip:
+        arrays = {field: clip.read(field) for field in REQUIRED_FIELDS}
+    for field in STRING_FIELDS:
+        value = arrays[field].item()
+        arrays[field] = np.array(value.decode("utf-8") if isinstance(value, bytes) else str(value))
+    return arrays
+
+
+def write_h5_clip(h5file, name: str, arrays: dict[str, np.ndarray]) -> None:
+    """One clip as group ``name`` of an open, writable ``h5py.File``."""
+    import h5py
+
+    group = h5file.create_group(name)
+    for field, arr in arrays.items():
+        if field in STRING_FIELDS:
+            text = str(arr.item()).encode("utf-8")
+            group.create_dataset(field, data=text, dtype=h5py.string_dtype("utf-8", max(1, len(text))))
+        elif field == "frames" and arr.ndim == 4 and arr.shape[0] > 0:
+            group.create_dataset(field, data=arr, chunks=(1, *arr.shape[1:]), **FRAME_COMPRESSION)
+        else:
+            group.create_dataset(field, data=arr)
+
+
+def _clip_name(address: str) -> str:
+    file, group = split_address(address)
+    return group if group is not None else Path(file).stem
+
+
+def layout_of(source) -> set[str]:
+    """{"npz", "h5"}: the layouts a dataset folder's files use."""
+    return {"h5" if is_hdf5(path) else "npz" for _, path, _ in scan_containers(source)}
+
+
+def convert_dataset(src, dst, to: str | None = None, max_array_bytes: int = 2_000_000_000) -> dict:
+    """Write every valid clip of dataset folder ``src`` to ``dst`` in layout ``to`` ("h5" or "npz"; default:
+    the other one). Returns {"converted": n, "refused": [(address, reason)]}: clips that break the contract
+    (``io.clip.inspect_clip``) are not copied and are named with the reason. Files appear complete or not at all."""
+    have = layout_of(src)
+    if not have:
+        raise ValueError(f"{src}: no clips found (expected {src}/train/*.npz or {src}/train.h5, ...)")
+    if to is None:
+        if len(have) > 1:
+            raise ValueError(f"{src} holds both .npz and HDF5 clips. Fix: say which layout to write with --to h5|npz")
+        to = "npz" if have == {"h5"} else "h5"
+    dst = Path(dst)
+    converted, refused = 0, []
+    by_split: dict[str, list[str]] = {}
+    for split, path, _ in scan_containers(src):
+        by_split.setdefault(split, []).extend(container_clips(path))
+    for split, addresses in by_split.items():
+        good = []
+        for address in addresses:
+            try:
+                inspect_clip(address, max_array_bytes)
+                good.append(address)
+            except ClipError as e:
+                refused.append((address, f"{e.reason}. Fix: {e.fix}"))
+        names = [_clip_name(a) for a in good]
+        if len(set(names)) != len(names):
+            raise ValueError(f"{src}/{split}: two clips share a name; rename one so each clip keeps its own")
+        bar = tqdm(good, desc=f"convert {split}", unit="clip", disable=len(good) < 50)
+        if to == "h5":
+            converted += _write_h5_split(dst / f"{split}.h5", bar, max_array_bytes)
+        else:
+            for address in bar:
+                _write_npz(dst / split / f"{_clip_name(address)}.npz", clip_arrays(address, max_array_bytes))
+                converted += 1
+    return {"converted": converted, "refused": refused, "layout": to}
+
+
+def _write_h5_split(out: Path, addresses, max_array_bytes: int) -> int:
+    import h5py
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
+    count = 0
+    with h5py.File(tmp, "w") as f:
+        for address in addresses:
+            write_h5_clip(f, _clip_name(address), clip_arrays(address, max_array_bytes))
+            count += 1
+    os.replace(tmp, out)
+    return count
+
+
+def _write_npz(out: Path, arrays: dict[str, np.ndarray]) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f"{out.stem}.{os.getpid()}.tmp.npz")
+    np.savez_compressed(tmp, **arrays)
+    os.replace(tmp, out)
