@@ -6,7 +6,8 @@ a header merely claims, no link, external storage or virtual dataset that would 
 reads fields or only some frames, and computes the clip's content digests: hashes of the nine fields' values,
 so a clip has the same digest in either container, compressed or not.
 
-It sits under ``stages`` (planning lists and digests clips) and ``io.clip`` (which checks the contract).
+It sits above ``hashing`` and under ``stages`` (planning lists and digests clips) and ``io.clip`` (which checks
+the contract).
 """
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ import zipfile
 from collections.abc import Iterator
 
 import numpy as np
+
+from svip_core.hashing import ContentHashes, file_sha256
 
 SPLITS = ("train", "val", "test")
 REQUIRED_FIELDS = ("frames", "bboxes", "person_mask", "frame_mask", "person_ids", "original_ids",
@@ -362,8 +365,6 @@ def clip_hashes(addresses, cache=None, max_array_bytes: int = 2_000_000_000) -> 
     """{address: (content, payload)} through ``cache`` (a ``ContentHashes``), keyed by each clip's address and
     its file's stat. A clip that cannot be read gets the file's SHA-256 with its address as content and no
     payload (it is rejected anyway; a change to the file still changes it), never remembered."""
-    from svip_core.hashing import ContentHashes, file_sha256
-
     def compute(address):
         try:
             return " ".join(clip_digests(address, max_array_bytes))

@@ -114,7 +114,7 @@ class ContentHashes:
 
 def file_hashes(paths, cache: ContentHashes | None = None) -> dict[str, str]:
     """{str(path): sha256} for ``paths`` (through ``cache`` when given). The cache is keyed by the absolute path
-    without resolving links, as planning (``stages.scan_clips``) keys it."""
+    without resolving links, as planning (``containers.scan_containers``) keys it."""
     stats = {os.path.abspath(p): os.stat(p) for p in paths}
     by_abs = (cache or ContentHashes(None)).hashes(stats)
     return {str(p): by_abs[os.path.abspath(p)] for p in paths}
