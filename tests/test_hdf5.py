@@ -141,6 +141,12 @@ def test_hostile_hdf5_is_refused_clip_by_clip_and_the_good_clips_run(npz_data, t
     rejected = [line for line in result.stdout.splitlines() if line.startswith("rejected")]
     named = [f"train.h5::{name} " for name in cases] + [f"{data / 'test.h5'} ", f"{truncated} "]
     assert all(any(n in line for line in rejected) for n in named)
+    # svip convert copies the good clips and names every refused one.
+    out = tmp_path / "converted"
+    result = subprocess.run([SVIP, "convert", str(data), str(out)], capture_output=True, text=True)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert all(any(n.strip() in line for line in result.stderr.splitlines()) for n in named)
+    assert sorted(p.name for p in out.rglob("*.npz")) == ["good_a.npz", "good_b.npz", "good_val.npz"]
 
 
 def test_extraction_reads_only_the_sampled_frames(h5_data, npz_data, tmp_path):
