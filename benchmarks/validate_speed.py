@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
 
+from svip_core.containers import split_address
 from svip_core.io.manifest import list_clips, validate_files
 from svip_core.io.synth import write_dataset
 from svip_core.stages import validate_config
@@ -30,7 +32,7 @@ def main() -> None:
                       s["categories"], s["seed"])
         generate = time.perf_counter() - start
         files = list_clips(tmp)
-        size = sum(Path(path).stat().st_size for _, path in files)
+        size = sum(os.path.getsize(split_address(path)[0]) for _, path in files)
         start = time.perf_counter()
         manifest = validate_files(files, 2_000_000_000)
         seconds = time.perf_counter() - start

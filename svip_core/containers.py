@@ -32,6 +32,8 @@ SEPARATOR = "::"
 # Deflate cannot compress better than about 1032:1, so a member claiming more is lying about its size.
 MAX_DEFLATE_RATIO = 1032
 HASH_BLOCK = 16 << 20
+# HDF5's built-in filters and h5py's lzf: any other id would make HDF5 look for a plugin library.
+KNOWN_FILTERS = {1, 2, 3, 4, 5, 6, 32000}
 
 
 class ClipError(ValueError):
@@ -123,7 +125,10 @@ def _little_endian(arr: np.ndarray) -> np.ndarray:
 
 
 def _as_text(value) -> str:
-    value = value.item() if isinstance(value, np.ndarray) else value
+    """A string field as text (undecodable bytes replaced); a non-scalar one (refused by the contract) as its
+    list's repr, so it still hashes."""
+    if isinstance(value, np.ndarray):
+        value = value.item() if value.size == 1 else repr(value.tolist())
     return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
 
 
@@ -262,19 +267,31 @@ class H5Clip:
         if ds.external:
             raise ClipError(self.address, name, f"keeps its data in external files ({ds.external[0][0]}, ...)",
                             "store the data itself in the HDF5 file")
+        if ds.shape is None:
+            raise ClipError(self.address, name, "has no data (an empty dataspace)", "store the field's values")
+        plist = ds.id.get_create_plist()
+        filters = [plist.get_filter(i)[0] for i in range(plist.get_nfilters())]
+        unknown = sorted(set(filters) - KNOWN_FILTERS)
+        if unknown:
+            raise ClipError(self.address, name, f"uses HDF5 filter {unknown[0]}, which is not built in",
+                            "store it with gzip (svip convert does), lzf or no compression")
+        # What the file's metadata says is stored, but never more than the file holds.
+        stored = min(ds.id.get_storage_size(), os.path.getsize(self._file.filename))
         string = h5py.check_string_dtype(ds.dtype)
         if string is not None:
             if ds.shape != ():
                 raise ClipError(self.address, name, f"is an array of strings with shape {ds.shape}",
                                 "store one scalar string")
+            if string.length is not None:   # a variable-length string's bytes lie in the file, uncompressed
+                _refuse_size(self.address, name, (), np.dtype(f"S{string.length}"), stored, bool(filters),
+                             max_array_bytes)
             return (), np.dtype(f"S{string.length or 1}")
         dtype = ds.dtype
         if h5py.check_vlen_dtype(dtype) is not None or dtype.hasobject or dtype.kind not in "biuf":
             raise ClipError(self.address, name, f"has dtype {dtype} (variable-length, object, compound, reference "
                                                 f"or opaque data is refused)",
                             "store numbers as a plain numeric or bool array")
-        filtered = ds.id.get_create_plist().get_nfilters() > 0
-        _refuse_size(self.address, name, ds.shape, dtype, ds.id.get_storage_size(), filtered, max_array_bytes)
+        _refuse_size(self.address, name, ds.shape, dtype, stored, bool(filters), max_array_bytes)
         return tuple(ds.shape), dtype
 
     def read(self, field: str) -> np.ndarray:
@@ -353,18 +370,30 @@ def clip_digests(address, max_array_bytes: int = 2_000_000_000) -> tuple[str, st
             shape, dtype = clip.fields[field]
             kind = "text" if field in STRING_FIELDS and dtype.kind in "SU" else dtype.newbyteorder("<").str
             h = hashlib.sha256(f"{field}|{kind}|{shape if kind != 'text' else ()}|".encode())
-            for block in clip.blocks(field):
-                h.update(block)
+            try:
+                for block in clip.blocks(field):
+                    h.update(block)
+            except ClipError:
+                raise
+            except Exception as e:  # a corrupt block the header checks cannot see (zlib, CRC, HDF5 errors)
+                raise ClipError(clip.address, field, f"data unreadable ({type(e).__name__}: {e})",
+                                "re-export the clip") from None
             parts[field] = h.hexdigest()
     content = hashlib.sha256(repr(sorted(parts.items())).encode()).hexdigest()
     payload = hashlib.sha256(repr([(f, parts[f]) for f in PAYLOAD_FIELDS if f in parts]).encode()).hexdigest()[:32]
     return content, payload
 
 
+# The digest scheme's version: part of every cached digest's key and of planning's listing stamp, so a cache
+# written by another scheme is never read as this one's.
+DIGEST_SCHEME = "values-v1"
+
+
 def clip_hashes(addresses, cache=None, max_array_bytes: int = 2_000_000_000) -> dict[str, tuple[str, str | None]]:
-    """{address: (content, payload)} through ``cache`` (a ``ContentHashes``), keyed by each clip's address and
-    its file's stat. A clip that cannot be read gets the file's SHA-256 with its address as content and no
-    payload (it is rejected anyway; a change to the file still changes it), never remembered."""
+    """{address: (content, payload)} through ``cache`` (a ``ContentHashes``), keyed by each clip's address, its
+    file's stat, the digest scheme and the size limit (over it a clip has no digest). A clip that cannot be
+    read gets the file's SHA-256 with its address as content and no payload (validation rejects it; a change
+    to the file still changes it), never remembered."""
     def compute(address):
         try:
             return " ".join(clip_digests(address, max_array_bytes))
@@ -373,13 +402,15 @@ def clip_hashes(addresses, cache=None, max_array_bytes: int = 2_000_000_000) -> 
 
     addresses = [str(a) for a in addresses]
     stats = {os.path.abspath(a): os.stat(split_address(a)[0]) for a in addresses}
-    found = (cache or ContentHashes(None)).derived("clip", stats, compute)
-    out = {}
+    found = (cache or ContentHashes(None)).derived(f"clip:{DIGEST_SCHEME}:{max_array_bytes}", stats, compute)
+    out, file_digests = {}, {}
     for address in addresses:
         value = found[os.path.abspath(address)]
         if value is None:
             file = split_address(address)[0]
-            out[address] = (hashlib.sha256(f"{address}|{file_sha256(file)}".encode()).hexdigest(), None)
+            if file not in file_digests:
+                file_digests[file] = file_sha256(file)
+            out[address] = (hashlib.sha256(f"{address}|{file_digests[file]}".encode()).hexdigest(), None)
         else:
             content, payload = value.split(" ")
             out[address] = (content, payload)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from svip_core.containers import SPLITS, clip_hashes, container_clips, scan_containers
+from svip_core.containers import DIGEST_SCHEME, SPLITS, clip_hashes, container_clips, scan_containers
 from svip_core.hashing import ContentHashes, code_digest, digest, file_hashes
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -228,7 +228,8 @@ def data_content(source, cache: ContentHashes | None = None, max_array_bytes: in
     numbers = array.array("q")
     for st in stats:
         numbers.extend((st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns))
-    names = "\n".join([root] + [os.path.relpath(path, root) for _, path, _ in files])
+    names = "\n".join([DIGEST_SCHEME, str(max_array_bytes), root]
+                      + [os.path.relpath(path, root) for _, path, _ in files])
     stamp = hashlib.sha256(names.encode() + numbers.tobytes()).hexdigest()
     known = cache.listing(stamp)
     if known is not None:

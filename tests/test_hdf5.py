@@ -82,7 +82,7 @@ def _hostile_file(path: Path, good: dict[str, np.ndarray], tmp_path: Path) -> di
         write_h5_clip(f, "good_a", dict(good, video_id=np.array("good_a")))
 
         def clip(name, field, words, **changes):
-            arrays = {k: v for k, v in dict(good, video_id=np.array(name), **changes).items() if v is not None}
+            arrays = {k: v for k, v in {**good, "video_id": np.array(name), **changes}.items() if v is not None}
             write_h5_clip(f, name, arrays)
             cases[name] = (field, words)
             return f[name]
@@ -105,9 +105,18 @@ def _hostile_file(path: Path, good: dict[str, np.ndarray], tmp_path: Path) -> di
         layout = h5py.VirtualLayout(shape=good["bboxes"].shape, dtype=good["bboxes"].dtype)
         layout[...] = h5py.VirtualSource(str(tmp_path / "other.h5"), "bboxes", shape=good["bboxes"].shape)
         g.create_virtual_dataset("bboxes", layout)
+        g = clip("huge_string", "video_id", "header claims", video_id=None)
+        g.create_dataset("video_id", shape=(), dtype=h5py.string_dtype("utf-8", 500_000_000))
+        g = clip("empty", "original_ids", "empty dataspace", original_ids=None)
+        g.create_dataset("original_ids", data=h5py.Empty("<i8"))
+        clip("corrupt_frames", "frames", "data unreadable")     # its first frame's chunk is overwritten below
         f["linked_clip"] = h5py.ExternalLink(str(tmp_path / "other.h5"), "/clip")
         cases["linked_clip"] = ("file", "ExternalLink")
         write_h5_clip(f, "good_b", dict(good, video_id=np.array("good_b")))
+        chunk = f["corrupt_frames/frames"].id.get_chunk_info_by_coord((0, 0, 0, 0))
+    with open(path, "r+b") as out:
+        out.seek(chunk.byte_offset)
+        out.write(b"\xff" * chunk.size)
     return cases
 
 
@@ -130,7 +139,10 @@ def test_hostile_hdf5_is_refused_clip_by_clip_and_the_good_clips_run(npz_data, t
         reason = manifest.loc[f"{data}/train.h5::{name}", "reason"]
         assert reason.startswith(field + ":") and words in reason and "Fix:" in reason, (name, reason)
         with pytest.raises(ClipError) as err:
-            inspect_clip(f"{data}/train.h5::{name}", 10_000_000)
+            if name == "corrupt_frames":        # the contract check reads no pixels; the content digest does
+                clip_digests(f"{data}/train.h5::{name}", 10_000_000)
+            else:
+                inspect_clip(f"{data}/train.h5::{name}", 10_000_000)
         assert str(err.value).startswith(f"{data}/train.h5::{name}: field '{field}'")
     for bad in (data / "test.h5", truncated):
         assert manifest.loc[str(bad), "reason"].startswith("file: not a readable HDF5 file")

@@ -24,12 +24,17 @@ FRAME_COMPRESSION = {"compression": "gzip", "compression_opts": 4}
 
 
 def clip_arrays(address, max_array_bytes: int = 2_000_000_000) -> dict[str, np.ndarray]:
-    """The nine fields of a clip exactly as stored (strings as 0-d unicode arrays)."""
+    """The nine fields of a clip exactly as stored (strings as 0-d unicode arrays, or bytes that are not UTF-8)."""
     with open_clip(address, max_array_bytes) as clip:
         arrays = {field: clip.read(field) for field in REQUIRED_FIELDS}
     for field in STRING_FIELDS:
         value = arrays[field].item()
-        arrays[field] = np.array(value.decode("utf-8") if isinstance(value, bytes) else str(value))
+        if isinstance(value, bytes):
+            try:
+                value = value.decode("utf-8")
+            except UnicodeDecodeError:      # kept as bytes, so nothing is lost
+                pass
+        arrays[field] = np.array(value)
     return arrays
 
 
@@ -40,7 +45,8 @@ def write_h5_clip(h5file, name: str, arrays: dict[str, np.ndarray]) -> None:
     group = h5file.create_group(name)
     for field, arr in arrays.items():
         if field in STRING_FIELDS:
-            text = str(arr.item()).encode("utf-8")
+            value = arr.item()
+            text = value if isinstance(value, bytes) else str(value).encode("utf-8")
             group.create_dataset(field, data=text, dtype=h5py.string_dtype("utf-8", max(1, len(text))))
         elif field == "frames" and arr.ndim == 4 and arr.shape[0] > 0:
             group.create_dataset(field, data=arr, chunks=(1, *arr.shape[1:]), **FRAME_COMPRESSION)
@@ -74,36 +80,39 @@ def convert_dataset(src, dst, to: str | None = None, max_array_bytes: int = 2_00
     by_split: dict[str, list[str]] = {}
     for split, path, _ in scan_containers(src):
         by_split.setdefault(split, []).extend(container_clips(path))
-    for split, addresses in by_split.items():
-        good = []
-        for address in addresses:
+
+    def valid_clips(addresses):
+        """(name, arrays) of each clip that passes the contract and reads whole; the others go to ``refused``."""
+        for address in tqdm(addresses, desc="convert", unit="clip", disable=len(addresses) < 50):
             try:
                 inspect_clip(address, max_array_bytes)
-                good.append(address)
+                yield _clip_name(address), clip_arrays(address, max_array_bytes)
             except ClipError as e:
                 refused.append((address, f"{e.reason}. Fix: {e.fix}"))
-        names = [_clip_name(a) for a in good]
+
+    for split, addresses in by_split.items():
+        names = [_clip_name(a) for a in addresses]
         if len(set(names)) != len(names):
             raise ValueError(f"{src}/{split}: two clips share a name; rename one so each clip keeps its own")
-        bar = tqdm(good, desc=f"convert {split}", unit="clip", disable=len(good) < 50)
         if to == "h5":
-            converted += _write_h5_split(dst / f"{split}.h5", bar, max_array_bytes)
+            converted += _write_h5_split(dst / f"{split}.h5", valid_clips(addresses))
         else:
-            for address in bar:
-                _write_npz(dst / split / f"{_clip_name(address)}.npz", clip_arrays(address, max_array_bytes))
+            for name, arrays in valid_clips(addresses):
+                _write_npz(dst / split / f"{name}.npz", arrays)
                 converted += 1
     return {"converted": converted, "refused": refused, "layout": to}
 
 
-def _write_h5_split(out: Path, addresses, max_array_bytes: int) -> int:
+def _write_h5_split(out: Path, clips) -> int:
+    """Write (name, arrays) pairs as one HDF5 file, under a temporary name until complete."""
     import h5py
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
     count = 0
     with h5py.File(tmp, "w") as f:
-        for address in addresses:
-            write_h5_clip(f, _clip_name(address), clip_arrays(address, max_array_bytes))
+        for name, arrays in clips:
+            write_h5_clip(f, name, arrays)
             count += 1
     os.replace(tmp, out)
     return count

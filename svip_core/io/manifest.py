@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from svip_core.containers import SPLITS, clip_hashes, list_clips
+from svip_core.containers import SPLITS, clip_digests, clip_hashes, list_clips
 from svip_core.hashing import ContentHashes
 from svip_core.io.clip import ClipError, inspect_clip
 from svip_core.io.shards import write_shared_shard
@@ -46,6 +46,8 @@ def validate_files(files: list[tuple[str, str]], max_array_bytes: int,
         row.update(path=str(path), split=split, verdict="accepted", reason="", shard=-1, content_hash=content)
         try:
             clip = inspect_clip(path, max_array_bytes)
+            if payload is None:     # a value the contract check does not read (pixels) is corrupt: say which
+                clip_digests(path, max_array_bytes)
             row.update(video_id=clip.video_id, T=clip.num_frames, N=clip.num_slots,
                        persons_present=int(clip.present.sum()), scene_category=clip.scene_category,
                        payload_hash=payload)
