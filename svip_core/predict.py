@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
+from svip_core.logs import progress
 
 from svip_core.evaluate.evaluation import best_device, load_ranker
 from svip_core.features.backbone import load_backbone, normalisation
@@ -55,7 +55,7 @@ def load_video(video, frame_size, tracks_path=None, detect_every: int = 3, detec
         tracker = PeopleTracker(found, detect_every=detect_every)
         info["tracks_source"] = f"detected ({found.name}, every {tracker.detect_every} frames) + DeepSORT"
     small = []
-    for frame in tqdm(read_frames(video), total=info["frames"], desc="read video", unit="frame"):
+    for frame in progress(read_frames(video), total=info["frames"], desc="read video", unit="frame"):
         rgb = torch.from_numpy(frame[..., ::-1].copy()).permute(2, 0, 1)
         small.append(resize_frames(rgb[None], frame_size)[0])
         if tracker is not None:
@@ -126,7 +126,7 @@ def score_tracks(frames: torch.Tensor, tracks: Tracks, size: tuple[int, int], ch
     T, K = tracks.valid.shape
     windows = window_indices(T, T_win, stride)                                         # (W, T_win)
     prob_sum, count = np.zeros(K), np.zeros(K)
-    for chunk in tqdm(np.array_split(windows, np.arange(batch_windows, len(windows), batch_windows)), desc="score",
+    for chunk in progress(np.array_split(windows, np.arange(batch_windows, len(windows), batch_windows)), desc="score",
                       unit="batch"):
         inside = chunk >= 0
         idx = chunk.clip(0)                                                               # (B, T_win)

@@ -28,6 +28,19 @@ def test_every_stage_writes_its_hash_folder_with_config(finished_run):
         assert recorded["stage"] == stage
 
 
+def test_job_logs_hold_plain_progress_lines_not_redrawn_bars(finished_run):
+    """Off a terminal, progress is a log line now and then; a carriage return would make a log file one long line."""
+    wd, dirs = finished_run
+    logs = sorted((wd / "results").rglob("logs/*.log"))
+    assert logs
+    for log in logs:
+        assert "\r" not in log.read_text(), log
+    train_log = (dirs["train"] / "logs" / "train.log").read_text()
+    assert "progress: epoch 1/" in train_log
+    extract_logs = [p.read_text() for p in (dirs["extract"] / "logs").glob("*.log") if p.name != "backbone.log"]
+    assert extract_logs and all("progress: extract" in text for text in extract_logs)
+
+
 def test_manifest_and_feature_stores_agree(finished_run):
     _, dirs = finished_run
     manifest = pd.read_parquet(dirs["prepare"] / "manifest.parquet")

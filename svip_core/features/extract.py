@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
+from svip_core.logs import progress
 
 import svip_core
 from svip_core.features.backbone import load_backbone, normalisation
@@ -180,7 +180,7 @@ def extract_shard(members: list[dict], out_path, features_cfg: dict, max_persons
         store["video_id"][:] = np.array([m["video_id"] for m in members], dtype=str)
         store["split"][:] = np.array([m["split"] for m in members], dtype=str)
         pending = None
-        for batch in tqdm(loader, desc=f"extract {Path(out_path).name}", unit="batch"):
+        for batch in progress(loader, desc=f"extract {Path(out_path).name}", unit="batch"):
             B = len(batch["index"])
             frames = torch.stack([resize_frames(f.to(device, non_blocking=True), features_cfg["frame_size"])
                                   for f in batch["frames"]]).flatten(0, 1)            # (B*T, 3, H, W)

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
+from svip_core.logs import progress
 
 from svip_core.containers import (REQUIRED_FIELDS, STRING_FIELDS, ClipError, container_clips, is_hdf5, open_clip,
                                   scan_containers, split_address)
@@ -83,7 +83,7 @@ def convert_dataset(src, dst, to: str | None = None, max_array_bytes: int = 2_00
 
     def valid_clips(addresses):
         """(name, arrays) of each clip that passes the contract and reads whole; the others go to ``refused``."""
-        for address in tqdm(addresses, desc="convert", unit="clip", disable=len(addresses) < 50):
+        for address in progress(addresses, desc="convert", unit="clip", disable=len(addresses) < 50):
             try:
                 inspect_clip(address, max_array_bytes)
                 yield _clip_name(address), clip_arrays(address, max_array_bytes)

@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 
 import pandas as pd
-from tqdm import tqdm
+from svip_core.logs import progress
 
 from svip_core.containers import SPLITS, clip_digests, clip_hashes, list_clips
 from svip_core.hashing import ContentHashes
@@ -40,7 +40,7 @@ def validate_files(files: list[tuple[str, str]], max_array_bytes: int,
     them."""
     hashes = clip_hashes([p for _, p in files], cache, max_array_bytes)
     rows = []
-    for split, path in tqdm(files, desc="validate", unit="clip", disable=len(files) < 50):
+    for split, path in progress(files, desc="validate", unit="clip", disable=len(files) < 50):
         row = dict.fromkeys(MANIFEST_COLUMNS)
         content, payload = hashes[str(path)]
         row.update(path=str(path), split=split, verdict="accepted", reason="", shard=-1, content_hash=content)

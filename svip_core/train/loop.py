@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DistributedSampler
-from tqdm import tqdm
+from svip_core.logs import progress
 
 from svip_core.model.loss import ranking_loss
 from svip_core.model.ranker import build_ranker
@@ -232,7 +232,7 @@ def train(store_paths: list[str], out_dir, model_cfg: dict, cfg: dict, debug: bo
             break
         sampler.set_epoch(epoch)
         start, sums = time.perf_counter(), torch.zeros(5, dtype=torch.float64, device=device)
-        bar = tqdm(total=len(loader), desc=f"epoch {epoch}/{cfg['epochs']}", disable=rank != 0, leave=False)
+        bar = progress(total=len(loader), desc=f"epoch {epoch}/{cfg['epochs']}", disable=rank != 0, leave=False)
         optimizer.zero_grad(set_to_none=True)
         t = time.perf_counter()
         waits: dict[str, float] = {}
@@ -259,7 +259,7 @@ def train(store_paths: list[str], out_dir, model_cfg: dict, cfg: dict, debug: bo
                                  torch.full((), n, dtype=torch.float64, device=device)])
             bar.update()
             if rank == 0 and (i + 1) % SHOW_LOSS_EVERY == 0:
-                bar.set_postfix(loss=f"{losses['total'].item():.3f}")
+                bar.set_postfix(loss=f"{losses['total'].item():.3f}", refresh=False)
         bar.close()
         dist.all_reduce(sums)
         train_seconds = time.perf_counter() - start
