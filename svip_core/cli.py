@@ -9,6 +9,15 @@ import svip_core
 from svip_core.stages import STAGES, load_config, stage_dir, stage_hash
 
 
+class _ShowDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, unless it is None or the help already says what happens without it."""
+
+    def _get_help_string(self, action):
+        if action.default is None or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _config(args):
     # Layered exactly as Snakemake layers `--configfile` over the Snakefile's config.yaml.
     return load_config(None, args.configfile)
@@ -40,11 +49,19 @@ def cmd_validate(args) -> int:
         print(f"{path}: no clips found (expected {path}/train/*.npz or {path}/train.h5, ...)", file=sys.stderr)
         return 1
     manifest = resolve_duplicates(validate_files(files, _config(args)["data"]["max_array_bytes"]), "drop")
-    for row in manifest.itertuples():
+    rejected = manifest[manifest.verdict == "rejected"]
+    if args.json:
+        import json
+
+        print(json.dumps({"clips": len(manifest), "accepted": len(manifest) - len(rejected), "rejected": len(rejected),
+                          "rejections": [{"path": r.path, "reason": r.reason} for r in rejected.itertuples()]},
+                         indent=1))
+        return 1 if len(rejected) else 0
+    # At 10,000 clips a line per accepted clip would drown the rejections: those only, unless --verbose.
+    for row in (manifest if args.verbose else rejected).itertuples():
         print(f"{row.verdict:9s} {row.path}" + (f"  {row.reason}" if row.reason else ""))
-    bad = int((manifest.verdict == "rejected").sum())
-    print(f"{len(manifest)} clips: {len(manifest) - bad} accepted, {bad} rejected")
-    return 1 if bad else 0
+    print(f"{len(manifest)} clips: {len(manifest) - len(rejected)} accepted, {len(rejected)} rejected")
+    return 1 if len(rejected) else 0
 
 
 def cmd_predict(args) -> int:
@@ -127,6 +144,8 @@ def main(argv=None) -> int:
 
     p = sub.add_parser("validate", help="check clips against the MSG_VIP contract; exit 1 if any is rejected")
     p.add_argument("path", help="a dataset folder (train/ val/ test/ or train.h5 ...), one .npz or one .h5 file")
+    p.add_argument("--verbose", action="store_true", help="list every clip, not only the rejected ones")
+    p.add_argument("--json", action="store_true", help="print the counts and rejections as JSON")
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("convert", help="copy a dataset between the .npz and HDF5 layouts, losslessly")
@@ -135,8 +154,9 @@ def main(argv=None) -> int:
     p.add_argument("--to", choices=["h5", "npz"], help="layout to write (default: the one SRC does not use)")
     p.set_defaults(func=cmd_convert)
 
-    p = sub.add_parser("predict", help="rank the people of a video with a trained model")
-    p.add_argument("video")
+    p = sub.add_parser("predict", help="rank the people of a video with a trained model",
+                       formatter_class=_ShowDefaults)
+    p.add_argument("video", help="a video file OpenCV reads (.mp4, .avi, ...)")
     p.add_argument("--tracks", help="MOTChallenge tracks; without it people are detected and tracked")
     p.add_argument("--checkpoint", help="a train results folder (default: the newest under results/train/)")
     p.add_argument("--out", help="output folder (default: results/predict/<video name>)")

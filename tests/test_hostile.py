@@ -1,6 +1,7 @@
 """Hostile inputs: every bad clip is refused with its exact reason, and the good clips beside it still run."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -48,13 +49,24 @@ def test_prepare_keeps_the_good_and_lists_every_bad_file(corpus, tmp_path):
 
 
 def test_svip_validate_names_bad_files_and_exits_1_without_traceback(corpus):
-    folder, expected, _ = corpus
+    folder, expected, good = corpus
     result = subprocess.run([str(Path(sys.executable).parent / "svip"), "validate", str(folder)],
                             capture_output=True, text=True)
     assert result.returncode == 1
     assert "Traceback" not in result.stdout + result.stderr
     for path in expected:
         assert any(line.startswith("rejected") and path in line for line in result.stdout.splitlines()), path
+    assert not any(line.startswith("accepted") for line in result.stdout.splitlines())   # only with --verbose
+    assert result.stdout.splitlines()[-1] == f"{len(expected) + len(good)} clips: {len(good)} accepted, " \
+                                             f"{len(expected)} rejected"
+    verbose = subprocess.run([str(Path(sys.executable).parent / "svip"), "validate", "--verbose", str(folder)],
+                             capture_output=True, text=True)
+    assert sum(line.startswith("accepted") for line in verbose.stdout.splitlines()) == len(good)
+    as_json = subprocess.run([str(Path(sys.executable).parent / "svip"), "validate", "--json", str(folder)],
+                             capture_output=True, text=True)
+    report = json.loads(as_json.stdout)
+    assert as_json.returncode == 1 and report["rejected"] == len(expected)
+    assert sorted(r["path"] for r in report["rejections"]) == sorted(expected)
     good_file = subprocess.run([str(Path(sys.executable).parent / "svip"), "validate",
                                 str(folder / "train" / "good one.npz")], capture_output=True, text=True)
     assert good_file.returncode == 0

@@ -104,3 +104,11 @@ def test_the_default_checkpoint_is_the_newest_full_model(tmp_path):
     assert newest_checkpoint(tmp_path) == tmp_path / "train" / "h2"
     with pytest.raises(FileNotFoundError, match="make demo"):
         newest_checkpoint(tmp_path / "nothing")
+
+
+def test_predict_help_shows_every_default():
+    result = svip("predict", "--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    assert "(default: 3)" in text and "(default: auto)" in text and "(default: None)" not in text
+    assert "default: the newest under results/train/" in text
