@@ -172,6 +172,7 @@ def runs(config: dict) -> dict[str, dict]:
     ablations leaves the hashes of existing runs unchanged."""
     out = {}
     ablations = config.get("ablations", {})
+    ablations = {} if ablations == "none" else ablations
     for variant, overrides in {"full": {}, **{name: ablations[name] for name in sorted(ablations)}}.items():
         unknown = set(overrides) - set(config["model"])
         if unknown:

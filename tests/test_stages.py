@@ -7,8 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
-from svip_core.stages import all_stage_hashes, validate_config
+from conftest import planned_jobs, snakemake
+from svip_core.stages import all_stage_hashes, load_config, runs, validate_config
 
 
 def hashes(cfg):
@@ -111,3 +113,16 @@ def test_a_hub_id_that_cannot_be_fetched_fails_at_planning_with_one_line(tmp_pat
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1 and "features.backbone" in out.stderr
+
+
+def test_an_override_file_can_turn_the_ablations_off(workflow_dir):
+    """Snakemake merges an override's `ablations: {}` into the base mapping (nothing changes); `none` replaces it."""
+    config = load_config(workflow_dir / "config.yaml")
+    config["ablations"] = {"no_gat": {"gat_layers": 0}, "mean_pooling": {"pooling": "mean"}}
+    (workflow_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    (workflow_dir / "no_ablations.yaml").write_text("ablations: none\n")
+    assert len(runs(load_config(workflow_dir / "config.yaml"))) == 3
+    assert list(runs(load_config(workflow_dir / "config.yaml", [workflow_dir / "no_ablations.yaml"]))) == ["full/seed0"]
+    planned = snakemake(workflow_dir, "-n", "--configfile", "no_ablations.yaml")
+    assert planned.returncode == 0, planned.stderr[-2000:]
+    assert planned_jobs(planned)["train"] == 1
