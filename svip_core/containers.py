@@ -132,7 +132,20 @@ def _as_text(value) -> str:
     return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
 
 
-class NpzClip:
+class _OpenClip:
+    """A clip's open file, closed when the ``with`` block ends."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class NpzClip(_OpenClip):
     """A clip in an ``.npz`` file. ``fields``: {name: (shape, dtype)} of every member, read from the headers."""
 
     def __init__(self, path, max_array_bytes: int):
@@ -208,14 +221,8 @@ class NpzClip:
     def close(self) -> None:
         self._zip.close()
 
-    def __enter__(self):
-        return self
 
-    def __exit__(self, *exc):
-        self.close()
-
-
-class H5Clip:
+class H5Clip(_OpenClip):
     """A clip stored as a group of an HDF5 file. ``fields``: {name: (shape, dtype)}; string fields report a
     bytes dtype (fixed-length or variable-length strings are both read as text)."""
 
@@ -342,12 +349,6 @@ class H5Clip:
 
     def close(self) -> None:
         self._file.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 def open_clip(address, max_array_bytes: int = 2_000_000_000) -> NpzClip | H5Clip:
