@@ -9,8 +9,12 @@ from snakemake.exceptions import WorkflowError
 
 # Rules run `python workflow_scripts/...`; make the library importable in any environment (incl. --sdm conda).
 sys.path.insert(0, workflow.basedir)
-# A PYTHONPATH the user set stays behind it (braces doubled twice: f-string, then Snakemake's formatting).
-shell.prefix(f"export PYTHONPATH={shlex.quote(workflow.basedir)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
+# Without a conda or container deployment, jobs run the interpreter that runs Snakemake (its bin folder first on
+# PATH), so `.venv/bin/snakemake` works without activating the venv. A PYTHONPATH the user set stays behind ours
+# (braces doubled twice: f-string, then Snakemake's formatting).
+_DEPLOYED = bool(workflow.deployment_settings and workflow.deployment_settings.deployment_method)
+_PATH = "" if _DEPLOYED else f"export PATH={shlex.quote(os.path.dirname(sys.executable))}:$PATH; "
+shell.prefix(f"{_PATH}export PYTHONPATH={shlex.quote(workflow.basedir)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
 
 from svip_core.stages import (  # noqa: E402
     EMBEDDED, STAGE_DIRS, ConfigError, backbone_folder, run_settings, runs, stage_hash, stage_inputs, validate_config)

@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 
 import pandas as pd
 import pytest
 import zarr
 
-from conftest import snakemake, write_config
-from svip_core.stages import STAGE_DIRS, all_stage_hashes, load_config
+from conftest import BIN, snakemake, write_config
+from svip_core.stages import STAGE_DIRS, all_stage_hashes, load_config, stage_dir
 
 
 @pytest.fixture(scope="module")
@@ -144,3 +146,14 @@ def test_the_report_opens_in_headless_chromium_with_every_section(finished_run, 
     subprocess.run(flags + ["--window-size=1400,1000", f"--screenshot={shot}", html.as_uri()], capture_output=True,
                    timeout=120)
     assert shot.stat().st_size > 10_000
+
+
+def test_the_venvs_snakemake_runs_jobs_without_activating_the_venv(workflow_dir):
+    """A bare PATH (no venv on it, as after opening a new shell): jobs still find the venv's python and svip."""
+    config = load_config(workflow_dir / "config.yaml")
+    target = f"{stage_dir(config, 'prepare')}/manifest.parquet"
+    env = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root"), "LANG": "C.UTF-8"}
+    result = subprocess.run([str(BIN / "snakemake"), "--cores", "1", target], cwd=workflow_dir, env=env,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (workflow_dir / target).is_file()
