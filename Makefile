@@ -27,6 +27,8 @@ demo: $(STAMP)
 	@echo
 	@echo "SVIP demo finished. Report: $$($(BIN)/svip hash report --path)/report.html"
 	@echo "Metrics:  $$($(BIN)/svip hash evaluate --path)/metrics.json"
+	@$(BIN)/python -c "import json, sys; print(json.load(open(sys.argv[1]))['text'])" \
+		"$$($(BIN)/svip hash report --path)/headline.json"
 
 test: $(STAMP)
 	$(RUN) python -m pytest -q

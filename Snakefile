@@ -8,10 +8,13 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
-report: "report/workflow.rst"
-
-
 include: "rules/common.smk"
+
+
+# The landing page of the HTML report, with the run's headline once there is one.
+report: workflow_description()
+
+
 include: "rules/prepare.smk"
 include: "rules/extract.smk"
 include: "rules/train.smk"

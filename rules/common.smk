@@ -52,7 +52,19 @@ BACKBONE = f"{FEATURES}/backbone" if USE_EMBEDDED else str(BACKBONE_FOLDER)
 REPORT_OUTPUTS = [f"{REPORT}/{name}" for name in ("training_curves.png", "top1_vs_baselines.png", "metrics_table.html",
                                                   "top1_by_people.png", "rejected_clips.html", "ablations.png",
                                                   "ablations.html", "gallery.png", "top1_by_category.png",
-                                                  "variant_curves.png")]
+                                                  "variant_curves.png", "headline.json")]
+
+
+def workflow_description() -> str:
+    """The report's landing page: report/workflow.rst, opened by the run's headline once the report stage has
+    written it (`snakemake --report` parses the workflow after the run, so the numbers are there)."""
+    headline = Path(REPORT) / "headline.json"
+    if not headline.is_file():
+        return "report/workflow.rst"
+    text = json.loads(headline.read_text())["text"]
+    out = Path(REPORT) / "workflow.rst"
+    out.write_text(f"**{text}.**\n\n" + Path(workflow.basedir, "report", "workflow.rst").read_text())
+    return str(out.resolve())
 
 
 def canonical(obj):

@@ -14,6 +14,7 @@ rule report:
         ablation_table=report(f"{REPORT}/ablations.html", caption="../report/ablations.rst", category="Evaluation"),
         variant_curves=report(f"{REPORT}/variant_curves.png", caption="../report/variant_curves.rst", category="Training"),
         gallery=report(f"{REPORT}/gallery.png", caption="../report/gallery.rst", category="Gallery"),
+        headline=f"{REPORT}/headline.json",
     params:
         out_dir=output_dir("curves"),
         config=lambda wildcards: stage_config("report"),

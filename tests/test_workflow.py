@@ -140,6 +140,11 @@ def test_the_report_opens_in_headless_chromium_with_every_section(finished_run, 
     dom = subprocess.run(flags + ["--dump-dom", html.as_uri()], capture_output=True, text=True, timeout=120).stdout
     for section in ("Training", "Evaluation", "Data", "Gallery", "Workflow", "SVIP ranks the people"):
         assert section in dom, section
+    # The landing page opens on the result: the headline precedes the description, with the metrics' figures.
+    headline = json.loads((dirs["report"] / "headline.json").read_text())
+    metrics = json.loads(next(dirs["evaluate"].rglob("metrics.json")).read_text())
+    assert f"Top-1 {metrics['model']['overall']['top1']['mean']:.2f} [" in headline["text"]
+    assert headline["text"] in dom and dom.index(headline["text"]) < dom.index("SVIP ranks the people")
     shot = conftest.ROOT / "results" / "report_screenshot.png"
     shot.parent.mkdir(exist_ok=True)
     shot.unlink(missing_ok=True)

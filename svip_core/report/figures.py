@@ -153,6 +153,30 @@ def ablation_summary(metrics_by_run: dict[str, str]) -> pd.DataFrame:
     return summary.fillna({"top1_std": 0.0, "mrr_std": 0.0})
 
 
+def headline(primary_metrics, metrics_by_run: dict[str, str]) -> dict:
+    """The run's result in one line, for the report's first screen and `make demo`: the model's top-1 and MRR
+    with 95% intervals, the best box heuristic (random left out), and the ablation that costs most (mean over
+    seeds). Returns {"text", "top1", "mrr", "best_heuristic", "costliest_ablation"}."""
+    metrics = json.loads(Path(primary_metrics).read_text())
+    overall = metrics["model"]["overall"]
+    heuristics = {name: b["top1"]["mean"] for name, b in metrics["baselines"].items() if name != "random"}
+    best = max(heuristics, key=heuristics.get)
+
+    def interval(m: dict) -> str:
+        return f"{m['mean']:.2f} [{m['ci95'][0]:.2f}, {m['ci95'][1]:.2f}]"
+
+    text = (f"Top-1 {interval(overall['top1'])}, MRR {interval(overall['mrr'])} on the {metrics['split']} split "
+            f"({metrics['clips']} clips); best heuristic ({best.replace('_', ' ')}) {heuristics[best]:.2f}")
+    out = {"top1": overall["top1"], "mrr": overall["mrr"], "best_heuristic": {"name": best, "top1": heuristics[best]}}
+    summary = ablation_summary(metrics_by_run)
+    variants = summary[summary.variant != "full"]
+    if len(variants):
+        worst = variants.loc[variants.top1_mean.idxmin()]
+        text += f"; costliest ablation ({worst.variant}) {worst.top1_mean:.2f}"
+        out["costliest_ablation"] = {"name": worst.variant, "top1": float(worst.top1_mean)}
+    return {"text": text, **out}
+
+
 def ablations(metrics_by_run: dict[str, str], out_png, out_html) -> None:
     summary = ablation_summary(metrics_by_run)
     fig, ax = plt.subplots(figsize=(8, 3.6))
