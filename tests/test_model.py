@@ -1,6 +1,7 @@
 """The ranker: batched graph, masks, permutation equivariance, loss, tie-aware ranking."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -231,3 +232,17 @@ def test_track_summary_reads_each_persons_valid_frames_only():
     assert summary.shape == (1, 2, 6)
     torch.testing.assert_close(summary[0, 0], torch.tensor([2.0, 1.0, 1.0, 3.0, 0.0, 1.0]))
     assert (summary[0, 1] == 0).all()
+
+
+def test_people_buckets_follow_the_data():
+    from svip_core.evaluate.metrics import people_buckets
+    labels, names = people_buckets(np.array([2, 3, 3, 4, 2]))
+    assert names == ["2", "3", "4"] and list(labels) == ["2", "3", "3", "4", "2"]
+    counts = np.repeat(np.arange(6, 13), [5, 9, 3, 8, 4, 6, 5])           # 6 to 12 people, 40 clips
+    labels, names = people_buckets(counts)
+    assert len(names) == 4 and names[0].startswith("6") and names[-1].endswith("12")
+    for name in names:
+        lo, hi = (int(v) for v in (name.split("-") * 2)[:2])
+        inside = counts[labels == name]
+        assert len(inside) and inside.min() == lo and inside.max() == hi
+    assert max(np.sum(labels == n) for n in names) <= 2 * len(counts) / len(names)

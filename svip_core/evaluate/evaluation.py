@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from svip_core.evaluate.baselines import heuristic_scores
-from svip_core.evaluate.metrics import people_bucket, per_clip_hits, summarise
+from svip_core.evaluate.metrics import people_buckets, per_clip_hits, summarise
 from svip_core.model.ranker import build_ranker
 from svip_core.model.ranking import rank_people
 from svip_core.train.checkpoint import load_weights
@@ -80,12 +80,12 @@ def evaluate(store_paths: list[str], train_dir, out_dir, split: str, ks: list[in
         log.warning("%d clip(s) have no target in their features, counted as misses: %s", absent.sum(),
                     ", ".join(clips.video_id[absent]))
     clips["people"] = present.sum(1)
-    clips["bucket"] = people_bucket(clips["people"].to_numpy())
+    clips["bucket"], buckets = people_buckets(clips["people"].to_numpy())
 
     def block(scores: np.ndarray) -> dict:
         hits = per_clip_hits(scores, res["target"], present, ks)
         return {"overall": summarise(hits, seed=seed),
-                "by_people": {b: summarise(hits[clips.bucket == b], seed=seed) for b in sorted(clips.bucket.unique())},
+                "by_people": {b: summarise(hits[clips.bucket == b], seed=seed) for b in buckets},
                 "by_people_count": {str(k): summarise(hits[clips.people == k], seed=seed)
                                     for k in sorted(clips.people.unique())},
                 "by_category": {c: summarise(hits[clips.scene_category == c], seed=seed)

@@ -37,6 +37,20 @@ def summarise(hits: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> dict:
     return out
 
 
-def people_bucket(count: np.ndarray) -> np.ndarray:
-    """The reference's buckets of persons present: <=2, 3, 4, >=5."""
-    return np.where(count <= 2, "<=2", np.where(count >= 5, ">=5", count.astype(str)))
+def people_buckets(count: np.ndarray, most: int = 4) -> tuple[np.ndarray, list[str]]:
+    """count (V,) people present per clip -> (V,) bucket label per clip, and the labels in ascending order.
+
+    One bucket per count when there are at most ``most`` distinct counts; else ``most`` ranges cut at the counts'
+    quantiles, so each holds about as many clips ("2-3", "4", "5-7", "8-12"). Fixed buckets (the reference's
+    <=2, 3, 4, >=5) put a dataset of 6 to 12 people in one bar."""
+    count = np.asarray(count, dtype=np.int64)
+    values = np.unique(count)
+    uppers = values if len(values) <= most else \
+        np.unique(np.quantile(count, np.arange(1, most + 1) / most, method="inverted_cdf")).astype(np.int64)
+    index = np.searchsorted(uppers, count, side="left")                               # count <= uppers[index]
+    names = []
+    for i in range(len(uppers)):
+        inside = count[index == i]
+        lo, hi = int(inside.min()), int(inside.max())
+        names.append(str(lo) if lo == hi else f"{lo}-{hi}")
+    return np.array(names, dtype=object)[index], names
