@@ -65,10 +65,19 @@ def cmd_validate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from svip_core.predict import predict_video
+    from svip_core.predict import describe_model, newest_checkpoint, predict_video
 
+    checkpoint = args.checkpoint
+    if checkpoint is None:
+        # The model this folder's config trains (full model, first seed) when it is there, else the newest one.
+        try:
+            configured = stage_dir(_config(args), "train") if Path("config.yaml").exists() or args.configfile else None
+        except (OSError, ValueError, RuntimeError):    # its data or backbone cannot be hashed here
+            configured = None
+        checkpoint = configured if configured and (configured / "model.safetensors").is_file() else newest_checkpoint()
+    print(describe_model(checkpoint), flush=True)
     out = Path(args.out or Path("results") / "predict" / Path(args.video).stem)
-    result = predict_video(args.video, out, args.checkpoint, args.tracks, args.detect_every, args.detector,
+    result = predict_video(args.video, out, checkpoint, args.tracks, args.detect_every, args.detector,
                            backbone=args.backbone)
     for row in result["ranking"]:
         print(f"rank {row['rank']:2d}  track {row['track_id']:4d}  score {row['score']:.3f}  "
@@ -158,7 +167,8 @@ def main(argv=None) -> int:
                        formatter_class=_ShowDefaults)
     p.add_argument("video", help="a video file OpenCV reads (.mp4, .avi, ...)")
     p.add_argument("--tracks", help="MOTChallenge tracks; without it people are detected and tracked")
-    p.add_argument("--checkpoint", help="a train results folder (default: the newest under results/train/)")
+    p.add_argument("--checkpoint", help="a train results folder (default: the full model config.yaml trains, when "
+                                        "trained, else the newest full model under results/train/)")
     p.add_argument("--out", help="output folder (default: results/predict/<video name>)")
     p.add_argument("--detect-every", type=int, default=3,
                    help="run the detector on every k-th frame (1: best tracks, slowest; see README, Tracking)")

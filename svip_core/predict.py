@@ -45,6 +45,26 @@ def newest_checkpoint(results="results") -> Path:
     return (full or models)[-1].parent
 
 
+def describe_model(checkpoint) -> str:
+    """One line naming the model that ranks: its folder, its run (variant/seed) and, when the workflow evaluated
+    it (a results/evaluate/*/ folder whose upstream is this train hash), its top-1 with the 95% interval."""
+    checkpoint = Path(checkpoint)
+    config = checkpoint / "config.json"
+    run = json.loads(config.read_text()).get("run") if config.is_file() else None
+    parts = [f"run {run}"] if run else []
+    for evaluated in sorted(checkpoint.parent.parent.glob("evaluate/*/config.json")):
+        if json.loads(evaluated.read_text()).get("upstream", {}).get("train") != checkpoint.name:
+            continue
+        metrics = evaluated.parent / "metrics.json"
+        if metrics.is_file():
+            m = json.loads(metrics.read_text())
+            top1 = m["model"]["overall"]["top1"]
+            parts.append(f"{m['split']} top-1 {top1['mean']:.2f} [{top1['ci95'][0]:.2f}, {top1['ci95'][1]:.2f}] "
+                         f"on {m['clips']} clips")
+            break
+    return f"model: {checkpoint}" + (f" ({', '.join(parts)})" if parts else "")
+
+
 def load_video(video, frame_size, tracks_path=None, detect_every: int = 3, detector: str = "auto"):
     """One pass over the video: frames resized for the backbone (T, 3, h, w) uint8, the tracks (read from
     ``tracks_path``, else detected and tracked), and the video's info with the tracker used."""

@@ -70,6 +70,7 @@ def test_predict_uses_given_tracks_and_import_makes_a_valid_clip(vtest, checkpoi
     out = tmp_path / "pred"
     result = svip("predict", vtest, "--tracks", tracks, "--checkpoint", checkpoint, "--out", out)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.splitlines()[0] == f"model: {checkpoint}"
     assert sorted(pd.read_csv(out / "ranking.csv").track_id) == [7, 9, 12]
 
     data = tmp_path / "data"
@@ -93,7 +94,7 @@ def test_predict_with_a_bad_tracks_file_says_which_line(vtest, checkpoint, tmp_p
 def test_the_default_checkpoint_is_the_newest_full_model(tmp_path):
     import os
 
-    from svip_core.predict import newest_checkpoint
+    from svip_core.predict import describe_model, newest_checkpoint
 
     for i, run in enumerate(["full/seed0", "no_gat/seed0", "full/seed1", "mean_pooling/seed0"]):
         folder = tmp_path / "train" / f"h{i}"
@@ -102,6 +103,14 @@ def test_the_default_checkpoint_is_the_newest_full_model(tmp_path):
         (folder / "model.safetensors").write_bytes(b"")
         os.utime(folder / "model.safetensors", (1000 + i, 1000 + i))
     assert newest_checkpoint(tmp_path) == tmp_path / "train" / "h2"
+    evaluated = tmp_path / "evaluate" / "e2"
+    evaluated.mkdir(parents=True)
+    (evaluated / "config.json").write_text(json.dumps({"upstream": {"train": "h2"}}))
+    (evaluated / "metrics.json").write_text(json.dumps({"split": "test", "clips": 48, "model": {"overall": {
+        "top1": {"mean": 0.7083, "ci95": [0.5833, 0.8333]}}}}))
+    assert describe_model(tmp_path / "train" / "h2") == \
+        f"model: {tmp_path / 'train' / 'h2'} (run full/seed1, test top-1 0.71 [0.58, 0.83] on 48 clips)"
+    assert describe_model(tmp_path / "train" / "h1") == f"model: {tmp_path / 'train' / 'h1'} (run no_gat/seed0)"
     with pytest.raises(FileNotFoundError, match="make demo"):
         newest_checkpoint(tmp_path / "nothing")
 
@@ -111,4 +120,4 @@ def test_predict_help_shows_every_default():
     assert result.returncode == 0
     text = " ".join(result.stdout.split())
     assert "(default: 3)" in text and "(default: auto)" in text and "(default: None)" not in text
-    assert "default: the newest under results/train/" in text
+    assert "default: the full model config.yaml trains" in text
