@@ -192,7 +192,8 @@ def main(argv=None) -> int:
 
     p = sub.add_parser("with-gpus", help="run a command on N GPUs of its own (sets CUDA_VISIBLE_DEVICES)")
     p.add_argument("count", type=int)
-    p.add_argument("--lock-dir", default="results/.gpu-slots")
+    p.add_argument("--lock-dir", help="folder of the machine's GPU lock files (default: $SVIP_GPU_LOCK_DIR, else "
+                                      "/tmp/svip-gpu-slots)")
     p.add_argument("command_line", nargs=argparse.REMAINDER, metavar="-- CMD")
     p.set_defaults(func=cmd_with_gpus)
 

@@ -1,10 +1,13 @@
 """GPU slots on one machine: each job gets its own devices before CUDA starts.
 
 Snakemake counts ``gpu`` as a number and never sets ``CUDA_VISIBLE_DEVICES``. ``svip with-gpus N -- CMD`` takes
-N free devices (one lock file per device under ``results/.gpu-slots/``, held with ``flock`` so the kernel frees
-it when the job ends, even by SIGKILL), sets ``CUDA_VISIBLE_DEVICES`` and runs CMD. Where a scheduler already
-set ``CUDA_VISIBLE_DEVICES`` (SLURM does), that is used as given. With no GPU the command just runs.
-``SVIP_GPUS=K`` simulates K devices (for tests on machines without GPUs).
+N free devices (one lock file per device in a machine-wide folder, ``$SVIP_GPU_LOCK_DIR`` or
+``/tmp/svip-gpu-slots``, held with ``flock`` so the kernel frees it when the job ends, even by SIGKILL), sets
+``CUDA_VISIBLE_DEVICES`` and runs CMD. Two workflows on one workstation therefore share its GPUs safely.
+Inside a scheduler's job (SLURM, PBS, LSF) the ``CUDA_VISIBLE_DEVICES`` it set is the job's allocation and is
+used as given. Elsewhere a ``CUDA_VISIBLE_DEVICES`` the user exported only says which devices SVIP may use, and
+each job still takes its own among them. With no GPU the command just runs. ``SVIP_GPUS=K`` simulates K
+devices (for tests on machines without GPUs).
 """
 from __future__ import annotations
 
@@ -13,10 +16,25 @@ import logging
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+# Set inside a batch scheduler's job, whose CUDA_VISIBLE_DEVICES is then that job's allocation.
+SCHEDULER_JOB_VARS = ("SLURM_JOB_ID", "PBS_JOBID", "LSB_JOBID")
+
+
+def default_lock_dir() -> str:
+    """One folder for the whole machine, so concurrent workflows (any folder, any user) see each other's slots."""
+    return os.environ.get("SVIP_GPU_LOCK_DIR") or os.path.join(tempfile.gettempdir(), "svip-gpu-slots")
+
+
+def visible_devices(env: dict) -> list[str]:
+    """The devices jobs may take: the user's CUDA_VISIBLE_DEVICES entries, else every device of the machine."""
+    if "CUDA_VISIBLE_DEVICES" in env:
+        return [d.strip() for d in env["CUDA_VISIBLE_DEVICES"].split(",") if d.strip()]
+    return [str(i) for i in range(device_count())]
 
 
 def device_count() -> int:
@@ -29,30 +47,37 @@ def device_count() -> int:
     return sum(line.startswith("GPU ") for line in out.stdout.splitlines()) if out.returncode == 0 else 0
 
 
-def acquire(count: int, lock_dir, poll_s: float = 0.5, timeout_s: float | None = None) -> tuple[list[int], list]:
-    """Block until ``count`` device locks are held; returns (device indices, open lock files)."""
-    total = device_count()
-    if count > total:
-        raise RuntimeError(f"{count} GPUs requested but this machine has {total}. Fix: lower the rule's gpu "
-                           f"resource (train.nproc) or run with --resources gpu={total}")
+def acquire(count: int, lock_dir, devices: list[str] | None = None, poll_s: float = 0.5,
+            timeout_s: float | None = None) -> tuple[list[str], list[int]]:
+    """Block until ``count`` of ``devices`` (default: every device) are locked; returns (devices, lock fds)."""
+    devices = [str(i) for i in range(device_count())] if devices is None else devices
+    if count > len(devices):
+        raise RuntimeError(f"{count} GPUs requested but {len(devices)} are available ({', '.join(devices) or 'none'}). "
+                           f"Fix: lower the rule's gpu resource (train.nproc) or run with --resources gpu={len(devices)}")
     lock_dir = Path(lock_dir)
-    lock_dir.mkdir(parents=True, exist_ok=True)
+    if not lock_dir.is_dir():
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        try:        # every user of the machine must be able to add lock files (sticky, like /tmp)
+            os.chmod(lock_dir, 0o1777)
+        except OSError:
+            pass
     start, waited = time.monotonic(), False
     while True:
-        held, files = [], []
-        for device in range(total):
-            f = open(lock_dir / f"gpu{device}.lock", "a+")
+        held, fds = [], []
+        for device in devices:
+            # Read-only is enough for flock, so another user's lock file (mode 644 under a umask) still works.
+            fd = os.open(lock_dir / f"gpu{device.replace('/', '_')}.lock", os.O_RDONLY | os.O_CREAT, 0o666)
             try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                f.close()
+                os.close(fd)
                 continue
             held.append(device)
-            files.append(f)
+            fds.append(fd)
             if len(held) == count:
-                return held, files
-        for f in files:          # not enough free: give back what we took and wait
-            f.close()
+                return held, fds
+        for fd in fds:           # not enough free: give back what we took and wait
+            os.close(fd)
         if timeout_s is not None and time.monotonic() - start > timeout_s:
             raise TimeoutError(f"no {count} free GPU slots under {lock_dir} after {timeout_s} s")
         if not waited:
@@ -61,20 +86,21 @@ def acquire(count: int, lock_dir, poll_s: float = 0.5, timeout_s: float | None =
         time.sleep(poll_s)
 
 
-def run_with_gpus(count: int, command: list[str], lock_dir="results/.gpu-slots") -> int:
+def run_with_gpus(count: int, command: list[str], lock_dir=None) -> int:
     """Run ``command`` on ``count`` devices of its own; returns its exit status."""
     env = dict(os.environ)
-    files: list = []
-    if count > 0 and "CUDA_VISIBLE_DEVICES" not in env and device_count() > 0:
-        devices, files = acquire(count, lock_dir)
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, devices))
+    fds: list[int] = []
+    scheduled = any(v in env for v in SCHEDULER_JOB_VARS) and "CUDA_VISIBLE_DEVICES" in env
+    if count > 0 and scheduled:
+        log.info("using the scheduler's CUDA_VISIBLE_DEVICES=%s as given", env["CUDA_VISIBLE_DEVICES"])
+    elif count > 0 and visible_devices(env):
+        devices, fds = acquire(count, lock_dir or default_lock_dir(), visible_devices(env))
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(devices)
         log.info("GPU slots %s acquired", env["CUDA_VISIBLE_DEVICES"])
-    elif "CUDA_VISIBLE_DEVICES" in env:
-        log.info("using CUDA_VISIBLE_DEVICES=%s as given", env["CUDA_VISIBLE_DEVICES"])
     try:
         return subprocess.run(command, env=env).returncode
     finally:
-        if files:
+        if fds:
             log.info("GPU slots %s released", env["CUDA_VISIBLE_DEVICES"])
-        for f in files:
-            f.close()
+        for fd in fds:
+            os.close(fd)

@@ -53,38 +53,69 @@ def test_a_killed_jobs_slot_comes_back(tmp_path):
 
 
 def test_a_scheduler_given_device_list_is_used_as_is(tmp_path):
-    env = {**os.environ, "SVIP_GPUS": "4", "CUDA_VISIBLE_DEVICES": "3"}
+    env = {**os.environ, "SVIP_GPUS": "4", "CUDA_VISIBLE_DEVICES": "3", "SLURM_JOB_ID": "77"}
     out = subprocess.run(SVIP + ["--lock-dir", str(tmp_path), "1", "--", sys.executable, "-c", REPORT, "0"],
                          env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split()[0] == "3" and not list(tmp_path.iterdir())
 
 
-def test_three_extract_jobs_on_two_devices_never_share_one(workflow_dir, tiny_config):
-    tiny_config["data"]["num_shards"] = 3
-    tiny_config["synthetic"]["clips"] = {"train": 24, "val": 6, "test": 6}
-    write_config(workflow_dir / "config.yaml", tiny_config)
-    os.environ["SVIP_GPUS"] = "2"
-    try:
-        config = load_config(workflow_dir / "config.yaml")
-        run = snakemake(workflow_dir, str(stage_dir(config, "prepare") / "manifest.parquet"))
-        assert run.returncode == 0, run.stderr[-2000:]
-        dry = snakemake(workflow_dir, "-n", "-p", "--cores", "8", "--resources", "gpu=4")
-        stores = [str(stage_dir(config, "extract") / f"{shard.stem}.zarr")
-                  for shard in (workflow_dir / stage_dir(config, "prepare") / "shards").glob("*.json")]
-        # Snakemake may start three extract jobs (gpu=3) but the machine has two devices.
-        run = snakemake(workflow_dir, *stores, "--cores", "6", "--resources", "gpu=3")
-        assert run.returncode == 0, run.stderr[-3000:]
-    finally:
-        os.environ.pop("SVIP_GPUS")
-    assert "gpu=1" in dry.stdout + dry.stderr
+def test_a_users_device_list_without_a_scheduler_is_shared_out_one_each(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("SLURM_JOB_ID", "PBS_JOBID", "LSB_JOBID")}
+    env.update(SVIP_GPUS="4", CUDA_VISIBLE_DEVICES="0,1", SVIP_GPU_LOCK_DIR=str(tmp_path))
+    jobs = [subprocess.Popen(SVIP + ["1", "--", sys.executable, "-c", REPORT, "1.5"], env=env,
+                             stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [job.communicate(timeout=60)[0].split() for job in jobs]
+    assert all(job.returncode == 0 for job in jobs)
+    assert sorted(out[0] for out in outputs) == ["0", "1"]              # one device each, never both
+    assert abs(float(outputs[0][1]) - float(outputs[1][1])) < 1.0        # side by side, neither waited
+
+
+def _three_shard_workflow(folder: Path, tiny_config: dict) -> tuple[Path, list[str]]:
+    """A workflow copy with 3 shards, prepared; returns it and its 3 extract targets."""
+    from conftest import copy_workflow
+
+    config = dict(tiny_config, data={**tiny_config["data"], "num_shards": 3},
+                  synthetic={**tiny_config["synthetic"], "clips": {"train": 24, "val": 6, "test": 6}})
+    wd = copy_workflow(folder, config)
+    resolved = load_config(wd / "config.yaml")
+    run = snakemake(wd, str(stage_dir(resolved, "prepare") / "manifest.parquet"))
+    assert run.returncode == 0, run.stderr[-2000:]
+    stores = [str(stage_dir(resolved, "extract") / f"{shard.stem}.zarr")
+              for shard in (wd / stage_dir(resolved, "prepare") / "shards").glob("*.json")]
+    assert len(stores) == 3
+    return wd, stores
+
+
+def _slot_intervals(wd: Path) -> list[tuple[str, float, float]]:
     stamp = r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+) GPU slots (\S+) (acquired|released)"
     intervals = []
-    logs = sorted(Path(workflow_dir, "results", "features").glob("*/logs/*.log"))
+    logs = sorted(Path(wd, "results", "features").glob("*/logs/*.log"))
     for log in [p for p in logs if p.name != "backbone.log"]:
         events = re.findall(stamp, log.read_text())
         times = {kind: datetime.strptime(t, "%Y-%m-%d %H:%M:%S,%f").timestamp() for t, _, kind in events}
         intervals.append((events[0][1], times["acquired"], times["released"]))
-    assert len(intervals) == 3
+    return intervals
+
+
+def test_two_workflows_in_different_folders_never_share_a_device(tmp_path, tiny_config):
+    """Two workflows, 3 extract jobs each (Snakemake may start 3 at once: gpu=3), on 2 simulated devices: the lock
+    folder is the machine's, not each workflow's results/, so no device is used by two jobs at once."""
+    os.environ.update(SVIP_GPUS="2", SVIP_GPU_LOCK_DIR=str(tmp_path / "machine-locks"))
+    try:
+        flows = [_three_shard_workflow(tmp_path / name, tiny_config) for name in ("a", "b")]
+        dry = snakemake(flows[0][0], "-n", "-p", "--cores", "8", "--resources", "gpu=4")
+        runs = [subprocess.Popen([str(Path(sys.executable).parent / "snakemake"), *stores, "--cores", "3",
+                                  "--resources", "gpu=3"], cwd=wd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                for wd, stores in flows]
+        for run in runs:
+            _, err = run.communicate(timeout=600)
+            assert run.returncode == 0, err[-3000:]
+    finally:
+        os.environ.pop("SVIP_GPUS")
+        os.environ.pop("SVIP_GPU_LOCK_DIR")
+    assert "gpu=1" in dry.stdout + dry.stderr
+    intervals = [i for wd, _ in flows for i in _slot_intervals(wd)]
+    assert len(intervals) == 6
     assert not intervals_overlap(intervals)
     assert {d for d, _, _ in intervals} == {"0", "1"}             # both devices were used
 
