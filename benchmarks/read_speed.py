@@ -19,8 +19,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 from svip_core.containers import list_clips
 from svip_core.features.extract import frame_indices
 from svip_core.io.clip import inspect_clip

@@ -132,6 +132,11 @@ def _as_text(value) -> str:
     return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
 
 
+def _unreadable(address, field: str, error: Exception, fix: str) -> ClipError:
+    """The error for values that fail to decode (zlib, CRC, HDF5 filter errors), naming the field."""
+    return ClipError(address, field, f"data unreadable ({type(error).__name__}: {error})", fix)
+
+
 class _OpenClip:
     """A clip's open file, closed when the ``with`` block ends."""
 
@@ -196,8 +201,7 @@ class NpzClip(_OpenClip):
             with self._zip.open(field + ".npy") as f:
                 return np.lib.format.read_array(f, allow_pickle=False)
         except Exception as e:  # np refuses pickles with ValueError; corrupt data raises zlib/EOF errors
-            raise ClipError(self.address, field, f"member data unreadable ({type(e).__name__}: {e})",
-                            "re-save the clip with numpy.savez") from None
+            raise _unreadable(self.address, field, e, "re-save the clip with numpy.savez") from None
 
     def read_frames(self, index: np.ndarray) -> np.ndarray:
         """(K,) frame indices -> (K, H, W, 3). A zip member cannot be read in parts: every frame is inflated."""
@@ -306,8 +310,7 @@ class H5Clip(_OpenClip):
         try:
             value = ds[()]
         except Exception as e:
-            raise ClipError(self.address, field, f"data unreadable ({type(e).__name__}: {e})",
-                            "re-export the dataset (svip convert)") from None
+            raise _unreadable(self.address, field, e, "re-export the dataset (svip convert)") from None
         return np.array(value if not isinstance(value, bytes) else np.bytes_(value))
 
     def read_frames(self, index: np.ndarray) -> np.ndarray:
@@ -319,8 +322,7 @@ class H5Clip(_OpenClip):
             # for 16 of 120 frames at 192x336).
             frames = np.stack([frames_ds[int(t)] for t in wanted]) if len(wanted) else frames_ds[:0]
         except Exception as e:
-            raise ClipError(self.address, "frames", f"data unreadable ({type(e).__name__}: {e})",
-                            "re-export the dataset (svip convert)") from None
+            raise _unreadable(self.address, "frames", e, "re-export the dataset (svip convert)") from None
         return frames[back]
 
     def _rows(self, field: str) -> Iterator[np.ndarray]:
@@ -376,9 +378,8 @@ def clip_digests(address, max_array_bytes: int = 2_000_000_000) -> tuple[str, st
                     h.update(block)
             except ClipError:
                 raise
-            except Exception as e:  # a corrupt block the header checks cannot see (zlib, CRC, HDF5 errors)
-                raise ClipError(clip.address, field, f"data unreadable ({type(e).__name__}: {e})",
-                                "re-export the clip") from None
+            except Exception as e:  # a corrupt block the header checks cannot see
+                raise _unreadable(clip.address, field, e, "re-export the clip") from None
             parts[field] = h.hexdigest()
     content = hashlib.sha256(repr(sorted(parts.items())).encode()).hexdigest()
     payload = hashlib.sha256(repr([(f, parts[f]) for f in PAYLOAD_FIELDS if f in parts]).encode()).hexdigest()[:32]

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from svip_core.logs import progress
 
 from svip_core.evaluate.evaluation import best_device, load_ranker
 from svip_core.features.backbone import load_backbone, normalisation
@@ -26,6 +25,7 @@ from svip_core.io.detection import load_detector
 from svip_core.io.tracking import PeopleTracker
 from svip_core.io.tracks import Tracks, read_mot, write_mot
 from svip_core.io.video import VideoWriter, read_frames, video_info
+from svip_core.logs import progress
 
 log = logging.getLogger(__name__)
 

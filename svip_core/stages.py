@@ -25,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from svip_core.containers import DIGEST_SCHEME, SPLITS, clip_hashes, container_clips, scan_containers
+from svip_core.containers import DIGEST_SCHEME, clip_hashes, container_clips, scan_containers
 from svip_core.hashing import ContentHashes, code_digest, digest, file_hashes
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent

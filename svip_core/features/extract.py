@@ -15,16 +15,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
-from svip_core.logs import progress
 
 import svip_core
+from svip_core.containers import clip_hashes
 from svip_core.features.backbone import load_backbone, normalisation
 from svip_core.features.geometry import GEOMETRY_FIELDS, box_geometry
 from svip_core.features.pooling import crop_boxes, roi_pool
 from svip_core.features.store import create_arrays, writing_store
-from svip_core.containers import clip_hashes
 from svip_core.hashing import ContentHashes
 from svip_core.io.clip import inspect_clip
+from svip_core.logs import progress
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,8 @@ def person_features(backbone, frames: torch.Tensor, boxes: torch.Tensor, mode: s
     return F.normalize(feats.float(), dim=-1)
 
 
-def check_members(members: list[dict], cache: ContentHashes | None = None, max_array_bytes: int = 2_000_000_000) -> None:
+def check_members(members: list[dict], cache: ContentHashes | None = None,
+                  max_array_bytes: int = 2_000_000_000) -> None:
     """Refuse to extract clips whose files no longer hold the content their shard key was made from (edited
     after prepare): the store would be filed under a key that does not describe it."""
     found = clip_hashes([m["path"] for m in members if "content_hash" in m], cache, max_array_bytes)

@@ -14,11 +14,11 @@ import os
 from pathlib import Path
 
 import numpy as np
-from svip_core.logs import progress
 
 from svip_core.containers import (REQUIRED_FIELDS, STRING_FIELDS, ClipError, container_clips, is_hdf5, open_clip,
                                   scan_containers, split_address)
 from svip_core.io.clip import inspect_clip
+from svip_core.logs import progress
 
 FRAME_COMPRESSION = {"compression": "gzip", "compression_opts": 4}
 

@@ -13,12 +13,12 @@ import logging
 from pathlib import Path
 
 import pandas as pd
-from svip_core.logs import progress
 
 from svip_core.containers import SPLITS, clip_digests, clip_hashes, list_clips
 from svip_core.hashing import ContentHashes
 from svip_core.io.clip import ClipError, inspect_clip
 from svip_core.io.shards import write_shared_shard
+from svip_core.logs import progress
 
 MANIFEST_COLUMNS = ["path", "video_id", "split", "T", "N", "persons_present", "scene_category", "verdict",
                     "reason", "content_hash", "payload_hash", "shard"]

@@ -19,8 +19,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DistributedSampler
-from svip_core.logs import progress
 
+from svip_core.logs import progress
 from svip_core.model.loss import ranking_loss
 from svip_core.model.ranker import build_ranker
 from svip_core.model.ranking import hit_at_k, target_rank_stats
