@@ -21,7 +21,7 @@ from torch_geometric.utils import dense_to_sparse
 from svip_core.model.graph import FrameGAT
 from svip_core.model.loss import ranking_loss
 from svip_core.model.ranker import build_ranker
-from svip_core.stages import SCHEMA_PATH
+from svip_core.config import SCHEMA_PATH
 from timing import device_name, timed
 
 SHAPES = {"reference": (8, 120, 20), "small": (8, 16, 6)}

@@ -5,8 +5,6 @@ import shlex
 import sys
 from pathlib import Path
 
-from snakemake.exceptions import WorkflowError
-
 # Rules run `python workflow_scripts/...`; make the library importable in any environment (incl. --sdm conda).
 sys.path.insert(0, workflow.basedir)
 # Without a conda or container deployment, jobs run the interpreter that runs Snakemake (its bin folder first on
@@ -16,20 +14,29 @@ _DEPLOYED = bool(workflow.deployment_settings and workflow.deployment_settings.d
 _PATH = "" if _DEPLOYED else f"export PATH={shlex.quote(os.path.dirname(sys.executable))}:$PATH; "
 shell.prefix(f"{_PATH}export PYTHONPATH={shlex.quote(workflow.basedir)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
 
-from svip_core.stages import (  # noqa: E402
-    EMBEDDED, STAGE_DIRS, ConfigError, backbone_folder, run_settings, runs, stage_hash, stage_inputs, validate_config)
+from svip_core.config import EMBEDDED, ConfigError, backbone_folder, validate_config  # noqa: E402
+from svip_core.stages import STAGE_DIRS, run_settings, runs, stage_hash, stage_inputs  # noqa: E402
 
-# The same validation (and defaults) as `svip`, so both name the same folders.
-validate_config(config)
 
-# Every identity is computed once per parse: the data's content and the backbone's weights are read (through
-# the content-hash cache) here, and the params below only repeat what the hashes already cover.
+def stop(problems):
+    """A config or data problem found while planning: one line each (key, value, fix), no traceback, and no
+    job started."""
+    print("\n".join(problems), file=sys.stderr)
+    sys.exit(1)
+
+
+# The same checks and defaults as `svip`, so both name the same folders. Every identity is computed once per
+# parse: the data's content and the backbone's weights are read (through the content-hash cache) here, and the
+# params below only repeat what the hashes already cover.
 MEMO = {}
 try:
+    validate_config(config)
     IDENTITY = {stage: stage_inputs(config, stage, MEMO) for stage in ("prepare", "extract", "report")}
     BACKBONE_FOLDER = backbone_folder(config["features"]["backbone"])
-except (ConfigError, OSError) as e:
-    raise WorkflowError(str(e)) from None
+except ConfigError as e:
+    stop(e.problems)
+except OSError as e:
+    stop([str(e)])
 HASHES = {stage: stage_hash(config, stage, MEMO) for stage in ("prepare", "extract", "report")}
 DIRS = {stage: f"results/{STAGE_DIRS[stage]}/{h}" for stage, h in HASHES.items()}
 PREPARE, FEATURES, REPORT = DIRS["prepare"], DIRS["extract"], DIRS["report"]

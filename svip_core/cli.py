@@ -6,7 +6,8 @@ import sys
 from pathlib import Path
 
 import svip_core
-from svip_core.stages import STAGES, load_config, stage_dir, stage_hash
+from svip_core.config import ConfigError, load_config
+from svip_core.stages import STAGES, stage_dir, stage_hash
 
 
 class _ShowDefaults(argparse.ArgumentDefaultsHelpFormatter):
@@ -18,9 +19,10 @@ class _ShowDefaults(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def _config(args):
-    # Layered exactly as Snakemake layers `--configfile` over the Snakefile's config.yaml.
-    return load_config(None, args.configfile)
+def _config(args, assets: bool = True):
+    # Layered exactly as Snakemake layers `--configfile` over the Snakefile's config.yaml. ``assets``: the
+    # command needs the backbone (to hash or run it), so check that it can be loaded.
+    return load_config(None, args.configfile, assets)
 
 
 def cmd_hash(args) -> int:
@@ -32,7 +34,7 @@ def cmd_hash(args) -> int:
 def cmd_synth(args) -> int:
     from svip_core.io.synth import write_dataset
 
-    s = _config(args)["synthetic"]
+    s = _config(args, assets=False)["synthetic"]
     paths = write_dataset(args.out, s["clips"], s["frames"], s["persons"], s["height"], s["width"],
                           s["categories"], s["seed"] if args.seed is None else args.seed, s["scene"])
     print(f"wrote {len(paths)} clips under {args.out}")
@@ -48,7 +50,7 @@ def cmd_validate(args) -> int:
     if not files:
         print(f"{path}: no clips found (expected {path}/train/*.npz or {path}/train.h5, ...)", file=sys.stderr)
         return 1
-    manifest = resolve_duplicates(validate_files(files, _config(args)["data"]["max_array_bytes"]), "drop")
+    manifest = resolve_duplicates(validate_files(files, _config(args, assets=False)["data"]["max_array_bytes"]), "drop")
     rejected = manifest[manifest.verdict == "rejected"]
     if args.json:
         import json
@@ -98,7 +100,7 @@ def cmd_import(args) -> int:
 def cmd_convert(args) -> int:
     from svip_core.io.layouts import convert_dataset
 
-    result = convert_dataset(args.src, args.dst, args.to, _config(args)["data"]["max_array_bytes"])
+    result = convert_dataset(args.src, args.dst, args.to, _config(args, assets=False)["data"]["max_array_bytes"])
     for address, reason in result["refused"]:
         print(f"refused  {address}  {reason}", file=sys.stderr)
     print(f"wrote {result['converted']} clips to {args.dst} ({result['layout']} layout)"
@@ -205,6 +207,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
+    except ConfigError as e:        # every problem of the config, a line each
+        print("\n".join(f"svip {args.command}: {line}" for line in e.problems), file=sys.stderr)
+        return 1
     except (ValueError, OSError, RuntimeError) as e:  # bad input: one clear line, no traceback
         print(f"svip {args.command}: {e}", file=sys.stderr)
         return 1

@@ -23,20 +23,14 @@ import importlib.metadata
 import os
 from pathlib import Path
 
-import yaml
-
+from svip_core.config import BACKBONE_FILES, EMBEDDED, PROJECT_ROOT, SYNTHETIC, backbone_folder
 from svip_core.containers import DIGEST_SCHEME, clip_hashes, container_clips, scan_containers
 from svip_core.hashing import ContentHashes, code_digest, digest, file_hashes
-
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-SCHEMA_PATH = PROJECT_ROOT / "config.schema.yaml"
 
 STAGES = ("prepare", "extract", "train", "evaluate", "report")
 # The extract stage's results are feature stores, so its folder is named for what it holds.
 STAGE_DIRS = {"prepare": "prepare", "extract": "features", "train": "train", "evaluate": "evaluate",
               "report": "report"}
-SYNTHETIC = "synthetic"
-EMBEDDED = "embedded"
 
 # Every leaf key of config.schema.yaml is declared here: read by stages (part of their identity) or a run
 # setting. tests/test_reuse.py fails for a key declared nowhere.
@@ -73,55 +67,11 @@ STAGE_UPSTREAM = {"prepare": (), "extract": (), "train": ("dataset", "extract"),
 STAGE_CODE = {"prepare": ("svip_core.io.manifest",), "extract": ("svip_core.features.extract",),
               "train": ("svip_core.train.loop",), "evaluate": ("svip_core.evaluate.evaluation",),
               "report": ("svip_core.report.figures",)}
-NOT_CODE = frozenset({"svip_core", "svip_core.hashing", "svip_core.stages", "svip_core.logs", "svip_core.cli",
+NOT_CODE = frozenset({"svip_core", "svip_core.hashing", "svip_core.config", "svip_core.stages", "svip_core.logs", "svip_core.cli",
                       "svip_core.devices", "svip_core.launch"})
-BACKBONE_FILES = (".safetensors", ".bin", ".pt", ".pth", ".json")
-
-
-class ConfigError(ValueError):
-    """The config cannot name its results (for example a backbone that cannot be found)."""
 
 
 # ---- config ------------------------------------------------------------------------------------------------
-
-def load_config(base: str | os.PathLike | None = None, configfiles=()) -> dict:
-    """The config Snakemake would run: ``base`` (default: the working directory's config.yaml, as the
-    Snakefile's ``configfile:`` reads it), then each of ``configfiles`` layered over it with Snakemake's own
-    ``update_config`` (as ``snakemake --configfile``), validated with defaults filled in (``validate_config``).
-    Without either, the project's config.yaml."""
-    from snakemake.utils import update_config
-
-    configfiles = [configfiles] if isinstance(configfiles, (str, os.PathLike)) else list(configfiles)
-    if base is None and Path("config.yaml").exists():
-        base = Path("config.yaml")
-    elif base is None and not configfiles:
-        base = PROJECT_ROOT / "config.yaml"
-    config: dict = {}
-    for path in ([base] if base is not None else []) + configfiles:
-        with open(path) as f:
-            update_config(config, yaml.safe_load(f) or {})
-    return validate_config(config)
-
-
-def validate_config(config: dict) -> dict:
-    """Validate ``config`` in place with Snakemake's validator (which also sets schema defaults). The Snakefile
-    calls this too, so `svip` and the workflow resolve a config the same way."""
-    from snakemake.utils import validate
-
-    validate(config, str(SCHEMA_PATH), set_default=True)
-    return config
-
-
-def schema_keys(schema: dict | None = None, prefix: str = "") -> list[str]:
-    """Every leaf key of the config schema, dotted (``ablations`` counts as one key)."""
-    if schema is None:
-        schema = yaml.safe_load(SCHEMA_PATH.read_text())
-    keys = []
-    for name, sub in schema.get("properties", {}).items():
-        dotted = prefix + name
-        keys += schema_keys(sub, dotted + ".") if sub.get("properties") else [dotted]
-    return keys
-
 
 def _get(config: dict, dotted: str):
     node = config
@@ -174,9 +124,6 @@ def runs(config: dict) -> dict[str, dict]:
     ablations = config.get("ablations", {})
     ablations = {} if ablations == "none" else ablations
     for variant, overrides in {"full": {}, **{name: ablations[name] for name in sorted(ablations)}}.items():
-        unknown = set(overrides) - set(config["model"])
-        if unknown:
-            raise ValueError(f"ablations.{variant}: unknown model keys {sorted(unknown)}; use keys of the model section")
         for seed in config["train"]["seeds"]:
             run = copy.deepcopy(config)
             run["model"].update(overrides)
@@ -261,42 +208,6 @@ def dataset_identity(config: dict, memo: dict | None = None) -> dict:
         memo["dataset"] = {"config": _stage_config(config, "prepare"), "clips": content,
                            "code": stage_code("prepare", config)}
     return memo["dataset"]
-
-
-def _hub_folder(repo_id: str) -> str:
-    """A hub id's local snapshot: from the Hugging Face cache, else downloaded now (weights and configs only),
-    so the identity is always the weights' content, never "not downloaded yet"."""
-    from huggingface_hub import snapshot_download
-
-    patterns = [f"*{s}" for s in BACKBONE_FILES]
-    try:
-        return snapshot_download(repo_id, local_files_only=True, allow_patterns=patterns)
-    except Exception:
-        pass
-    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "10")
-    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "10")
-    try:
-        return snapshot_download(repo_id, allow_patterns=patterns)
-    except Exception as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ConfigError(
-            f"features.backbone: {repo_id!r} is neither a folder nor in the local Hugging Face cache, and it could "
-            f"not be downloaded ({first}). Fix: download it where there is network (`huggingface-cli download "
-            f"{repo_id} --local-dir /models/{repo_id.split('/')[-1]}`) and set features.backbone to that folder"
-        ) from None
-
-
-def backbone_folder(source: str) -> Path | None:
-    """The local folder a backbone is loaded from: the folder itself, or a hub id's snapshot (None: embedded,
-    which the workflow builds)."""
-    if source == EMBEDDED:
-        return None
-    if Path(source).is_dir():
-        return Path(source).resolve()
-    if source.startswith(("/", ".", "~")) or source.count("/") != 1:     # hub ids are "namespace/name"
-        raise ConfigError(f"features.backbone: folder {source!r} not found. Fix: give an existing model folder "
-                          f"(saved with save_pretrained), a hub id such as facebook/dinov2-base, or 'embedded'")
-    return Path(_hub_folder(source))
 
 
 def backbone_identity(features: dict, cache: ContentHashes | None = None) -> dict:

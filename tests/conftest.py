@@ -71,8 +71,8 @@ def finished_workflow(tmp_path_factory) -> Path:
     return wd
 
 
-def snakemake(workdir: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+def snakemake(workdir: Path, *args: str, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**(os.environ if env is None else env), "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     return subprocess.run([str(BIN / "snakemake"), "--cores", "2", *args], cwd=workdir, env=env, text=True,
                           capture_output=True, timeout=timeout)
 
@@ -110,7 +110,7 @@ def build_stores(folder: Path, clips: dict[str, int], num_shards: int) -> list[s
     from svip_core.io.manifest import prepare_dataset
     from svip_core.io.shards import read_shard
     from svip_core.io.synth import write_dataset
-    from svip_core.stages import validate_config
+    from svip_core.config import validate_config
 
     cfg = validate_config(copy.deepcopy(TINY))
     s, f = cfg["synthetic"], cfg["features"]

@@ -10,8 +10,9 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from conftest import snakemake, write_config
-from svip_core.stages import load_config, stage_dir
+from conftest import snakemake
+from svip_core.config import load_config
+from svip_core.stages import stage_dir
 
 SVIP = [sys.executable, "-m", "svip_core.cli", "with-gpus"]
 REPORT = "import os, sys, time; print(os.environ['CUDA_VISIBLE_DEVICES'], time.time(), flush=True); " \

@@ -22,7 +22,8 @@ from svip_core.io.clip import ClipError, inspect_clip, read_clip
 from svip_core.io.layouts import clip_arrays, write_h5_clip
 from svip_core.io.manifest import validate_files
 from svip_core.io.synth import write_dataset
-from svip_core.stages import load_config, stage_dir
+from svip_core.config import load_config
+from svip_core.stages import stage_dir
 
 SVIP = str(Path(sys.executable).parent / "svip")
 

@@ -14,7 +14,8 @@ import hostile_corpus
 from conftest import snakemake, write_config
 from svip_core.io.clip import ClipError, inspect_clip
 from svip_core.io.manifest import DatasetError, prepare_dataset
-from svip_core.stages import load_config, stage_dir
+from svip_core.config import load_config
+from svip_core.stages import stage_dir
 
 
 @pytest.fixture(scope="module")

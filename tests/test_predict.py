@@ -10,7 +10,8 @@ import pytest
 
 from conftest import BIN, ROOT, TINY, build_stores, svip
 from svip_core.io.samples import fetch_vtest
-from svip_core.stages import runs, validate_config
+from svip_core.config import validate_config
+from svip_core.stages import runs
 
 CACHE = ROOT / "tests" / "data"
 

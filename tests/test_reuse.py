@@ -20,10 +20,10 @@ import yaml
 from safetensors.torch import load_file
 
 from conftest import TINY, copy_workflow, planned_jobs, ran_jobs, snakemake, write_config
+from svip_core.config import load_config, schema_keys, validate_config
 from svip_core.io.synth import write_dataset
+from svip_core.stages import RUN_SETTINGS, STAGE_KEYS, STAGES, _get, keys_read, stage_dir
 from svip_core.train.loop import TIME_COLUMNS
-from svip_core.stages import (RUN_SETTINGS, STAGE_KEYS, STAGES, _get, keys_read, load_config, schema_keys,
-                              stage_dir, validate_config)
 
 BIN = Path(sys.executable).parent
 # Which stages run again when a stage's identity changes (rules named by the stage they belong to).

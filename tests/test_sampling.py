@@ -130,7 +130,7 @@ def test_extraction_keeps_a_vip_visible_in_3_of_120_frames(tmp_path):
     from svip_core.features.extract import extract_shard
     from svip_core.io.manifest import prepare_dataset
     from svip_core.io.shards import read_shard
-    from svip_core.stages import validate_config
+    from svip_core.config import validate_config
 
     _rare_vip_dataset(tmp_path / "clips")
     manifest = prepare_dataset(tmp_path / "clips", tmp_path / "prepare", 1, 10**9, "error")

@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from conftest import planned_jobs, snakemake
-from svip_core.stages import all_stage_hashes, load_config, runs, validate_config
+from svip_core.config import load_config, validate_config
+from svip_core.stages import all_stage_hashes, runs
 
 
 def hashes(cfg):
@@ -46,20 +47,13 @@ def test_local_backbone_is_identified_by_its_weights_not_its_path(tiny_config, t
     for folder, content in ((a, b"weights-1"), (b, b"weights-1")):
         folder.mkdir()
         (folder / "model.safetensors").write_bytes(content)
+        (folder / "config.json").write_text('{"model_type": "dinov2", "patch_size": 8}')
     tiny_config["features"]["backbone"] = str(a)
     ha = hashes(tiny_config)["extract"]
     tiny_config["features"]["backbone"] = str(b)
     assert hashes(tiny_config)["extract"] == ha               # same weights elsewhere: same features
     (b / "model.safetensors").write_bytes(b"weights-2")
     assert hashes(tiny_config)["extract"] != ha               # new weights at the same path: new features
-
-
-def test_schema_rejects_unknown_keys(tiny_config):
-    from snakemake.exceptions import WorkflowError
-
-    tiny_config["train"]["learning_rate"] = 0.1
-    with pytest.raises(WorkflowError):
-        validate_config(tiny_config)
 
 
 def test_svip_cli_prints_version_and_hash(tmp_path, tiny_config):
@@ -89,30 +83,6 @@ def test_ablations_and_seeds_add_runs_without_touching_existing_ones(tiny_config
     assert train_hashes["full/seed0"] == full and len(set(train_hashes.values())) == 4
     assert all_runs["no_gat/seed1"]["model"]["gat_layers"] == 0 and all_runs["no_gat/seed1"]["train"]["seed"] == 1
     assert stage_hash(more, "report") != stage_hash(base, "report")
-
-
-def test_an_ablation_of_an_unknown_model_key_is_refused(tiny_config):
-    from svip_core.stages import runs
-
-    tiny_config["ablations"] = {"typo": {"gat_layer": 0}}
-    with pytest.raises(ValueError, match="unknown model keys"):
-        runs(validate_config(tiny_config))
-
-
-def test_a_hub_id_that_cannot_be_fetched_fails_at_planning_with_one_line(tmp_path, tiny_config):
-    """A hub id is identified by its weights; one that is neither cached nor downloadable cannot name its
-    features, so planning stops at once (never an 'unresolved' hash that changes after a download)."""
-    import os
-
-    from conftest import write_config
-
-    tiny_config["features"]["backbone"] = "no-such-org/no-such-dinov2"
-    write_config(tmp_path / "config.yaml", tiny_config)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
-    out = subprocess.run([str(Path(sys.executable).parent / "svip"), "hash", "extract"], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=60)
-    assert out.returncode == 1 and "Traceback" not in out.stderr
-    assert len(out.stderr.strip().splitlines()) == 1 and "features.backbone" in out.stderr
 
 
 def test_an_override_file_can_turn_the_ablations_off(workflow_dir):

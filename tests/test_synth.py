@@ -5,7 +5,7 @@ from __future__ import annotations
 from svip_core.evaluate.baselines import (clip_geometry, heuristic_scores, heuristic_top1_on_clips, single_track_probe,
                                           top1)
 from svip_core.io.synth import write_dataset
-from svip_core.stages import validate_config
+from svip_core.config import validate_config
 
 HEURISTICS = {"random", "largest_box", "most_central", "longest_visible", "most_motion", "least_motion",
               "second_least_motion", "closest_to_all_at_end"}

@@ -12,7 +12,8 @@ import pytest
 from safetensors.torch import load_file
 
 from conftest import ROOT, TINY, build_stores
-from svip_core.stages import runs, validate_config
+from svip_core.config import validate_config
+from svip_core.stages import runs
 from svip_core.train.loop import TIME_COLUMNS
 
 BIN = Path(sys.executable).parent

@@ -10,7 +10,8 @@ import pytest
 import zarr
 
 from conftest import BIN, snakemake, write_config
-from svip_core.stages import STAGE_DIRS, all_stage_hashes, load_config, stage_dir
+from svip_core.config import load_config
+from svip_core.stages import STAGE_DIRS, all_stage_hashes, stage_dir
 
 
 @pytest.fixture(scope="module")

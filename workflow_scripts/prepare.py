@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 from svip_core.hashing import ContentHashes
-from svip_core.io.manifest import prepare_dataset
+from svip_core.io.manifest import DatasetError, prepare_dataset
 from svip_core.io.synth import write_dataset
 from svip_core.logs import setup_logging
 from svip_core.stages import data_content
@@ -35,4 +35,7 @@ else:
     write_dataset(source, s["clips"], s["frames"], s["persons"], s["height"], s["width"], s["categories"], s["seed"],
                   s["scene"])
 d = cfg["data"]
-prepare_dataset(source, out, d["num_shards"], d["max_array_bytes"], d["on_duplicate_id"], cache, args.shared_shards)
+try:
+    prepare_dataset(source, out, d["num_shards"], d["max_array_bytes"], d["on_duplicate_id"], cache, args.shared_shards)
+except DatasetError as e:      # the data, not the code, is at fault: its problems a line each, no traceback
+    sys.exit(str(e))

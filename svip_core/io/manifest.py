@@ -26,7 +26,12 @@ log = logging.getLogger(__name__)
 
 
 class DatasetError(RuntimeError):
-    """The dataset as a whole cannot be used (no clips, duplicate or leaking ids under the 'error' policy)."""
+    """The dataset as a whole cannot be used (no clips, duplicate or leaking ids under the 'error' policy).
+    ``problems``: one line each, naming what, where and the fix."""
+
+    def __init__(self, problems: str | list[str]):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("\n".join(self.problems))
 
 
 def shard_of(video_id: str, num_shards: int) -> int:
@@ -79,17 +84,17 @@ def resolve_duplicates(manifest: pd.DataFrame, policy: str) -> pd.DataFrame:
                 continue
             seen.add(frozenset(group.index))
             kind = "leak between splits " + "/".join(sorted(set(group.split))) if group.split.nunique() > 1 else "duplicate"
-            label = f"video_id {value!r}" if column == "video_id" else f"same {what}"
-            problems.append(f"{label} ({kind}): " + " and ".join(group.path))
+            label = f"video_id {value!r}" if column == "video_id" else f"the same {what}"
+            problems.append(f"data.on_duplicate_id = \"error\": {label} ({kind}) in " + " and ".join(group.path)
+                            + ". Fix: give every clip a unique video_id and keep one copy of every clip, or set "
+                              "data.on_duplicate_id: drop")
             first = group.iloc[0]
             for i in group.index[1:]:
                 kind = "leak" if first.split != manifest.at[i, "split"] else "duplicate"
                 manifest.loc[i, ["verdict", "reason"]] = [
                     "rejected", f"{column}: {kind} of {first.path} (same {what}). Fix: keep one copy of every clip"]
     if problems and policy == "error":
-        raise DatasetError("duplicate or leaking clips:\n  " + "\n  ".join(problems)
-                           + "\nFix: give every clip a unique video_id and keep one copy of every clip, or set "
-                             "data.on_duplicate_id: drop")
+        raise DatasetError(problems)
     return manifest
 
 

@@ -1,0 +1,195 @@
+"""Config mistakes stop `svip` and the workflow before any job starts, with a line per problem naming the key,
+the value and the fix, and no traceback; data-level stops (duplicates, leaks) end the same way."""
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import BIN, ROOT, TINY, copy_workflow, snakemake, write_config
+from svip_core.config import ConfigError, load_config, validate_config
+from svip_core.io.synth import write_dataset
+
+# (mistake as an override file, the key the line must name, words of the fix); TINY's patch size is 8.
+MISTAKES = {
+    "unknown key": ({"model": {"gat_layer": 3}}, "model.gat_layer", "did you mean model.gat_layers?"),
+    "not a patch multiple": ({"features": {"frame_size": [100, 80]}}, "features.frame_size", "patch size 8"),
+    "missing backbone folder": ({"features": {"backbone": "/nonexistent/folder"}}, "features.backbone",
+                                "folder not found"),
+    "out of range": ({"train": {"lr": -1}}, "train.lr", "give a number > 0"),
+    "wrong type": ({"train": {"epochs": "ten"}}, "train.epochs", "give an integer >= 1"),
+    "unknown choice": ({"features": {"mode": "roii"}}, "features.mode", "did you mean roi?"),
+    "heads do not divide": ({"model": {"d_model": 15}}, "model.d_model", "use 14 or 16"),
+    "seed twice": ({"train": {"seeds": [1, 1]}}, "train.seeds", "list each seed once"),
+    "ablation of an unknown key": ({"ablations": {"no_gat": {"gat_layer": 0}}}, "ablations.no_gat.gat_layer",
+                                   "did you mean ablations.no_gat.gat_layers?"),
+    "missing data folder": ({"data": {"source": "/nonexistent/data"}}, "data.source", "folder not found"),
+}
+# What Snakemake itself says on starting, before it parses the Snakefile.
+SNAKEMAKE_NOTICES = ("Using workflow specific profile", "Config file config.yaml is extended")
+
+
+def problem_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.strip().splitlines() if line and not line.startswith(SNAKEMAKE_NOTICES)]
+
+
+def assert_one_line(result: subprocess.CompletedProcess, key: str, fix: str) -> None:
+    lines = problem_lines(result.stderr)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert len(lines) == 1, lines
+    assert key in lines[0] and fix in lines[0] and "Fix: " in lines[0], lines[0]
+
+
+def svip_hash(folder: Path, *configfiles: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    args = [a for f in configfiles for a in ("--configfile", str(f))]
+    return subprocess.run([str(BIN / "svip"), *args, "hash", "train"], cwd=folder, capture_output=True, text=True,
+                          env=env, timeout=60)
+
+
+@pytest.mark.parametrize("mistake", MISTAKES)
+def test_svip_names_each_config_mistake_in_one_line(tmp_path, mistake):
+    override, key, fix = MISTAKES[mistake]
+    write_config(tmp_path / "config.yaml", TINY)
+    result = svip_hash(tmp_path, write_config(tmp_path / "mistake.yaml", override))
+    assert_one_line(result, key, fix)
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize("mistake", MISTAKES)
+def test_the_workflow_stops_on_each_config_mistake_before_any_job(workflow_dir, mistake):
+    override, key, fix = MISTAKES[mistake]
+    result = snakemake(workflow_dir, "--configfile", str(write_config(workflow_dir / "mistake.yaml", override)))
+    assert_one_line(result, key, fix)
+    assert not (workflow_dir / "results").exists()
+
+
+def test_every_problem_gets_its_own_line(tmp_path):
+    write_config(tmp_path / "config.yaml", TINY)
+    override = {"train": {"lr": 0, "epochs": "ten", "workers": "many"}, "modle": {}}
+    result = svip_hash(tmp_path, write_config(tmp_path / "mistakes.yaml", override))
+    lines = problem_lines(result.stderr)
+    assert result.returncode == 1 and len(lines) == 4 and "Traceback" not in result.stderr
+    for key in ("train.lr = 0", 'train.epochs = "ten"', 'train.workers = "many"', "modle = {}: unknown key"):
+        assert sum(key in line for line in lines) == 1, (key, lines)
+    assert "did you mean model?" in result.stderr
+
+
+def test_a_yaml_syntax_error_names_the_file_and_line(tmp_path):
+    write_config(tmp_path / "config.yaml", TINY)
+    (tmp_path / "broken.yaml").write_text("train:\n  lr: 0.1\n epochs: [3\n")
+    result = svip_hash(tmp_path, tmp_path / "broken.yaml")
+    lines = problem_lines(result.stderr)
+    assert result.returncode == 1 and len(lines) == 1 and "Traceback" not in result.stderr
+    assert "broken.yaml line 3" in lines[0] and "not valid YAML" in lines[0]
+
+
+def test_the_patch_size_is_the_backbones_own(tmp_path, tiny_config):
+    """A real DINOv2 has 14-pixel patches: the frame size is checked against the folder's config.json."""
+    (tmp_path / "dinov2").mkdir()
+    (tmp_path / "dinov2" / "config.json").write_text('{"model_type": "dinov2", "patch_size": 14}')
+    tiny_config["features"].update(backbone=str(tmp_path / "dinov2"), frame_size=[96, 160])
+    with pytest.raises(ConfigError) as err:
+        validate_config(tiny_config)
+    assert err.value.problems == ["features.frame_size = [96, 160]: 96, 160 not a multiple of the backbone's patch "
+                                  "size 14. Fix: use [98, 154]"]
+    tiny_config["features"].update(mode="crop", crop_size=64)
+    with pytest.raises(ConfigError, match="features.crop_size = 64: .* Fix: use 56 or 70"):
+        validate_config(tiny_config)
+    tiny_config["features"]["crop_size"] = 70
+    validate_config(tiny_config)
+
+
+def test_a_folder_without_a_model_config_is_not_a_backbone(tmp_path, tiny_config):
+    tiny_config["features"]["backbone"] = str(tmp_path)
+    with pytest.raises(ConfigError, match="no config.json in that folder. Fix: give a model folder saved with"):
+        validate_config(tiny_config)
+
+
+@pytest.mark.parametrize("config", ["config.yaml", "benchmarks/relational_benchmark.yaml",
+                                    "benchmarks/synthetic_benchmark.yaml"])
+def test_the_shipped_configs_pass_the_checks(config):
+    configfiles = [] if config == "config.yaml" else [ROOT / config]
+    assert load_config(ROOT / "config.yaml", configfiles)["features"]["backbone"] == "embedded"
+
+
+def _silent_endpoint():
+    """A hub address that never answers, as behind a firewall that drops packets: a listening socket whose
+    backlog is full (Linux then ignores further connection requests)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    port = server.getsockname()[1]
+    fillers = [socket.socket() for _ in range(3)]
+    for s in fillers:
+        s.setblocking(False)
+        s.connect_ex(("127.0.0.1", port))
+    probe = socket.socket()
+    probe.settimeout(0.3)
+    try:
+        probe.connect(("127.0.0.1", port))
+        pytest.skip("this kernel accepts connections beyond a full backlog: no silent endpoint to test with")
+    except OSError:
+        pass
+    finally:
+        probe.close()
+    return f"http://127.0.0.1:{port}", [server, *fillers]
+
+
+@pytest.mark.parametrize("endpoint", ["silent", "unresolvable"])
+def test_a_hub_id_offline_fails_at_once_in_one_line(tmp_path, endpoint):
+    """Offline is detected, not waited out: neither a silent hub nor a failing name lookup costs retries. The
+    workflow spends no more on it than on a typo (Snakemake's own start-up is most of its second)."""
+    sockets = []
+    if endpoint == "silent":
+        url, sockets = _silent_endpoint()
+    else:
+        url = "http://huggingface.invalid"
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    env.update(HF_ENDPOINT=url, HF_HOME=str(tmp_path / "hf"))
+    config = copy.deepcopy(TINY)
+    config["features"]["backbone"] = "facebook/dinov2-base"
+    wd = copy_workflow(tmp_path / "wf", config)
+    typo = write_config(tmp_path / "typo.yaml", MISTAKES["unknown key"][0])
+    try:
+        start = time.monotonic()
+        result = svip_hash(wd, env=env)
+        elapsed = time.monotonic() - start
+        start = time.monotonic()
+        workflow = snakemake(wd, "-n", env=env)
+        workflow_elapsed = time.monotonic() - start
+        start = time.monotonic()
+        snakemake(wd, "-n", "--configfile", str(typo), env=env)
+        typo_elapsed = time.monotonic() - start
+    finally:
+        for s in sockets:
+            s.close()
+    for out in (result, workflow):
+        assert_one_line(out, 'features.backbone = "facebook/dinov2-base"', "huggingface-cli download")
+        assert "not in the local Hugging Face cache" in out.stderr
+    assert elapsed < 2.0, elapsed
+    assert workflow_elapsed < typo_elapsed + 1.5, (workflow_elapsed, typo_elapsed)
+
+
+def test_a_leaking_clip_stops_prepare_with_one_line_per_problem(tmp_path):
+    data = tmp_path / "data"
+    write_dataset(data, {"train": 6, "val": 2, "test": 2}, 6, 4, 48, 80, ["meeting"], seed=1)
+    shutil.copy(data / "train" / "synth_train_00000.npz", data / "val" / "copy.npz")
+    config = copy.deepcopy(TINY)
+    config["data"]["source"] = str(data)
+    wd = copy_workflow(tmp_path / "wf", config)
+    result = snakemake(wd)
+    assert result.returncode == 1 and "Traceback" not in result.stdout + result.stderr
+    log = next((wd / "results" / "prepare").glob("*/logs/prepare.log")).read_text()
+    assert "Traceback" not in log
+    problems = [line for line in log.splitlines() if line.startswith("data.on_duplicate_id")]
+    assert len(problems) == 1 and problems[0] in result.stdout + result.stderr      # shown by show-failed-logs
+    assert "leak between splits train/val" in problems[0]
+    assert "synth_train_00000.npz" in problems[0] and "copy.npz" in problems[0]
+    assert problems[0].endswith("or set data.on_duplicate_id: drop")
