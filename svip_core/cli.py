@@ -74,7 +74,9 @@ def cmd_predict(args) -> int:
         # The model this folder's config trains (full model, first seed) when it is there, else the newest one.
         try:
             configured = stage_dir(_config(args), "train") if Path("config.yaml").exists() or args.configfile else None
-        except (OSError, ValueError, RuntimeError):    # its data or backbone cannot be hashed here
+        except (OSError, ValueError, RuntimeError) as e:    # for example its data is on another machine
+            print(f"svip predict: the config's model cannot be named ({str(e).splitlines()[0]}); using the newest "
+                  f"trained model", file=sys.stderr)
             configured = None
         checkpoint = configured if configured and (configured / "model.safetensors").is_file() else newest_checkpoint()
     print(describe_model(checkpoint), flush=True)

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import BIN, ROOT, TINY, build_stores, svip
+from conftest import BIN, ROOT, TINY, build_stores, svip, write_config
 from svip_core.io.samples import fetch_vtest
 from svip_core.config import validate_config
 from svip_core.stages import runs
@@ -90,6 +91,20 @@ def test_predict_with_a_bad_tracks_file_says_which_line(vtest, checkpoint, tmp_p
     bad.write_text("1,1,10,10,50,80,1,-1,-1,-1\n2,1,10,10,-5,80,1,-1,-1,-1\n")
     result = svip("predict", vtest, "--tracks", bad, "--checkpoint", checkpoint, "--out", tmp_path / "x")
     assert result.returncode == 1 and "line 2" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_predict_says_why_it_does_not_use_the_configs_model(vtest, checkpoint, tmp_path):
+    """A config whose model cannot be named here (its data is elsewhere) falls back to the newest model, and
+    says so: the user sees which model ranks and why it is not the configured one."""
+    shutil.copytree(checkpoint, tmp_path / "results" / "train" / "h0")
+    write_config(tmp_path / "config.yaml", {**TINY, "data": {**TINY["data"], "source": "/elsewhere/data"}})
+    tracks = tmp_path / "tracks.txt"
+    tracks.write_text("".join(f"{t},{i},{100 + 200 * i},200,60,150,1,-1,-1,-1\n" for t in range(1, 40) for i in (1, 2)))
+    result = svip("predict", vtest, "--tracks", tracks, "--out", tmp_path / "pred", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.splitlines()[0] == "model: results/train/h0"
+    assert "svip predict: the config's model cannot be named (data.source = \"/elsewhere/data\": folder not found." \
+        in result.stderr and "using the newest trained model" in result.stderr
 
 
 def test_the_default_checkpoint_is_the_newest_full_model(tmp_path):
