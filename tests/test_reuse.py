@@ -54,6 +54,11 @@ def test_every_schema_key_is_declared_as_read_by_stages_or_a_run_setting():
     assert all(len(stages) == 1 or "run setting" not in stages for stages in declared.values())
 
 
+# Widths and their heads must keep dividing each other, and the patch size must keep tiling the frames.
+DOUBLED = {"features.embedded.hidden_size", "features.embedded.num_heads", "features.embedded.patch_size",
+           "model.d_model", "model.temporal_heads", "model.gat_hidden", "model.gat_heads"}
+
+
 def edited_value(key: str, value, spec: dict, workdir: Path, run_dir: Path):
     """A different valid value for ``key`` (the first choice that keeps the config valid)."""
     special = {"data.source": lambda: str(write_dataset(workdir / "other_data", {"train": 6, "val": 3, "test": 3},
@@ -67,6 +72,8 @@ def edited_value(key: str, value, spec: dict, workdir: Path, run_dir: Path):
                "ablations": lambda: {"no_gat": {"gat_layers": 0}}}
     if key in special:
         return special[key]()
+    if key in DOUBLED:
+        return value * 2
     if "enum" in spec:
         return next(v for v in spec["enum"] if v != value)
     if spec.get("type") == "boolean":
@@ -296,8 +303,13 @@ def test_datasets_sharing_clips_share_their_feature_stores(tmp_path):
         write_config(wd / "config.yaml", config)
         return until_extract(wd)
 
+    def folder(source, stage):
+        return stage_dir(validate_config(dict(copy.deepcopy(config), data={**config["data"], "source": str(source)})),
+                         stage)
+
     assert switch(b) == {"prepare": 1, "extract": 1}              # only the shard holding the new clip
     assert switch(a) == {}                                        # A's prepare folder and stores are still there
+    b_train = folder(b, "train")
     # The shared member lists follow the dataset in use: with B gone, new features of A read A's files.
     shutil.rmtree(b)
     config["features"]["num_frames"] = 5
@@ -305,11 +317,6 @@ def test_datasets_sharing_clips_share_their_feature_stores(tmp_path):
     config["features"]["num_frames"] = TINY["features"]["num_frames"]
     shutil.copytree(a, tmp_path / "a_copy")
     assert switch(tmp_path / "a_copy") == {"prepare": 1}          # a moved dataset: only its manifest is new
-
-    def folder(source, stage):
-        return stage_dir(validate_config(dict(copy.deepcopy(config), data={**config["data"], "source": str(source)})),
-                         stage)
-
     assert folder(a, "train") == folder(tmp_path / "a_copy", "train")        # a model follows content, not place
     assert folder(a, "prepare") != folder(tmp_path / "a_copy", "prepare")
-    assert folder(a, "train") != folder(b, "train")
+    assert folder(a, "train") != b_train
