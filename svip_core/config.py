@@ -10,13 +10,16 @@ typo never costs a traceback or a dump of the schema. Three layers, cheapest fir
 """
 from __future__ import annotations
 
+import datetime
 import difflib
 import json
+import math
 import os
 import socket
 import threading
 from pathlib import Path
 from urllib.parse import urlsplit
+from urllib.request import getproxies, proxy_bypass
 
 import yaml
 
@@ -55,12 +58,16 @@ def load_config(base: str | os.PathLike | None = None, configfiles=(), assets: b
     for path in ([base] if base is not None else []) + configfiles:
         try:
             with open(path) as f:
-                update_config(config, yaml.safe_load(f) or {})
+                layer = yaml.safe_load(f) or {}
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f" line {mark.line + 1}" if mark else ""
             raise ConfigError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', None) or e}). "
                               f"Fix: correct the YAML syntax there") from None
+        if not isinstance(layer, dict):
+            raise ConfigError(f"{path}: a {type(layer).__name__}, not a mapping of sections. Fix: write it as "
+                              f"`section:` lines with `key: value` lines indented below (see config.yaml)")
+        update_config(config, layer)
     return validate_config(config, assets)
 
 
@@ -102,33 +109,69 @@ def _schema() -> dict:
 
 def schema_problems(config) -> list[str]:
     """One line per schema violation, in key order; an unknown key gets the closest known one."""
-    from jsonschema import Draft202012Validator
-
     if not isinstance(config, dict):
         return [f"config = {_show(config)}: not a mapping. Fix: write the config as `section: {{key: value}}`"]
+    keys = _key_problems(config)
+    if keys:        # the validator (and anything sorting keys) needs string keys
+        return keys
     schema = _schema()
-    errors = sorted(Draft202012Validator(schema).iter_errors(config), key=lambda e: [str(p) for p in e.absolute_path])
-    problems = [line for e in errors for line in _error_lines(e)]
     ablations = config.get("ablations")
-    if isinstance(ablations, dict) and all(isinstance(v, dict) for v in ablations.values()):
+    problems, seen = [], set()
+    for e in sorted(_validator(schema).iter_errors(config), key=lambda e: [str(p) for p in e.absolute_path]):
+        path = tuple(e.absolute_path)
+        if path in seen or (path == ("ablations",) and isinstance(ablations, dict)):
+            continue        # one line per key; a mapping of ablations is checked entry by entry below
+        seen.add(path)
+        problems += _error_lines(e)
+    if isinstance(ablations, dict):
         problems += _ablation_problems(ablations, schema["properties"]["model"])
     return list(dict.fromkeys(problems))
 
 
+def _validator(schema: dict):
+    """The schema's validator, stricter than JSON Schema on numbers: an integer is an int (8.0 would hash apart
+    from 8 and break the code that counts with it), a number is finite."""
+    from jsonschema import Draft202012Validator, validators
+
+    checker = Draft202012Validator.TYPE_CHECKER.redefine_many({
+        "integer": lambda _, v: isinstance(v, int) and not isinstance(v, bool),
+        "number": lambda _, v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)})
+    return validators.extend(Draft202012Validator, type_checker=checker)(schema)
+
+
+def _key_problems(node, path: str = "") -> list[str]:
+    """Keys YAML did not read as strings (off, no, yes, on are booleans to it; 1 is an integer)."""
+    problems = []
+    for key, value in node.items() if isinstance(node, dict) else ():
+        if not isinstance(key, str):
+            why = " (unquoted off, no, yes and on are booleans to YAML)" if isinstance(key, bool) else ""
+            problems.append(f"{path}{_key(key)}: the key is read as {type(key).__name__} {_show(key)}, not a name{why}. "
+                            f"Fix: quote it in the YAML")
+        else:
+            problems += _key_problems(value, f"{path}{_key(key)}.")
+    return problems
+
+
 def _ablation_problems(ablations: dict, model_schema: dict) -> list[str]:
     """An ablation overrides model keys, so each override is checked as that model key would be."""
-    from jsonschema import Draft202012Validator
-
     known = model_schema["properties"]
     problems = []
     for name in sorted(ablations):
-        for key, value in ablations[name].items():
-            dotted = f"ablations.{name}.{key}"
+        overrides, where = ablations[name], f"ablations.{_key(name)}"
+        if not isinstance(overrides, dict):
+            problems.append(f"{where} = {_show(overrides)}: not a mapping of model overrides. Fix: give "
+                            f"{{model_key: value, ...}}, such as {{gat_layers: 0}}")
+            continue
+        if name == "full" or "/" in name:
+            problems.append(f"{where}: {'the full model is named full' if name == 'full' else 'a name with /'} "
+                            f"(run names are variant/seed). Fix: rename the ablation")
+        for key, value in overrides.items():
+            dotted = f"{where}.{_key(key)}"
             if key not in known:
                 problems.append(f"{dotted} = {_show(value)}: unknown model key. Fix: "
-                                + _suggest(key, known, f"ablations.{name}.", "an ablation overrides model keys"))
+                                + _suggest(key, known, f"{where}.", "an ablation overrides model keys"))
                 continue
-            for e in Draft202012Validator(known[key]).iter_errors(value):
+            for e in list(_validator(known[key]).iter_errors(value))[:1]:
                 problems += _error_lines(e, dotted)
     return problems
 
@@ -139,20 +182,33 @@ def _error_lines(error, key: str | None = None) -> list[str]:
     if error.validator == "additionalProperties" and isinstance(value, dict):
         known = schema.get("properties", {})
         prefix = key + "." if key else ""
-        return [f"{prefix}{extra} = {_show(value[extra])}: unknown key. Fix: " + _suggest(extra, known, prefix)
+        return [f"{prefix}{_key(extra)} = {_show(value[extra])}: unknown key. Fix: " + _suggest(extra, known, prefix)
                 for extra in sorted(set(value) - set(known))]
     if error.validator == "enum":
         close = difflib.get_close_matches(str(value), [str(v) for v in schema["enum"]], n=1, cutoff=0.5)
         fix = f"did you mean {close[0]}?" if close else f"give {_describe(schema)}"
         return [f"{key} = {_show(value)}: not {_describe(schema)}. Fix: {fix}"]
     what = {"type": f"not {_describe({'type': schema.get('type')})}",
-            "minItems": f"needs at least {schema.get('minItems')} items",
-            "maxItems": f"takes at most {schema.get('maxItems')} items",
+            "minItems": f"needs at least {_items(schema.get('minItems'))}",
+            "maxItems": f"takes at most {_items(schema.get('maxItems'))}",
+            "minLength": "is empty",
             "oneOf": f"not {_describe(schema)}"}.get(error.validator, error.message.replace(_show(value), "").strip())
     if error.validator in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
         sign = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}[error.validator]
         what = f"must be {sign} {error.validator_value}"
-    return [f"{key} = {_show(value)}: {what}. Fix: give {_describe(schema)}{_default(schema)}"]
+    fix = f"give {_describe(schema)}{_default(schema)}"
+    if error.validator == "type" and schema.get("type") == "string" and value is not None and not isinstance(value, str):
+        fix = f"quote it: \"{value}\""
+    elif error.validator == "type" and schema.get("type") == "number" and isinstance(value, str) and _is_float(value):
+        fix = f"write it with a dot and a signed exponent, such as {_show(float(value))} (YAML reads {value} as text)"
+    return [f"{key} = {_show(value)}: {what}. Fix: {fix}"]
+
+
+def _is_float(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
 
 
 def _describe(schema: dict) -> str:
@@ -175,7 +231,13 @@ def _describe(schema: dict) -> str:
         for one, many in (("an integer", "integers"), ("a number", "numbers"), ("a string", "strings")):
             item = item.replace(one, many, 1) if item.startswith(one) else item
         return f"a list of {count}{item}" if item else "a list"
+    if kind == "string" and schema.get("minLength"):
+        return "a non-empty string"
     return {"boolean": "true or false", "string": "a string", "object": "a mapping"}.get(kind, "")
+
+
+def _items(count: int) -> str:
+    return f"{count} item" + ("" if count == 1 else "s")
 
 
 def _default(schema: dict) -> str:
@@ -183,7 +245,7 @@ def _default(schema: dict) -> str:
 
 
 def _suggest(key: str, known, prefix: str, why: str = "") -> str:
-    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+    close = difflib.get_close_matches(str(key), list(known), n=1, cutoff=0.6)
     if close:
         return f"did you mean {prefix}{close[0]}?"
     return (f"{why}; " if why else "") + f"remove it or use one of {', '.join(sorted(known))}"
@@ -192,12 +254,27 @@ def _suggest(key: str, known, prefix: str, why: str = "") -> str:
 def _dotted(path) -> str:
     out = ""
     for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        out += f"[{part}]" if isinstance(part, int) else (f".{_key(part)}" if out else _key(part))
     return out
 
 
+def _key(key) -> str:
+    """A key as written in a problem line: plain when it is a plain name, else quoted (never a line break)."""
+    text = str(key)
+    return text if text.replace("_", "").replace("-", "").isalnum() else json.dumps(text)
+
+
 def _show(value) -> str:
-    text = json.dumps(value, default=str)
+    """A value as YAML would read it back, on one line: floats keep a dot (YAML reads 5e-05 as text)."""
+    if isinstance(value, float) and math.isfinite(value):
+        text = repr(value)
+        if "e" in text and "." not in text.split("e")[0]:
+            mantissa, exponent = text.split("e")
+            text = f"{mantissa}.0e{exponent if exponent[0] in '+-' else '+' + exponent}"
+    elif isinstance(value, (datetime.date, datetime.datetime)):
+        text = f"{value} (a date to YAML)"
+    else:
+        text = json.dumps(value, default=str)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -223,23 +300,47 @@ def value_problems(config: dict) -> list[str]:
                         f"features.embedded.num_heads ({embedded['num_heads']}). Fix: "
                         f"{_multiples(embedded['hidden_size'], embedded['num_heads'])}")
     ablations = config["ablations"] if isinstance(config["ablations"], dict) else {}
-    full = _model_problems(config["model"], "model.")
-    problems += full
+    problems += _width_problems(config["model"])
+    variants = {"full": config["model"]}
     for name in sorted(ablations):
-        problems += [p for p in _model_problems({**config["model"], **ablations[name]}, f"ablations.{name}: model.")
-                     if p.split(": ", 1)[1] not in {q.split(": ", 1)[1] for q in full}]
+        model = {**config["model"], **ablations[name]}
+        problems += _width_problems(model, f"ablations.{_key(name)}.", ablations[name], config["model"])
+        same = next((other for other, m in variants.items() if m == model), None)
+        if same is not None:    # the same model trains under one hash: it would appear under one name only
+            fix = ("override a model key with a value the full model does not have, or remove it" if same == "full"
+                   else "keep one of the two")
+            what = "the full model" if same == "full" else f"ablations.{_key(same)}"
+            problems.append(f"ablations.{_key(name)} = {_show(ablations[name])}: the same model as {what} (both would "
+                            f"train under one name). Fix: {fix}")
+        variants[name] = model
     return problems
 
 
-def _model_problems(model: dict, where: str) -> list[str]:
+def _bad_splits(model: dict) -> list[tuple[str, str]]:
+    """(width, heads) pairs the model uses where the heads do not split the width."""
+    temporal = bool(model["temporal_layers"] or model["event_token"] or model["pooling"] == "attention")
+    used = [("d_model", "temporal_heads", temporal), ("gat_hidden", "gat_heads", model["gat_layers"] > 0)]
+    return [(width, heads) for width, heads, uses in used if uses and model[width] % model[heads]]
+
+
+def _width_problems(model: dict, where: str = "model.", overrides: dict | None = None,
+                    full: dict | None = None) -> list[str]:
+    """Each width the model uses must split into its heads. In an ablation (``overrides`` of ``full``) the line
+    names the key the ablation sets; a split already wrong in the full model is said once, there."""
+    overrides = overrides or {}
     problems = []
-    if (model["temporal_layers"] or model["event_token"] or model["pooling"] == "attention") \
-            and model["d_model"] % model["temporal_heads"]:
-        problems.append(f"{where}d_model = {model['d_model']}: not a multiple of model.temporal_heads "
-                        f"({model['temporal_heads']}). Fix: {_multiples(model['d_model'], model['temporal_heads'])}")
-    if model["gat_layers"] and model["gat_hidden"] % model["gat_heads"]:
-        problems.append(f"{where}gat_hidden = {model['gat_hidden']}: not a multiple of model.gat_heads "
-                        f"({model['gat_heads']}). Fix: {_multiples(model['gat_hidden'], model['gat_heads'])}")
+    for width, heads in _bad_splits(model):
+        if full is not None and not {width, heads} & set(overrides) and (width, heads) in _bad_splits(full):
+            continue
+        w, h = model[width], model[heads]
+        width_key = f"{where}{width}" if width in overrides else f"model.{width}"
+        heads_key = f"{where}{heads}" if heads in overrides else f"model.{heads}"
+        if heads in overrides and width not in overrides:
+            near = sorted((d for d in range(1, w + 1) if w % d == 0), key=lambda d: (abs(d - h), d))[:3]
+            problems.append(f"{heads_key} = {h}: does not divide {width_key} ({w}). Fix: use "
+                            f"{', '.join(map(str, sorted(near)))}")
+        else:
+            problems.append(f"{width_key} = {w}: not a multiple of {heads_key} ({h}). Fix: {_multiples(w, h)}")
     return problems
 
 
@@ -262,9 +363,11 @@ def asset_problems(config: dict) -> list[str]:
     else:
         try:
             patch = json.loads((folder / "config.json").read_text())["patch_size"]
+            if isinstance(patch, bool) or not isinstance(patch, int) or patch < 1:
+                raise ValueError(f"patch_size is {_show(patch)}")
         except (OSError, ValueError, KeyError, TypeError) as e:
-            return [f"features.backbone = {_show(features['backbone'])}: {folder}/config.json has no readable "
-                    f"patch_size ({type(e).__name__}: {e}). Fix: give a DINOv2 folder saved with save_pretrained"]
+            return [f"features.backbone = {_show(features['backbone'])}: {_show(str(folder / 'config.json'))} has no "
+                    f"usable patch_size ({type(e).__name__}: {e}). Fix: give a DINOv2 folder saved with save_pretrained"]
     if features["mode"] == "roi":
         bad = [side for side in features["frame_size"] if side % patch]
         if bad:
@@ -282,7 +385,7 @@ def backbone_folder(source: str) -> Path | None:
     which the workflow builds)."""
     if source == EMBEDDED:
         return None
-    if Path(source).expanduser().is_dir():
+    if Path(source).expanduser().is_dir() and source.strip():
         folder = Path(source).expanduser().resolve()
         if not (folder / "config.json").is_file():
             raise ConfigError(f"features.backbone = {_show(source)}: no config.json in that folder. Fix: give a "
@@ -305,27 +408,28 @@ def _hub_folder(repo_id: str) -> str:
         return snapshot_download(repo_id, local_files_only=True, allow_patterns=patterns)
     except Exception:
         pass
-    local = (f"Fix: download it where there is network (`huggingface-cli download {repo_id} --local-dir "
-             f"/models/{repo_id.split('/')[-1]}`) and set features.backbone to that folder")
+    what = f"features.backbone = {_show(repo_id)}: no such folder, and as a hub id not in the local Hugging Face cache"
+    fix = (f"Fix: give the model's folder, or download it where there is network (`hf download {repo_id} "
+           f"--local-dir /models/{repo_id.split('/')[-1]}`) and set features.backbone to that folder")
     endpoint = constants.ENDPOINT
     if constants.HF_HUB_OFFLINE or not _reachable(endpoint):
         why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else f"{endpoint} cannot be reached (offline)"
-        raise ConfigError(f"features.backbone = {_show(repo_id)}: not in the local Hugging Face cache and {why}. "
-                          + local)
-    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "10")
-    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "10")
+        raise ConfigError(f"{what}, and {why}. {fix}")
     try:
         return snapshot_download(repo_id, allow_patterns=patterns)
     except Exception as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ConfigError(f"features.backbone = {_show(repo_id)}: not in the local Hugging Face cache and could "
-                          f"not be downloaded ({first}). " + local) from None
+        raise ConfigError(f"{what}, and it could not be downloaded ({first}). {fix}") from None
 
 
 def _reachable(url: str, seconds: float = HUB_PROBE_SECONDS) -> bool:
-    """Whether ``url``'s host accepts a TCP connection within ``seconds``, name lookup included (which has no
-    timeout of its own, hence the thread)."""
+    """Whether ``url``'s host (or the proxy the environment sets for it, as the hub client would use) accepts a
+    TCP connection within ``seconds``, name lookup included (which has no timeout of its own, hence the
+    thread)."""
     parts = urlsplit(url)
+    proxy = getproxies().get(parts.scheme)
+    if proxy and not proxy_bypass(parts.hostname):
+        parts = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
     port = parts.port or (443 if parts.scheme == "https" else 80)
     ok = threading.Event()
 

@@ -30,6 +30,13 @@ MISTAKES = {
     "ablation of an unknown key": ({"ablations": {"no_gat": {"gat_layer": 0}}}, "ablations.no_gat.gat_layer",
                                    "did you mean ablations.no_gat.gat_layers?"),
     "missing data folder": ({"data": {"source": "/nonexistent/data"}}, "data.source", "folder not found"),
+    "whole-number float": ({"train": {"epochs": 8.0}}, "train.epochs = 8.0", "give an integer >= 1"),
+    "number YAML reads as text": ({"train": {"lr": "1e-3"}}, "train.lr", "write it with a dot"),
+    "boolean as a name": ({"ablations": {False: {"gat_layers": 0}}}, "ablations.False", "quote it in the YAML"),
+    "ablation heads": ({"ablations": {"x": {"temporal_heads": 3}}}, "ablations.x.temporal_heads = 3",
+                       "does not divide model.d_model (16). Fix: use 1, 2, 4"),
+    "ablation same as the full model": ({"ablations": {"e": {"gat_layers": 1}}}, "ablations.e",
+                                        "the same model as the full model"),
 }
 # What Snakemake itself says on starting, before it parses the Snakefile.
 SNAKEMAKE_NOTICES = ("Using workflow specific profile", "Config file config.yaml is extended")
@@ -119,6 +126,30 @@ def test_the_shipped_configs_pass_the_checks(config):
     assert load_config(ROOT / "config.yaml", configfiles)["features"]["backbone"] == "embedded"
 
 
+def test_a_backbone_folder_with_an_unusable_patch_size_is_named(tmp_path, tiny_config):
+    (tmp_path / "config.json").write_text('{"model_type": "dinov2", "patch_size": 0}')
+    tiny_config["features"]["backbone"] = str(tmp_path)
+    with pytest.raises(ConfigError, match="has no usable patch_size .*patch_size is 0"):
+        validate_config(tiny_config)
+
+
+def test_the_hub_probe_goes_through_the_environments_proxy(monkeypatch):
+    """Where the hub is reached only through a proxy, the probe asks the proxy, as the hub client would."""
+    from svip_core.config import _reachable
+
+    proxy = socket.socket()
+    proxy.bind(("127.0.0.1", 0))
+    proxy.listen(4)
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    try:
+        assert not _reachable("https://huggingface.invalid")
+        monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{proxy.getsockname()[1]}")
+        assert _reachable("https://huggingface.invalid")
+    finally:
+        proxy.close()
+
+
 def _silent_endpoint():
     """A hub address that never answers, as behind a firewall that drops packets: a listening socket whose
     backlog is full (Linux then ignores further connection requests)."""
@@ -171,7 +202,7 @@ def test_a_hub_id_offline_fails_at_once_in_one_line(tmp_path, endpoint):
         for s in sockets:
             s.close()
     for out in (result, workflow):
-        assert_one_line(out, 'features.backbone = "facebook/dinov2-base"', "huggingface-cli download")
+        assert_one_line(out, 'features.backbone = "facebook/dinov2-base"', "hf download facebook/dinov2-base")
         assert "not in the local Hugging Face cache" in out.stderr
     assert elapsed < 2.0, elapsed
     assert workflow_elapsed < typo_elapsed + 1.5, (workflow_elapsed, typo_elapsed)
