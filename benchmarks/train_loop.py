@@ -33,13 +33,13 @@ import pandas as pd
 import torch
 import yaml
 
+from svip_core.config import SCHEMA_PATH, load_config
 from svip_core.evaluate.evaluation import best_device, score_split
 from svip_core.features.geometry import box_geometry
 from svip_core.features.store import create_arrays, open_store, writing_store
 from svip_core.logs import setup_logging
 from svip_core.model.loss import ranking_loss
 from svip_core.model.ranker import build_ranker
-from svip_core.config import SCHEMA_PATH, load_config
 from svip_core.train.data import StoreClips, clip_loader, loader_workers, on_device
 from svip_core.train.loop import train
 from timing import device_name, sync, timed

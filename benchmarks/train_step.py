@@ -18,10 +18,10 @@ import yaml
 from torch.utils.flop_counter import FlopCounterMode
 from torch_geometric.utils import dense_to_sparse
 
+from svip_core.config import SCHEMA_PATH
 from svip_core.model.graph import FrameGAT
 from svip_core.model.loss import ranking_loss
 from svip_core.model.ranker import build_ranker
-from svip_core.config import SCHEMA_PATH
 from timing import device_name, timed
 
 SHAPES = {"reference": (8, 120, 20), "small": (8, 16, 6)}

@@ -14,10 +14,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from svip_core.config import validate_config
 from svip_core.containers import split_address
 from svip_core.io.manifest import list_clips, validate_files
 from svip_core.io.synth import write_dataset
-from svip_core.config import validate_config
 
 
 def main() -> None:
