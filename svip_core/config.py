@@ -4,8 +4,9 @@ A config problem is one line naming the key, its value and the fix (``KEY = VALU
 typo never costs a traceback or a dump of the schema. Three layers, cheapest first:
 
 - the schema (``config.schema.yaml``): unknown keys (with the closest known key), types, ranges, choices;
-- values that only make sense together: widths a number of heads must divide, distinct seeds, the data folder;
-- assets (``check_assets``): the backbone must be a model folder, a cached hub id or one the hub can serve now
+- values that only make sense together: widths their heads must divide, ablations that differ from the full
+  model and from each other, distinct seeds, a data folder that holds clips;
+- assets (``asset_problems``): the backbone must be a model folder, a cached hub id or one the hub can serve now
   (offline is detected in about a second, never waited out), and the frames must tile into its patches.
 """
 from __future__ import annotations
@@ -282,7 +283,8 @@ def _show(value) -> str:
 
 def value_problems(config: dict) -> list[str]:
     """Problems the schema cannot see (``config`` has its defaults): each model variant's widths must split
-    into its heads, seeds must differ, a data folder must exist and hold clips."""
+    into its heads, each ablation must be a model of its own, seeds must differ, a data folder must exist and
+    hold clips."""
     problems = []
     source = config["data"]["source"]
     if source != SYNTHETIC and not os.path.isdir(source):
