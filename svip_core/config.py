@@ -309,8 +309,8 @@ def value_problems(config: dict) -> list[str]:
         problems += _width_problems(model, f"ablations.{_key(name)}.", ablations[name], config["model"])
         same = next((other for other, m in variants.items() if m == model), None)
         if same is not None:    # the same model trains under one hash: it would appear under one name only
-            fix = ("override a model key with a value the full model does not have, or remove it" if same == "full"
-                   else "keep one of the two")
+            fix = ("give it a model value the full model does not have, remove it, or (from an override file) set "
+                   "ablations: none" if same == "full" else "keep one of the two")
             what = "the full model" if same == "full" else f"ablations.{_key(same)}"
             problems.append(f"ablations.{_key(name)} = {_show(ablations[name])}: the same model as {what} (both would "
                             f"train under one name). Fix: {fix}")
