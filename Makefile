@@ -23,12 +23,12 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(RUN) snakemake
-	$(RUN) snakemake --report "$$($(BIN)/svip hash report --path)/report.html"
-	@echo
-	@echo "SVIP demo finished. Report: $$($(BIN)/svip hash report --path)/report.html"
-	@echo "Metrics:  $$($(BIN)/svip hash evaluate --path)/metrics.json"
-	@$(BIN)/python -c "import json, sys; print(json.load(open(sys.argv[1]))['text'])" \
-		"$$($(BIN)/svip hash report --path)/headline.json"
+	@report=$$($(BIN)/svip hash report --path) && \
+	$(RUN) snakemake --report "$$report/report.html" && \
+	echo && \
+	echo "SVIP demo finished. Report: $$report/report.html" && \
+	echo "Metrics:  $$($(BIN)/svip hash evaluate --path)/metrics.json" && \
+	$(BIN)/python -c "import json, sys; print(json.load(open(sys.argv[1]))['text'])" "$$report/headline.json"
 
 test: $(STAMP)
 	$(RUN) python -m pytest -q

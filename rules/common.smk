@@ -9,10 +9,12 @@ from pathlib import Path
 sys.path.insert(0, workflow.basedir)
 # Without a conda or container deployment, jobs run the interpreter that runs Snakemake (its bin folder first on
 # PATH), so `.venv/bin/snakemake` works without activating the venv. A PYTHONPATH the user set stays behind ours
-# (braces doubled twice: f-string, then Snakemake's formatting).
+# (braces doubled twice: f-string, then Snakemake's formatting). Hugging Face's own progress bars redraw with
+# carriage returns, so jobs (whose stderr is their log file) turn them off; ours write plain lines (logs.progress).
 _DEPLOYED = bool(workflow.deployment_settings and workflow.deployment_settings.deployment_method)
 _PATH = "" if _DEPLOYED else f"export PATH={shlex.quote(os.path.dirname(sys.executable))}:$PATH; "
-shell.prefix(f"{_PATH}export PYTHONPATH={shlex.quote(workflow.basedir)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
+shell.prefix(f"{_PATH}export PYTHONPATH={shlex.quote(workflow.basedir)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
+             "export HF_HUB_DISABLE_PROGRESS_BARS=1; ")
 
 from svip_core.config import EMBEDDED, ConfigError, backbone_folder, validate_config  # noqa: E402
 from svip_core.stages import STAGE_DIRS, run_settings, runs, stage_hash, stage_inputs  # noqa: E402

@@ -5,7 +5,8 @@ typo never costs a traceback or a dump of the schema. Three layers, cheapest fir
 
 - the schema (``config.schema.yaml``): unknown keys (with the closest known key), types, ranges, choices;
 - values that only make sense together: widths their heads must divide, ablations that differ from the full
-  model and from each other, distinct seeds, a data folder that holds clips;
+  model and from each other, distinct seeds, a data folder (``stages`` says when it holds no clips: it lists
+  them anyway);
 - assets (``asset_problems``): the backbone must be a model folder, a cached hub id or one the hub can serve now
   (offline is detected in about a second, never waited out), and the frames must tile into its patches.
 """
@@ -23,8 +24,6 @@ from urllib.parse import urlsplit
 from urllib.request import getproxies, proxy_bypass
 
 import yaml
-
-from svip_core.containers import scan_containers
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = PROJECT_ROOT / "config.schema.yaml"
@@ -83,6 +82,8 @@ def validate_config(config: dict, assets: bool = True) -> dict:
     if problems:
         raise ConfigError(problems)
     validate(config, str(SCHEMA_PATH), set_default=True)
+    if config["ablations"] == "none":      # the override files' way to say "no ablations" (see the schema)
+        config["ablations"] = {}
     problems = value_problems(config)
     if assets and not problems:
         problems = asset_problems(config)
@@ -283,16 +284,12 @@ def _show(value) -> str:
 
 def value_problems(config: dict) -> list[str]:
     """Problems the schema cannot see (``config`` has its defaults): each model variant's widths must split
-    into its heads, each ablation must be a model of its own, seeds must differ, a data folder must exist and
-    hold clips."""
+    into its heads, each ablation must be a model of its own, seeds must differ, a data folder must exist."""
     problems = []
     source = config["data"]["source"]
     if source != SYNTHETIC and not os.path.isdir(source):
         problems.append(f"data.source = {_show(source)}: folder not found. Fix: give a dataset folder "
                         f"(train/ val/ [test/] of .npz clips, or train.h5 ...) or \"synthetic\"")
-    elif source != SYNTHETIC and not scan_containers(source):
-        problems.append(f"data.source = {_show(source)}: no clips found. Fix: put clips in {source}/train/*.npz, "
-                        f"{source}/val/*.npz ... or {source}/train.h5 ... (`svip validate {source}` checks them)")
     seeds = config["train"]["seeds"]
     if len(set(seeds)) != len(seeds):
         problems.append(f"train.seeds = {_show(seeds)}: a seed is listed twice. Fix: list each seed once")
@@ -301,7 +298,7 @@ def value_problems(config: dict) -> list[str]:
         problems.append(f"features.embedded.hidden_size = {embedded['hidden_size']}: not a multiple of "
                         f"features.embedded.num_heads ({embedded['num_heads']}). Fix: "
                         f"{_multiples(embedded['hidden_size'], embedded['num_heads'])}")
-    ablations = config["ablations"] if isinstance(config["ablations"], dict) else {}
+    ablations = config["ablations"]
     problems += _width_problems(config["model"])
     variants = {"full": config["model"]}
     for name in sorted(ablations):

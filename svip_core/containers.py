@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from svip_core.hashing import ContentHashes, file_sha256
+from svip_core.hashing import ContentHashes, file_hashes
 
 SPLITS = ("train", "val", "test")
 REQUIRED_FIELDS = ("frames", "bboxes", "person_mask", "frame_mask", "person_ids", "original_ids",
@@ -403,16 +403,18 @@ def clip_hashes(addresses, cache=None, max_array_bytes: int = 2_000_000_000) -> 
             return None
 
     addresses = [str(a) for a in addresses]
-    stats = {os.path.abspath(a): os.stat(split_address(a)[0]) for a in addresses}
-    found = (cache or ContentHashes(None)).derived(f"clip:{DIGEST_SCHEME}:{max_array_bytes}", stats, compute)
-    out, file_digests = {}, {}
+    files = {a: split_address(a)[0] for a in addresses}
+    file_stats = {file: os.stat(file) for file in set(files.values())}     # an HDF5 file holds many clips
+    stats = {os.path.abspath(a): file_stats[files[a]] for a in addresses}
+    cache = cache or ContentHashes(None)
+    found = cache.derived(f"clip:{DIGEST_SCHEME}:{max_array_bytes}", stats, compute)
+    unreadable = [a for a in addresses if found[os.path.abspath(a)] is None]
+    file_digests = file_hashes({files[a] for a in unreadable}, cache)
+    out = {}
     for address in addresses:
         value = found[os.path.abspath(address)]
         if value is None:
-            file = split_address(address)[0]
-            if file not in file_digests:
-                file_digests[file] = file_sha256(file)
-            out[address] = (hashlib.sha256(f"{address}|{file_digests[file]}".encode()).hexdigest(), None)
+            out[address] = (hashlib.sha256(f"{address}|{file_digests[files[address]]}".encode()).hexdigest(), None)
         else:
             content, payload = value.split(" ")
             out[address] = (content, payload)

@@ -47,10 +47,9 @@ def device_count() -> int:
     return sum(line.startswith("GPU ") for line in out.stdout.splitlines()) if out.returncode == 0 else 0
 
 
-def acquire(count: int, lock_dir, devices: list[str] | None = None, poll_s: float = 0.5,
+def acquire(count: int, lock_dir, devices: list[str], poll_s: float = 0.5,
             timeout_s: float | None = None) -> tuple[list[str], list[int]]:
-    """Block until ``count`` of ``devices`` (default: every device) are locked; returns (devices, lock fds)."""
-    devices = [str(i) for i in range(device_count())] if devices is None else devices
+    """Block until ``count`` of ``devices`` are locked; returns (devices, lock fds)."""
     if count > len(devices):
         raise RuntimeError(f"{count} GPUs requested but {len(devices)} are available ({', '.join(devices) or 'none'}). "
                            f"Fix: lower the rule's gpu resource (train.nproc) or run with --resources gpu={len(devices)}")
@@ -93,8 +92,8 @@ def run_with_gpus(count: int, command: list[str], lock_dir=None) -> int:
     scheduled = any(v in env for v in SCHEDULER_JOB_VARS) and "CUDA_VISIBLE_DEVICES" in env
     if count > 0 and scheduled:
         log.info("using the scheduler's CUDA_VISIBLE_DEVICES=%s as given", env["CUDA_VISIBLE_DEVICES"])
-    elif count > 0 and visible_devices(env):
-        devices, fds = acquire(count, lock_dir or default_lock_dir(), visible_devices(env))
+    elif count > 0 and (devices := visible_devices(env)):
+        devices, fds = acquire(count, lock_dir or default_lock_dir(), devices)
         env["CUDA_VISIBLE_DEVICES"] = ",".join(devices)
         log.info("GPU slots %s acquired", env["CUDA_VISIBLE_DEVICES"])
     try:

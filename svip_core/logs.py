@@ -41,6 +41,6 @@ def progress(iterable=None, **kwargs) -> tqdm:
     if sys.stderr.isatty():
         return tqdm(iterable, **kwargs)
     kwargs.setdefault("mininterval", LOG_EVERY_SECONDS)
-    return tqdm(iterable, file=_LogLines(logging.getLogger("progress")), ascii=True, leave=True,
-                bar_format="{desc}: {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]",
-                **{k: v for k, v in kwargs.items() if k != "leave"})
+    kwargs["leave"] = True
+    return tqdm(iterable, file=_LogLines(logging.getLogger("progress")), ascii=True,
+                bar_format="{desc}: {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]", **kwargs)

@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 
 from svip_core.evaluate.evaluation import best_device, load_ranker
+from svip_core.evaluate.metrics import format_interval
 from svip_core.features.backbone import load_backbone, normalisation
 from svip_core.features.extract import frame_indices, person_features, person_slots, resize_frames
 from svip_core.features.geometry import box_geometry
@@ -58,9 +59,7 @@ def describe_model(checkpoint) -> str:
         metrics = evaluated.parent / "metrics.json"
         if metrics.is_file():
             m = json.loads(metrics.read_text())
-            top1 = m["model"]["overall"]["top1"]
-            parts.append(f"{m['split']} top-1 {top1['mean']:.2f} [{top1['ci95'][0]:.2f}, {top1['ci95'][1]:.2f}] "
-                         f"on {m['clips']} clips")
+            parts.append(f"{m['split']} top-1 {format_interval(m['model']['overall']['top1'])} on {m['clips']} clips")
             break
     return f"model: {checkpoint}" + (f" ({', '.join(parts)})" if parts else "")
 

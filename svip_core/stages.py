@@ -23,7 +23,7 @@ import importlib.metadata
 import os
 from pathlib import Path
 
-from svip_core.config import BACKBONE_FILES, EMBEDDED, PROJECT_ROOT, SYNTHETIC, backbone_folder
+from svip_core.config import BACKBONE_FILES, EMBEDDED, PROJECT_ROOT, SYNTHETIC, ConfigError, backbone_folder
 from svip_core.containers import DIGEST_SCHEME, clip_hashes, container_clips, scan_containers
 from svip_core.hashing import ContentHashes, code_digest, digest, file_hashes
 
@@ -122,7 +122,6 @@ def runs(config: dict) -> dict[str, dict]:
     ablations leaves the hashes of existing runs unchanged."""
     out = {}
     ablations = config.get("ablations", {})
-    ablations = {} if ablations == "none" else ablations
     for variant, overrides in {"full": {}, **{name: ablations[name] for name in sorted(ablations)}}.items():
         for seed in config["train"]["seeds"]:
             run = copy.deepcopy(config)
@@ -194,7 +193,11 @@ def data_content(source, cache: ContentHashes | None = None, max_array_bytes: in
 
 def _data_content(config: dict, memo: dict) -> dict:
     if "data" not in memo:
-        memo["data"] = data_content(config["data"]["source"], max_array_bytes=config["data"]["max_array_bytes"])
+        source = config["data"]["source"]
+        memo["data"] = data_content(source, max_array_bytes=config["data"]["max_array_bytes"])
+        if not memo["data"]["count"]:
+            raise ConfigError(f"data.source = {source!r}: no clips found. Fix: put clips in {source}/train/*.npz, "
+                              f"{source}/val/*.npz ... or {source}/train.h5 ... (`svip validate {source}` checks them)")
     return memo["data"]
 
 

@@ -16,9 +16,10 @@ WORKFLOW_FILES = ("Snakefile", "rules", "workflow_scripts", "config.schema.yaml"
 BIN = Path(sys.executable).parent
 
 
-def svip(*args, cwd=None) -> subprocess.CompletedProcess:
+def svip(*args, cwd=None, env=None, timeout=600) -> subprocess.CompletedProcess:
     """The installed ``svip`` command, as a user runs it."""
-    return subprocess.run([str(BIN / "svip"), *map(str, args)], capture_output=True, text=True, cwd=cwd)
+    return subprocess.run([str(BIN / "svip"), *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env,
+                          timeout=timeout)
 
 TINY = {
     "data": {"source": "synthetic", "num_shards": 2, "max_persons": 4},

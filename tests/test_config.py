@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, ROOT, TINY, copy_workflow, snakemake, write_config
+from conftest import ROOT, TINY, copy_workflow, snakemake, svip, write_config
 from svip_core.config import ConfigError, load_config, validate_config
 from svip_core.io.synth import write_dataset
 
@@ -55,9 +55,8 @@ def assert_one_line(result: subprocess.CompletedProcess, key: str, fix: str) -> 
 
 
 def svip_hash(folder: Path, *configfiles: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    args = [a for f in configfiles for a in ("--configfile", str(f))]
-    return subprocess.run([str(BIN / "svip"), *args, "hash", "train"], cwd=folder, capture_output=True, text=True,
-                          env=env, timeout=60)
+    return svip(*[a for f in configfiles for a in ("--configfile", f)], "hash", "train", cwd=folder, env=env,
+                timeout=60)
 
 
 @pytest.mark.parametrize("mistake", MISTAKES)
@@ -69,8 +68,10 @@ def test_svip_names_each_config_mistake_in_one_line(tmp_path, mistake):
     assert result.stdout == ""
 
 
-@pytest.mark.parametrize("mistake", MISTAKES)
-def test_the_workflow_stops_on_each_config_mistake_before_any_job(workflow_dir, mistake):
+# The lines come from the same checks as svip's; the workflow adds how they are printed at parse time. One
+# mistake of each layer: the schema, values that depend on each other, assets.
+@pytest.mark.parametrize("mistake", ["unknown key", "heads do not divide", "missing backbone folder"])
+def test_the_workflow_stops_on_a_config_mistake_before_any_job(workflow_dir, mistake):
     override, key, fix = MISTAKES[mistake]
     result = snakemake(workflow_dir, "--configfile", str(write_config(workflow_dir / "mistake.yaml", override)))
     assert_one_line(result, key, fix)
@@ -86,6 +87,12 @@ def test_every_problem_gets_its_own_line(tmp_path):
     for key in ("train.lr = 0", 'train.epochs = "ten"', 'train.workers = "many"', "modle = {}: unknown key"):
         assert sum(key in line for line in lines) == 1, (key, lines)
     assert "did you mean model?" in result.stderr
+
+
+def test_a_data_folder_without_clips_is_named(tmp_path):
+    (tmp_path / "data" / "train").mkdir(parents=True)
+    write_config(tmp_path / "config.yaml", {**TINY, "data": {**TINY["data"], "source": str(tmp_path / "data")}})
+    assert_one_line(svip_hash(tmp_path), "data.source", "no clips found. Fix: put clips in")
 
 
 def test_a_yaml_syntax_error_names_the_file_and_line(tmp_path):

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import h5py
@@ -15,7 +13,7 @@ import pandas as pd
 import pytest
 import zarr
 
-from conftest import TINY, copy_workflow, ran_jobs, snakemake, write_config
+from conftest import TINY, copy_workflow, ran_jobs, snakemake, svip, write_config
 from svip_core.containers import clip_digests, list_clips
 from svip_core.features.extract import ShardClips
 from svip_core.io.clip import ClipError, inspect_clip, read_clip
@@ -25,11 +23,8 @@ from svip_core.io.synth import write_dataset
 from svip_core.config import load_config
 from svip_core.stages import stage_dir
 
-SVIP = str(Path(sys.executable).parent / "svip")
-
-
 def convert(src, dst, *flags):
-    result = subprocess.run([SVIP, "convert", str(src), str(dst), *flags], capture_output=True, text=True)
+    result = svip("convert", src, dst, *flags)
     assert result.returncode == 0, result.stderr[-2000:]
     return result
 
@@ -149,14 +144,14 @@ def test_hostile_hdf5_is_refused_clip_by_clip_and_the_good_clips_run(npz_data, t
         assert manifest.loc[str(bad), "reason"].startswith("file: not a readable HDF5 file")
     # Nothing outside the file was opened: the linked files do not even exist.
     assert not (tmp_path / "other.h5").exists()
-    result = subprocess.run([SVIP, "validate", str(data)], capture_output=True, text=True)
+    result = svip("validate", data)
     assert result.returncode == 1 and "Traceback" not in result.stdout + result.stderr
     rejected = [line for line in result.stdout.splitlines() if line.startswith("rejected")]
     named = [f"train.h5::{name} " for name in cases] + [f"{data / 'test.h5'} ", f"{truncated} "]
     assert all(any(n in line for line in rejected) for n in named)
     # svip convert copies the good clips and names every refused one.
     out = tmp_path / "converted"
-    result = subprocess.run([SVIP, "convert", str(data), str(out)], capture_output=True, text=True)
+    result = svip("convert", data, out)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert all(any(n.strip() in line for line in result.stderr.splitlines()) for n in named)
     assert sorted(p.name for p in out.rglob("*.npz")) == ["good_a.npz", "good_b.npz", "good_val.npz"]

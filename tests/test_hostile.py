@@ -2,19 +2,16 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 import hostile_corpus
-from conftest import snakemake, write_config
+from conftest import snakemake, svip, write_config
+from svip_core.config import load_config
 from svip_core.io.clip import ClipError, inspect_clip
 from svip_core.io.manifest import DatasetError, prepare_dataset
-from svip_core.config import load_config
 from svip_core.stages import stage_dir
 
 
@@ -51,8 +48,7 @@ def test_prepare_keeps_the_good_and_lists_every_bad_file(corpus, tmp_path):
 
 def test_svip_validate_names_bad_files_and_exits_1_without_traceback(corpus):
     folder, expected, good = corpus
-    result = subprocess.run([str(Path(sys.executable).parent / "svip"), "validate", str(folder)],
-                            capture_output=True, text=True)
+    result = svip("validate", folder)
     assert result.returncode == 1
     assert "Traceback" not in result.stdout + result.stderr
     for path in expected:
@@ -60,16 +56,13 @@ def test_svip_validate_names_bad_files_and_exits_1_without_traceback(corpus):
     assert not any(line.startswith("accepted") for line in result.stdout.splitlines())   # only with --verbose
     assert result.stdout.splitlines()[-1] == f"{len(expected) + len(good)} clips: {len(good)} accepted, " \
                                              f"{len(expected)} rejected"
-    verbose = subprocess.run([str(Path(sys.executable).parent / "svip"), "validate", "--verbose", str(folder)],
-                             capture_output=True, text=True)
+    verbose = svip("validate", "--verbose", folder)
     assert sum(line.startswith("accepted") for line in verbose.stdout.splitlines()) == len(good)
-    as_json = subprocess.run([str(Path(sys.executable).parent / "svip"), "validate", "--json", str(folder)],
-                             capture_output=True, text=True)
+    as_json = svip("validate", "--json", folder)
     report = json.loads(as_json.stdout)
     assert as_json.returncode == 1 and report["rejected"] == len(expected)
     assert sorted(r["path"] for r in report["rejections"]) == sorted(expected)
-    good_file = subprocess.run([str(Path(sys.executable).parent / "svip"), "validate",
-                                str(folder / "train" / "good one.npz")], capture_output=True, text=True)
+    good_file = svip("validate", folder / "train" / "good one.npz")
     assert good_file.returncode == 0
 
 

@@ -37,6 +37,11 @@ def summarise(hits: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> dict:
     return out
 
 
+def format_interval(summary: dict) -> str:
+    """One metric of ``summarise`` as read in reports: ``0.71 [0.58, 0.83]``."""
+    return f"{summary['mean']:.2f} [{summary['ci95'][0]:.2f}, {summary['ci95'][1]:.2f}]"
+
+
 def people_buckets(count: np.ndarray, most: int = 4) -> tuple[np.ndarray, list[str]]:
     """count (V,) people present per clip -> (V,) bucket label per clip, and the labels in ascending order.
 

@@ -20,16 +20,6 @@ class BackboneError(RuntimeError):
     pass
 
 
-def _no_bars_off_a_terminal() -> None:
-    """Hugging Face's own progress bars redraw with carriage returns: keep them out of job log files."""
-    import sys
-
-    from transformers.utils import logging as hf_logging
-
-    if not sys.stderr.isatty():
-        hf_logging.disable_progress_bar()
-
-
 def embedded_config(embedded: dict):
     from transformers import Dinov2Config
 
@@ -43,7 +33,6 @@ def build_embedded(embedded: dict, out_dir) -> Path:
     import torch
     from transformers import Dinov2Model
 
-    _no_bars_off_a_terminal()
     torch.manual_seed(embedded["seed"])
     model = Dinov2Model(embedded_config(embedded))
     out_dir = Path(out_dir)
@@ -60,7 +49,6 @@ def load_backbone(source, device="cpu"):
     # A hub id with no network must fail in seconds with a useful message, not retry for minutes.
     os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "10")
     os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "10")
-    _no_bars_off_a_terminal()
     try:
         model = AutoModel.from_pretrained(str(source))
     except Exception as e:  # missing folder, unknown hub id, offline hub, corrupt weights: one clear line

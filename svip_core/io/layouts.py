@@ -59,16 +59,12 @@ def _clip_name(address: str) -> str:
     return group if group is not None else Path(file).stem
 
 
-def layout_of(source) -> set[str]:
-    """{"npz", "h5"}: the layouts a dataset folder's files use."""
-    return {"h5" if is_hdf5(path) else "npz" for _, path, _ in scan_containers(source)}
-
-
 def convert_dataset(src, dst, to: str | None = None, max_array_bytes: int = 2_000_000_000) -> dict:
     """Write every valid clip of dataset folder ``src`` to ``dst`` in layout ``to`` ("h5" or "npz"; default:
     the other one). Returns {"converted": n, "refused": [(address, reason)]}: clips that break the contract
     (``io.clip.inspect_clip``) are not copied and are named with the reason. Files appear complete or not at all."""
-    have = layout_of(src)
+    files = scan_containers(src)
+    have = {"h5" if is_hdf5(path) else "npz" for _, path, _ in files}
     if not have:
         raise ValueError(f"{src}: no clips found (expected {src}/train/*.npz or {src}/train.h5, ...)")
     if to is None:
@@ -78,7 +74,7 @@ def convert_dataset(src, dst, to: str | None = None, max_array_bytes: int = 2_00
     dst = Path(dst)
     converted, refused = 0, []
     by_split: dict[str, list[str]] = {}
-    for split, path, _ in scan_containers(src):
+    for split, path, _ in files:
         by_split.setdefault(split, []).extend(container_clips(path))
 
     def valid_clips(addresses):

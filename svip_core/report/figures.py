@@ -11,6 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from svip_core.evaluate.metrics import format_interval  # noqa: E402
+
 
 def training_curves(metrics_csv, out_png) -> None:
     h = pd.read_csv(metrics_csv)
@@ -161,11 +163,7 @@ def headline(primary_metrics, metrics_by_run: dict[str, str]) -> dict:
     overall = metrics["model"]["overall"]
     heuristics = {name: b["top1"]["mean"] for name, b in metrics["baselines"].items() if name != "random"}
     best = max(heuristics, key=heuristics.get)
-
-    def interval(m: dict) -> str:
-        return f"{m['mean']:.2f} [{m['ci95'][0]:.2f}, {m['ci95'][1]:.2f}]"
-
-    text = (f"Top-1 {interval(overall['top1'])}, MRR {interval(overall['mrr'])} on the {metrics['split']} split "
+    text = (f"Top-1 {format_interval(overall['top1'])}, MRR {format_interval(overall['mrr'])} on the {metrics['split']} split "
             f"({metrics['clips']} clips); best heuristic ({best.replace('_', ' ')}) {heuristics[best]:.2f}")
     out = {"top1": overall["top1"], "mrr": overall["mrr"], "best_heuristic": {"name": best, "top1": heuristics[best]}}
     summary = ablation_summary(metrics_by_run)
