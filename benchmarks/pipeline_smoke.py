@@ -16,12 +16,12 @@ from pathlib import Path
 import torch
 import yaml
 
+from svip_core.dataset.manifest import prepare_dataset
+from svip_core.dataset.shards import read_shard
 from svip_core.evaluate.evaluation import evaluate
 from svip_core.features.backbone import build_embedded
 from svip_core.features.extract import extract_shard
-from svip_core.io.manifest import prepare_dataset
-from svip_core.io.shards import read_shard
-from svip_core.io.synth import write_dataset
+from svip_core.synthetic.generate import write_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -19,11 +19,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from svip_core.containers import list_clips
+from svip_core.dataset.clip import inspect_clip
+from svip_core.dataset.containers import list_clips
+from svip_core.dataset.convert import convert_dataset
 from svip_core.features.extract import frame_indices
-from svip_core.io.clip import inspect_clip
-from svip_core.io.layouts import convert_dataset
-from svip_core.io.synth import write_dataset
+from svip_core.synthetic.generate import write_dataset
 
 TARGET_SPEEDUP = 3.0
 

@@ -14,17 +14,21 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 from svip_core.evaluate.mot import mot_metrics
-from svip_core.io.detection import HogDetector, SsdLiteDetector
-from svip_core.io.samples import SEQUENCES, sequence
-from svip_core.io.tracking import PeopleTracker, link_by_overlap
-from svip_core.io.tracks import read_mot
-from svip_core.io.video import read_frames
+from svip_core.video.detection import HogDetector, SsdLiteDetector
+from svip_core.video.frames import read_frames
+from svip_core.video.tracking import PeopleTracker, link_by_overlap
+from svip_core.video.tracks import read_mot
+
+# The sequences and their ground truth are test data: the tests' helper finds (and fetches) them.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from mot15 import SEQUENCES, sequence  # noqa: E402
 
 SETUPS = ("hog_iou", "ssdlite_deepsort_k1", "ssdlite_deepsort_k2", "ssdlite_deepsort_k3", "ssdlite_deepsort_k5")
 

@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
+from timing import device_name, sync, timed
 
 from svip_core.config import SCHEMA_PATH, load_config
 from svip_core.evaluate.evaluation import best_device, score_split
@@ -42,7 +43,7 @@ from svip_core.model.loss import ranking_loss
 from svip_core.model.ranker import build_ranker
 from svip_core.train.data import StoreClips, clip_loader, loader_workers, on_device
 from svip_core.train.loop import train
-from timing import device_name, sync, timed
+
 
 def write_store(path: Path, splits: dict[str, int], shape: tuple[int, int, int], seed: int,
                 visual_compressed: bool = False) -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from timing import device_name, timed
 from torch.utils.flop_counter import FlopCounterMode
 from torch_geometric.utils import dense_to_sparse
 
@@ -22,7 +23,6 @@ from svip_core.config import SCHEMA_PATH
 from svip_core.model.graph import FrameGAT
 from svip_core.model.loss import ranking_loss
 from svip_core.model.ranker import build_ranker
-from timing import device_name, timed
 
 SHAPES = {"reference": (8, 120, 20), "small": (8, 16, 6)}
 VISUAL_DIM, GEOMETRY_DIM = 768, 12

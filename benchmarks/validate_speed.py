@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 
 from svip_core.config import validate_config
-from svip_core.containers import split_address
-from svip_core.io.manifest import list_clips, validate_files
-from svip_core.io.synth import write_dataset
+from svip_core.dataset.containers import split_address
+from svip_core.dataset.manifest import list_clips, validate_files
+from svip_core.synthetic.generate import write_dataset
 
 
 def main() -> None:

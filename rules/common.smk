@@ -65,14 +65,15 @@ REPORT_OUTPUTS = [f"{REPORT}/{name}" for name in ("training_curves.png", "top1_v
 
 
 def workflow_description() -> str:
-    """The report's landing page: report/workflow.rst, opened by the run's headline once the report stage has
+    """The report's landing page: captions/workflow.rst, opened by the run's headline once the report stage has
     written it (`snakemake --report` parses the workflow after the run, so the numbers are there)."""
     headline = Path(REPORT) / "headline.json"
     if not headline.is_file():
-        return "report/workflow.rst"
+        return "captions/workflow.rst"
     text = json.loads(headline.read_text())["text"]
     out = Path(REPORT) / "workflow.rst"
-    out.write_text(f"**{text}.**\n\n" + Path(workflow.basedir, "report", "workflow.rst").read_text())
+    description = Path(workflow.basedir, "captions", "workflow.rst").read_text()
+    out.write_text(f"**{text}.**\n\n{description}")
     return str(out.resolve())
 
 
@@ -143,7 +144,7 @@ def shard_list(wildcards):
     """The member list an extract job reads, in the folder shared by every dataset, first pointed at this
     config's dataset (another dataset holding the same clips may have written it last). ancient(): the key is
     the content, so a newer list never makes a store stale."""
-    from svip_core.io.shards import read_shard, write_shared_shard
+    from svip_core.dataset.shards import read_shard, write_shared_shard
 
     prepared = Path(checkpoints.prepare.get().output.shards) / f"{wildcards.shard}.json"
     if prepared.exists():

@@ -38,3 +38,10 @@ rule extract:
         "python -m svip_core.cli with-gpus {resources.gpu} -- python workflow_scripts/extract.py --config {params.config:q} "
         "--shard {input.shard} --settings {params.settings:q} --out {output} --stage-hash {params.stage_hash} "
         "--log-file {log} 2>> {log}"
+
+
+# `snakemake features`: prepare and extract only, the feature stores of the current config (to extract on GPU
+# nodes before training elsewhere, or to check a dataset's features without training on them).
+rule features:
+    input:
+        feature_stores,

@@ -32,7 +32,7 @@ def cmd_hash(args) -> int:
 
 
 def cmd_synth(args) -> int:
-    from svip_core.io.synth import write_dataset
+    from svip_core.synthetic.generate import write_dataset
 
     s = _config(args, assets=False)["synthetic"]
     paths = write_dataset(args.out, s["clips"], s["frames"], s["persons"], s["height"], s["width"],
@@ -42,8 +42,8 @@ def cmd_synth(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from svip_core.containers import container_clips, list_clips
-    from svip_core.io.manifest import resolve_duplicates, validate_files
+    from svip_core.dataset.containers import container_clips, list_clips
+    from svip_core.dataset.manifest import resolve_duplicates, validate_files
 
     path = Path(args.path)
     files = [("", a) for a in container_clips(path)] if path.is_file() else list_clips(path)
@@ -67,7 +67,8 @@ def cmd_validate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from svip_core.predict import describe_model, newest_checkpoint, predict_video
+    from svip_core.predict.model_choice import describe_model, newest_checkpoint
+    from svip_core.predict.pipeline import predict_video
 
     checkpoint = args.checkpoint
     if checkpoint is None:
@@ -91,7 +92,7 @@ def cmd_predict(args) -> int:
 
 
 def cmd_import(args) -> int:
-    from svip_core.io.convert import video_to_clip
+    from svip_core.video.import_clip import video_to_clip
 
     path = video_to_clip(args.video, args.tracks, args.vip, args.out, args.split, args.video_id, args.category,
                          args.max_frames, args.max_side)
@@ -100,7 +101,7 @@ def cmd_import(args) -> int:
 
 
 def cmd_convert(args) -> int:
-    from svip_core.io.layouts import convert_dataset
+    from svip_core.dataset.convert import convert_dataset
 
     result = convert_dataset(args.src, args.dst, args.to, _config(args, assets=False)["data"]["max_array_bytes"])
     for address, reason in result["refused"]:

@@ -1,4 +1,4 @@
-"""Config loading and stage identities: the one place that decides where each stage's results live.
+"""Stage identities: the one place that decides where each stage's results live.
 
 Every stage writes under ``results/<dir>/<hash>/``, the hash of the stage's identity (``stage_inputs``):
 
@@ -16,15 +16,13 @@ found again when the config goes back.
 """
 from __future__ import annotations
 
-import array
 import copy
-import hashlib
 import importlib.metadata
 import os
 from pathlib import Path
 
 from svip_core.config import BACKBONE_FILES, EMBEDDED, PROJECT_ROOT, SYNTHETIC, ConfigError, backbone_folder
-from svip_core.containers import DIGEST_SCHEME, clip_hashes, container_clips, scan_containers
+from svip_core.dataset.content import data_content
 from svip_core.hashing import ContentHashes, code_digest, digest, file_hashes
 
 STAGES = ("prepare", "extract", "train", "evaluate", "report")
@@ -64,7 +62,7 @@ STAGE_UPSTREAM = {"prepare": (), "extract": (), "train": ("dataset", "extract"),
                   "report": ("evaluate", "prepare")}
 # The code each stage runs: these modules and every svip_core module they import. Modules that only name,
 # log or launch results are left out, so editing them re-runs nothing.
-STAGE_CODE = {"prepare": ("svip_core.io.manifest",), "extract": ("svip_core.features.extract",),
+STAGE_CODE = {"prepare": ("svip_core.dataset.manifest",), "extract": ("svip_core.features.extract",),
               "train": ("svip_core.train.loop",), "evaluate": ("svip_core.evaluate.evaluation",),
               "report": ("svip_core.report.figures",)}
 NOT_CODE = frozenset({"svip_core", "svip_core.hashing", "svip_core.config", "svip_core.stages", "svip_core.logs", "svip_core.cli",
@@ -152,43 +150,13 @@ def _stage_config(config: dict, stage: str) -> dict:
 def stage_code(stage: str, config: dict | None = None) -> dict:
     roots = STAGE_CODE[stage]
     if stage == "prepare" and config is not None and config["data"]["source"] == SYNTHETIC:
-        from svip_core.io.synth import SCENE_MODULES
+        from svip_core.synthetic.generate import SCENE_MODULES
 
         # The scene family's module is imported by name, so it is named here: each family versions its clips.
-        roots = roots + ("svip_core.io.synth", SCENE_MODULES[config["synthetic"]["scene"]])
+        roots = roots + ("svip_core.synthetic.generate", SCENE_MODULES[config["synthetic"]["scene"]])
     script = Path("workflow_scripts") / f"{stage}.py"
     script = script if script.is_file() else PROJECT_ROOT / "workflow_scripts" / f"{stage}.py"
     return code_digest(roots, NOT_CODE, (script,) if script.is_file() else ())
-
-
-def data_content(source, cache: ContentHashes | None = None, max_array_bytes: int = 2_000_000_000) -> dict:
-    """What a dataset folder holds: ``clips`` hashes the (split, content) of every clip, ``files`` also where
-    each lies (file, and group in an HDF5 file). Content is the clip's values (``containers.clip_digests``), so
-    the same clips in ``.npz`` files or in HDF5 files hold the same ``clips``. Reads only files the cache does
-    not know at their current size, mtime, inode and ctime; an unchanged listing costs one stat per file and
-    one lookup."""
-    cache = cache or ContentHashes()
-    root = os.path.abspath(source)
-    files = scan_containers(source)
-    stats = [entry.stat() for _, _, entry in files]
-    # The stamp of the listing: names, then sizes, mtimes and inodes as one int64 array (fast at 100,000 clips).
-    numbers = array.array("q")
-    for st in stats:
-        numbers.extend((st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns))
-    names = "\n".join([DIGEST_SCHEME, str(max_array_bytes), root]
-                      + [os.path.relpath(path, root) for _, path, _ in files])
-    stamp = hashlib.sha256(names.encode() + numbers.tobytes()).hexdigest()
-    known = cache.listing(stamp)
-    if known is not None:
-        return known
-    clips = [(split, address) for split, path, _ in files for address in container_clips(path)]
-    hashes = clip_hashes([a for _, a in clips], cache, max_array_bytes)
-    value = {"clips": digest(sorted((split, hashes[a][0]) for split, a in clips), 32),
-             "files": digest([(split, os.path.relpath(a, root), hashes[a][0]) for split, a in clips], 32),
-             "count": len(clips)}
-    if not any(cache.is_racy(st) for st in stats):
-        cache.remember(stamp, value)
-    return value
 
 
 def _data_content(config: dict, memo: dict) -> dict:

@@ -1,18 +1,21 @@
 """Shared fixtures: a tiny config and a copy of the workflow in a temporary folder."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-WORKFLOW_FILES = ("Snakefile", "rules", "workflow_scripts", "config.schema.yaml", "report", "envs", "profiles")
+WORKFLOW_FILES = ("Snakefile", "rules", "workflow_scripts", "config.schema.yaml", "captions", "envs", "profiles")
 BIN = Path(sys.executable).parent
 
 
@@ -62,14 +65,94 @@ def workflow_dir(tmp_path, tiny_config) -> Path:
     return copy_workflow(tmp_path, tiny_config)
 
 
+def folder_dataset(root: Path, clips: dict, seed: int) -> Path:
+    """Tiny synthetic clips written as a dataset folder (``<root>/<split>/*.npz``), as a user's would be."""
+    from svip_core.synthetic.generate import write_dataset
+
+    write_dataset(root, clips, 6, 4, 48, 80, ["meeting", "street"], seed=seed)
+    return root
+
+
+# The shared workflow's dataset is split in 3 shards, so that an edit of a few clips touches some, not all.
+SHARED_SHARDS = 3
+
+
+def session_folder(tmp_path_factory) -> Path:
+    """A folder every process of this test session sees: pytest-xdist's workers each have a base folder of their
+    own, beside each other."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+class SharedWorkflow:
+    """The whole workflow run once per test session, in the background from the moment collection shows a test
+    that needs it (so no worker idles while it runs), by whichever process asks first; the others find it started.
+    Its run's exit status lands in ``rc`` and its output in ``log``, beside the folder."""
+
+    def __init__(self, root: Path):
+        self.folder, self.rc, self.log = root / "shared_workflow", root / "shared_workflow.rc", root / "shared_workflow.log"
+        self.pid, self.lock = root / "shared_workflow.pid", root / "shared_workflow.lock"
+
+    def start(self) -> None:
+        from filelock import FileLock
+
+        with FileLock(str(self.lock)):
+            if self.pid.exists():
+                return
+            data = folder_dataset(self.folder / "data", {"train": 12, "val": 4, "test": 4}, seed=21)
+            config = copy.deepcopy(TINY)
+            config["data"].update(source=str(data), num_shards=SHARED_SHARDS)
+            copy_workflow(self.folder, config)
+            command = f"{BIN / 'snakemake'} --cores 2 > {self.log} 2>&1; echo $? > {self.rc}.tmp; mv {self.rc}.tmp {self.rc}"
+            env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+            job = subprocess.Popen(["bash", "-c", command], cwd=self.folder, env=env, start_new_session=True)
+            self.pid.write_text(str(job.pid))
+
+    def wait(self, timeout: float = 900) -> Path:
+        self.start()
+        deadline = time.monotonic() + timeout
+        while not self.rc.exists():
+            assert time.monotonic() < deadline, f"the shared workflow did not finish in {timeout} s: {self.log}"
+            time.sleep(0.5)
+        assert self.rc.read_text().strip() == "0", self.log.read_text()[-4000:]
+        return self.folder
+
+    def stop(self) -> None:
+        """End a run nobody waited for (a session stopped early), with its jobs."""
+        if self.pid.exists() and not self.rc.exists():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(int(self.pid.read_text()), signal.SIGTERM)
+
+
+def pytest_collection_finish(session):
+    if any("finished_workflow" in getattr(item, "fixturenames", ()) for item in session.items):
+        SharedWorkflow(session_folder(session.config._tmp_path_factory)).start()
+
+
+def pytest_sessionfinish(session):
+    if not os.environ.get("PYTEST_XDIST_WORKER"):        # the controller: every worker has finished
+        SharedWorkflow(session_folder(session.config._tmp_path_factory)).stop()
+
+
 @pytest.fixture(scope="session")
 def finished_workflow(tmp_path_factory) -> Path:
-    """The whole workflow run once on the tiny config; tests read it and dry-run edits against it (tests that
-    change its files work on a copy)."""
-    wd = copy_workflow(tmp_path_factory.mktemp("workflow"), TINY)
-    result = snakemake(wd)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return wd
+    """The shared workflow, finished (``SharedWorkflow``): the tiny config on a folder of .npz clips (``<wd>/data``,
+    20 clips, 3 shards), trained by a 2-rank torchrun. Tests read it and dry-run edits against it; tests that
+    change its data, config or results work on ``clone_workflow``."""
+    return SharedWorkflow(session_folder(tmp_path_factory)).wait()
+
+
+def clone_workflow(src: Path, dst: Path, with_data: bool = False) -> Path:
+    """A copy of a finished workflow folder (results and Snakemake's records included) that a test may change.
+    ``with_data``: its ``data`` folder too, with the config pointing at the copy (prepare then runs again for the
+    new place; the feature stores, models and evaluations are reused, since they follow content)."""
+    # Snakemake's locks and run logs (.snakemake/locks, .snakemake/log) belong to the runs in the original folder.
+    shutil.copytree(src, dst, symlinks=True, ignore=shutil.ignore_patterns("locks", "log"))
+    if with_data:
+        config = yaml.safe_load((dst / "config.yaml").read_text())
+        config["data"]["source"] = str(dst / "data")
+        write_config(dst / "config.yaml", config)
+    return dst
 
 
 def snakemake(workdir: Path, *args: str, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -106,12 +189,12 @@ def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
 
 def build_stores(folder: Path, clips: dict[str, int], num_shards: int) -> list[str]:
     """Tiny synthetic clips -> prepare -> embedded backbone -> one Zarr store per shard (the real stage code)."""
+    from svip_core.config import validate_config
+    from svip_core.dataset.manifest import prepare_dataset
+    from svip_core.dataset.shards import read_shard
     from svip_core.features.backbone import build_embedded
     from svip_core.features.extract import extract_shard
-    from svip_core.io.manifest import prepare_dataset
-    from svip_core.io.shards import read_shard
-    from svip_core.io.synth import write_dataset
-    from svip_core.config import validate_config
+    from svip_core.synthetic.generate import write_dataset
 
     cfg = validate_config(copy.deepcopy(TINY))
     s, f = cfg["synthetic"], cfg["features"]
@@ -123,3 +206,14 @@ def build_stores(folder: Path, clips: dict[str, int], num_shards: int) -> list[s
         stores.append(str(folder / f"{shard.stem}.zarr"))
         extract_shard(read_shard(shard), stores[-1], f, cfg["data"]["max_persons"], backbone, {})
     return stores
+
+
+def until_extract(wd: Path, *flags: str) -> dict[str, int]:
+    """Run (or with -n, plan) prepare and the feature stores of the working directory's config only (the workflow's
+    `features` target); job counts per rule."""
+    result = snakemake(wd, *flags, "features")
+    assert result.returncode == 0, result.stderr[-3000:]
+    counts = planned_jobs(result) if "-n" in flags else ran_jobs(result)
+    counts.pop("features", None)
+    counts.pop("all", None)
+    return counts

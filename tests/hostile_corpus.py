@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from svip_core.io.synth import make_clip
+from svip_core.synthetic.generate import make_clip
 
 T, N, H, W = 6, 4, 48, 80
 

@@ -7,9 +7,9 @@ import zipfile
 import numpy as np
 import pytest
 
-from svip_core.io.clip import ClipError, inspect_clip, read_clip
-from svip_core.io.manifest import DatasetError, prepare_dataset
-from svip_core.io.synth import make_clip, write_dataset
+from svip_core.dataset.clip import ClipError, inspect_clip, read_clip
+from svip_core.dataset.manifest import DatasetError, prepare_dataset
+from svip_core.synthetic.generate import make_clip, write_dataset
 
 
 def good_arrays(seed=0):

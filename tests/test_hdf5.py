@@ -3,7 +3,6 @@ hostile HDF5 is refused clip by clip; extraction reads only the frames it sample
 re-extracts only their shards."""
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 
@@ -11,17 +10,28 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 import zarr
+from conftest import (
+    SHARED_SHARDS,
+    clone_workflow,
+    ran_jobs,
+    snakemake,
+    svip,
+    until_extract,
+    write_config,
+)
 
-from conftest import TINY, copy_workflow, ran_jobs, snakemake, svip, write_config
-from svip_core.containers import clip_digests, list_clips
-from svip_core.features.extract import ShardClips
-from svip_core.io.clip import ClipError, inspect_clip, read_clip
-from svip_core.io.layouts import clip_arrays, write_h5_clip
-from svip_core.io.manifest import validate_files
-from svip_core.io.synth import write_dataset
 from svip_core.config import load_config
+from svip_core.dataset.clip import ClipError, inspect_clip, read_clip
+from svip_core.dataset.containers import clip_digests, list_clips
+from svip_core.dataset.convert import clip_arrays, write_h5_clip
+from svip_core.dataset.manifest import validate_files
+from svip_core.dataset.shards import read_shard
+from svip_core.features.extract import ShardClips, extract_shard
 from svip_core.stages import stage_dir
+from svip_core.synthetic.generate import write_dataset
+
 
 def convert(src, dst, *flags):
     result = svip("convert", src, dst, *flags)
@@ -184,58 +194,55 @@ def test_extraction_reads_only_the_sampled_frames(h5_data, npz_data, tmp_path):
     assert from_h5["target"] == from_npz["target"]
 
 
-def _stores(wd: Path) -> dict[str, dict[str, np.ndarray]]:
-    config = load_config(wd / "config.yaml")
-    out = {}
-    for store in sorted((wd / stage_dir(config, "extract")).glob("*.zarr")):
-        group = zarr.open_group(str(store), mode="r")
-        out[store.name] = {name: np.asarray(arr[...]) for name, arr in group.arrays()}
-    return out
+def _arrays(store: Path) -> dict[str, np.ndarray]:
+    return {name: np.asarray(arr[...]) for name, arr in zarr.open_group(str(store), mode="r").arrays()}
 
 
-def _metrics(wd: Path) -> dict:
-    config = load_config(wd / "config.yaml")
-    found = sorted((wd / stage_dir(config, "evaluate")).rglob("metrics.json"))
-    assert found
-    return json.loads(found[0].read_text())
-
-
+@pytest.mark.slow
 def test_the_workflow_on_hdf5_equals_the_workflow_on_npz_and_adding_clips_reextracts_their_shards(
-        npz_data, h5_data, tmp_path):
-    config = copy.deepcopy(TINY)
-    config["data"].update(num_shards=4)
-    config["train"]["nproc"] = 1
-    runs = {}
-    for layout, data in (("npz", npz_data), ("h5", h5_data)):
-        config["data"]["source"] = str(data)
-        runs[layout] = copy_workflow(tmp_path / layout, config)
-        result = snakemake(runs[layout])
-        assert result.returncode == 0, result.stderr[-3000:]
-    npz_stores, h5_stores = _stores(runs["npz"]), _stores(runs["h5"])
-    assert npz_stores.keys() == h5_stores.keys() and len(npz_stores) > 1
-    for name, arrays in npz_stores.items():
-        for key, values in arrays.items():
-            assert np.array_equal(values, h5_stores[name][key]), (name, key)
-    assert _metrics(runs["npz"]) == _metrics(runs["h5"])
-
-    # The npz workflow pointed at the HDF5 copy: the same clips, so only the manifest (which names them) is new.
+        finished_workflow, tmp_path):
+    """The shared workflow pointed at an HDF5 copy of its clips prepares them again and reuses everything else;
+    the HDF5 clips extract (the extract stage's code, in-process) to the npz stores value for value; clips
+    appended to an HDF5 file re-extract only the shards now holding them."""
+    h5_data = tmp_path / "h5"
+    convert(finished_workflow / "data", h5_data)
+    wd = clone_workflow(finished_workflow, tmp_path / "wf")
+    npz_config = load_config(wd / "config.yaml")
+    config = yaml.safe_load((wd / "config.yaml").read_text())
     config["data"]["source"] = str(h5_data)
-    write_config(runs["npz"] / "config.yaml", config)
-    switched = snakemake(runs["npz"])
-    assert switched.returncode == 0 and ran_jobs(switched).get("prepare") == 1, switched.stderr[-2000:]
-    assert not {"extract", "train", "evaluate"} & set(ran_jobs(switched))
+    write_config(wd / "config.yaml", config)
+    h5_config = load_config(wd / "config.yaml")
+    # The same clips: the manifest (which names them) is new, the stores and so the model are the same.
+    switched = snakemake(wd)
+    assert switched.returncode == 0, switched.stderr[-2000:]
+    assert ran_jobs(switched) == {"prepare": 1, "report": 1}
+    assert stage_dir(npz_config, "train") == stage_dir(h5_config, "train")
+    assert stage_dir(npz_config, "prepare") != stage_dir(h5_config, "prepare")
 
-    # Two clips appended to train.h5: prepare again and only the shards now holding them.
-    wd = runs["h5"]
-    old = load_config(wd / "config.yaml")
-    old_keys = {p.stem for p in (wd / stage_dir(old, "prepare") / "shards").glob("*.json")}
+    features = wd / stage_dir(h5_config, "extract")
+    stage = json.loads((features / "config.json").read_text())["config"]
+    shards = sorted((wd / stage_dir(h5_config, "prepare") / "shards").glob("*.json"))
+    assert len(shards) == SHARED_SHARDS
+    for shard in shards:
+        members = read_shard(shard)
+        assert all(m["path"].startswith(f"{h5_data}/") and "::" in m["path"] for m in members)
+        from_h5 = tmp_path / "h5_stores" / f"{shard.stem}.zarr"
+        extract_shard(members, from_h5, {**stage["features"], "batch_clips": 4, "workers": 0},
+                      stage["data"]["max_persons"], features / "backbone", {})
+        npz_arrays, h5_arrays = _arrays(features / f"{shard.stem}.zarr"), _arrays(from_h5)
+        assert npz_arrays.keys() == h5_arrays.keys()
+        for key, values in npz_arrays.items():
+            assert np.array_equal(values, h5_arrays[key]), (shard.stem, key)
+
+    # Two clips appended to train.h5: prepare again and only the shards now holding them (through Snakemake).
+    old_keys = {p.stem for p in shards}
     extra = write_dataset(tmp_path / "extra", {"train": 2}, 6, 4, 48, 80, ["meeting"], seed=42)
     with h5py.File(h5_data / "train.h5", "a") as f:
         for i, path in enumerate(extra):
             write_h5_clip(f, f"added_{i}", dict(clip_arrays(path), video_id=np.array(f"added_{i}")))
-    again = snakemake(wd)
-    assert again.returncode == 0, again.stderr[-3000:]
-    new_keys = {p.stem for p in (wd / stage_dir(load_config(wd / "config.yaml"), "prepare") / "shards").glob("*.json")}
-    assert 0 < ran_jobs(again).get("extract", 0) == len(new_keys - old_keys) < len(new_keys)
-    manifest = pd.read_parquet(wd / stage_dir(load_config(wd / "config.yaml"), "prepare") / "manifest.parquet")
+    again = until_extract(wd)
+    new_prepare = wd / stage_dir(load_config(wd / "config.yaml"), "prepare")
+    new_keys = {p.stem for p in (new_prepare / "shards").glob("*.json")}
+    assert again["prepare"] == 1 and 0 < again["extract"] == len(new_keys - old_keys) < len(new_keys)
+    manifest = pd.read_parquet(new_prepare / "manifest.parquet")
     assert {f"{h5_data}/train.h5::added_0", f"{h5_data}/train.h5::added_1"} <= set(manifest.path)

@@ -3,15 +3,16 @@ from __future__ import annotations
 
 import json
 
+import hostile_corpus
 import numpy as np
 import pandas as pd
 import pytest
-
-import hostile_corpus
 from conftest import snakemake, svip, write_config
+
 from svip_core.config import load_config
-from svip_core.io.clip import ClipError, inspect_clip
-from svip_core.io.manifest import DatasetError, prepare_dataset
+from svip_core.dataset.clip import ClipError, inspect_clip
+from svip_core.dataset.manifest import DatasetError, prepare_dataset
+from svip_core.report import figures
 from svip_core.stages import stage_dir
 
 
@@ -81,18 +82,23 @@ def test_duplicate_ids_under_the_drop_policy_keep_the_first_copy(tmp_path):
     assert manifest.loc[str(tmp_path / "val" / "c.npz"), "reason"].startswith("video_id: leak of")
 
 
-def test_the_workflow_trains_on_the_good_clips_and_reports_the_bad(corpus, workflow_dir, tiny_config):
+@pytest.mark.slow
+def test_the_workflow_trains_on_the_good_clips_and_reports_the_bad(corpus, workflow_dir, tiny_config, tmp_path):
+    """The verdicts travel through a real run up to the model (one process, one epoch: the DDP path is the
+    shared workflow's to prove); the report stage's table of them names every bad file."""
     folder, expected, good = corpus
-    tiny_config["data"]["source"] = str(folder)
-    tiny_config["evaluate"]["split"] = "val"
+    tiny_config["data"].update(source=str(folder), num_shards=1)
+    tiny_config["train"].update(nproc=1, epochs=1)
     write_config(workflow_dir / "config.yaml", tiny_config)
-    result = snakemake(workflow_dir)
-    assert result.returncode == 0, result.stderr[-3000:]
     config = load_config(workflow_dir / "config.yaml")
-    manifest = pd.read_parquet(workflow_dir / stage_dir(config, "prepare") / "manifest.parquet")
-    assert (manifest.verdict == "accepted").sum() == len(good)
-    assert (workflow_dir / stage_dir(config, "train") / "model.safetensors").exists()
-    html = (workflow_dir / stage_dir(config, "report") / "rejected_clips.html").read_text()
+    model = stage_dir(config, "train") / "model.safetensors"
+    result = snakemake(workflow_dir, str(model))
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest = workflow_dir / stage_dir(config, "prepare") / "manifest.parquet"
+    assert (pd.read_parquet(manifest).verdict == "accepted").sum() == len(good)
+    assert (workflow_dir / model).exists()
+    figures.rejected_table(manifest, tmp_path / "rejected_clips.html")
+    html = (tmp_path / "rejected_clips.html").read_text()
     for path in expected:
         assert path in html.replace("&amp;", "&")
 

@@ -8,9 +8,9 @@ import torch
 from svip_core.features.geometry import box_geometry
 from svip_core.model.graph import FrameGAT
 from svip_core.model.loss import ranking_loss
+from svip_core.model.pair_history import PairHistory
 from svip_core.model.ranker import build_ranker
 from svip_core.model.ranking import hit_at_k, rank_people, reciprocal_rank, target_rank_stats
-from svip_core.model.pair_history import PairHistory
 from svip_core.model.relations import RELATION_FIELDS, complete_graph_edges, edge_relations, pair_mask, pair_relations
 from svip_core.model.temporal import EventContext
 
@@ -225,7 +225,7 @@ def test_pair_history_counts_who_approaches_and_ignores_absent_people():
 
 
 def test_track_summary_reads_each_persons_valid_frames_only():
-    from svip_core.model.pooling import track_summary
+    from svip_core.model.temporal_pooling import track_summary
     x = torch.tensor([[[1.0], [9.0], [3.0]], [[5.0], [5.0], [5.0]]]).permute(1, 0, 2)[None]   # (1, T=3, N=2, 1)
     valid = torch.tensor([[True, False, True], [False, False, False]]).T[None]              # (1, 3, 2)
     summary = track_summary(x, valid)                     # mean, spread, min, max, first, last

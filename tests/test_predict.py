@@ -1,48 +1,45 @@
-"""`svip predict` on real footage (vtest.avi from Debian's opencv-doc) and `svip import` -> `svip validate`."""
+"""`svip predict` on real footage (TUD-Campus, MOTChallenge 2015) with the shared workflow's model, and
+`svip import` -> `svip validate`."""
 from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import TINY, svip, write_config
+from mot15 import MOT15
 
-from conftest import BIN, ROOT, TINY, build_stores, svip, write_config
-from svip_core.io.samples import fetch_vtest
-from svip_core.config import validate_config
-from svip_core.stages import runs
+from svip_core.config import load_config
+from svip_core.stages import stage_dir
 
-CACHE = ROOT / "tests" / "data"
-
-
-@pytest.fixture(scope="module")
-def vtest():
-    return fetch_vtest(CACHE)
+VIDEO = MOT15 / "TUD-Campus" / "TUD-Campus.mp4"
+FRAMES = 71
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    """A small model trained by the real pipeline code (extract + torchrun) on synthetic clips."""
-    tmp = tmp_path_factory.mktemp("model")
-    store = build_stores(tmp, {"train": 12, "val": 4}, num_shards=1)[0]
-    cfg = validate_config(json.loads(json.dumps(TINY)))
-    run = next(iter(runs(cfg).values()))
-    run["train"].update(epochs=1, nproc=1)
-    stage = json.dumps({"config": {"model": run["model"], "train": run["train"]}})
-    subprocess.run([str(BIN / "torchrun"), "--standalone", "--nproc_per_node=1", str(ROOT / "workflow_scripts/train.py"),
-                    "--config", stage, "--stores", store, "--out-dir", str(tmp / "train")], check=True,
-                   capture_output=True)
-    return tmp / "train"
+def workflow(finished_workflow):
+    """The shared workflow's folder: svip predict runs there, as a user runs it in their workflow's folder."""
+    return finished_workflow
 
 
-def test_predict_detects_tracks_and_ranks_the_people_of_a_real_video(vtest, checkpoint, tmp_path):
+@pytest.fixture(scope="module")
+def checkpoint(workflow):
+    """The full model the workflow trained (real extract, 2-rank torchrun) on synthetic clips."""
+    return workflow / stage_dir(load_config(workflow / "config.yaml"), "train")
+
+
+def predict(workflow, *args):
+    return svip("predict", VIDEO, *args, cwd=workflow)
+
+
+@pytest.mark.slow
+def test_predict_detects_tracks_and_ranks_the_people_of_a_real_video(workflow, checkpoint, tmp_path):
     import cv2
 
     out = tmp_path / "pred"
-    # Detection on every 8th frame keeps the test short; the default is every 3rd.
-    result = svip("predict", vtest, "--checkpoint", checkpoint, "--out", out, "--detect-every", 8)
+    result = predict(workflow, "--checkpoint", checkpoint, "--out", out)
     assert result.returncode == 0, result.stderr[-3000:]
     ranking = pd.read_csv(out / "ranking.csv")
     assert len(ranking) >= 3 and list(ranking["rank"]) == list(range(1, len(ranking) + 1))
@@ -50,35 +47,35 @@ def test_predict_detects_tracks_and_ranks_the_people_of_a_real_video(vtest, chec
     assert scored.between(0, 1).all() and scored.is_monotonic_decreasing and len(scored) >= 3
     assert ranking.score.isna().sum() == 0 or ranking.score.isna().idxmax() == len(scored)   # unscored ones last
     summary = json.loads((out / "ranking.json").read_text())
-    assert summary["vip_track_id"] == ranking.track_id.iloc[0] and summary["frames"] == 795
-    assert summary["tracks_source"].startswith("detected (ssdlite, every 8 frames)")
+    assert summary["vip_track_id"] == ranking.track_id.iloc[0] and summary["frames"] == FRAMES
+    assert summary["tracks_source"].startswith("detected (ssdlite, every 3 frames)")
     video = cv2.VideoCapture(str(out / "annotated.mp4"))
     count = 0
     while video.read()[0]:
         count += 1
-    assert count == 795                                   # playable, and as long as the input
+    assert count == FRAMES                                # playable, and as long as the input
     assert (out / "tracks.txt").stat().st_size > 0
 
 
-def test_predict_uses_given_tracks_and_import_makes_a_valid_clip(vtest, checkpoint, tmp_path):
+def test_predict_uses_given_tracks_and_import_makes_a_valid_clip(workflow, checkpoint, tmp_path):
     tracks = tmp_path / "tracks.txt"
     rows = []
-    for frame in range(1, 796):                           # two walkers crossing, one person standing
-        rows += [f"{frame},7,{100 + frame * 0.5:.1f},200,60,150,1,-1,-1,-1",
-                 f"{frame},9,{600 - frame * 0.5:.1f},180,65,160,1,-1,-1,-1"]
-        if frame > 100:
+    for frame in range(1, FRAMES + 1):                    # two walkers crossing, one person standing
+        rows += [f"{frame},7,{100 + frame * 5:.1f},200,60,150,1,-1,-1,-1",
+                 f"{frame},9,{500 - frame * 5:.1f},180,65,160,1,-1,-1,-1"]
+        if frame > 10:
             rows.append(f"{frame},12,350,250,55,140,1,-1,-1,-1")
     tracks.write_text("\n".join(rows) + "\n")
     out = tmp_path / "pred"
-    result = svip("predict", vtest, "--tracks", tracks, "--checkpoint", checkpoint, "--out", out)
+    result = predict(workflow, "--tracks", tracks, "--checkpoint", checkpoint, "--out", out)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.splitlines()[0] == f"model: {checkpoint}"
+    assert result.stdout.splitlines()[0].startswith(f"model: {checkpoint} (run full/seed0, test top-1 ")
     assert sorted(pd.read_csv(out / "ranking.csv").track_id) == [7, 9, 12]
 
     data = tmp_path / "data"
-    made = svip("import", vtest, tracks, data, "--vip", 12, "--split", "train", "--max-frames", 40)
+    made = svip("import", VIDEO, tracks, data, "--vip", 12, "--split", "train", "--max-frames", 40)
     assert made.returncode == 0, made.stderr
-    clip_path = data / "train" / "vtest.npz"
+    clip_path = data / "train" / "TUD-Campus.npz"
     with np.load(clip_path, allow_pickle=False) as clip:
         assert clip["frames"].shape[0] == 40 and clip["original_ids"][clip["target_index"]] == 12
     checked = svip("validate", data)
@@ -86,23 +83,25 @@ def test_predict_uses_given_tracks_and_import_makes_a_valid_clip(vtest, checkpoi
     assert "1 accepted, 0 rejected" in checked.stdout
 
 
-def test_predict_with_a_bad_tracks_file_says_which_line(vtest, checkpoint, tmp_path):
+def test_predict_with_a_bad_tracks_file_says_which_line(workflow, checkpoint, tmp_path):
     bad = tmp_path / "bad.txt"
     bad.write_text("1,1,10,10,50,80,1,-1,-1,-1\n2,1,10,10,-5,80,1,-1,-1,-1\n")
-    result = svip("predict", vtest, "--tracks", bad, "--checkpoint", checkpoint, "--out", tmp_path / "x")
+    result = predict(workflow, "--tracks", bad, "--checkpoint", checkpoint, "--out", tmp_path / "x")
     assert result.returncode == 1 and "line 2" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_predict_says_why_it_does_not_use_the_configs_model(vtest, checkpoint, tmp_path):
+def test_predict_says_why_it_does_not_use_the_configs_model(workflow, checkpoint, tmp_path):
     """A config whose model cannot be named here (its data is elsewhere) falls back to the newest model, and
     says so: the user sees which model ranks and why it is not the configured one."""
     shutil.copytree(checkpoint, tmp_path / "results" / "train" / "h0")
+    features = stage_dir(load_config(workflow / "config.yaml"), "extract") / "backbone"
+    shutil.copytree(workflow / features, tmp_path / features)          # where the model's features name it
     write_config(tmp_path / "config.yaml", {**TINY, "data": {**TINY["data"], "source": "/elsewhere/data"}})
     tracks = tmp_path / "tracks.txt"
     tracks.write_text("".join(f"{t},{i},{100 + 200 * i},200,60,150,1,-1,-1,-1\n" for t in range(1, 40) for i in (1, 2)))
-    result = svip("predict", vtest, "--tracks", tracks, "--out", tmp_path / "pred", cwd=tmp_path)
+    result = svip("predict", VIDEO, "--tracks", tracks, "--out", tmp_path / "pred", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.splitlines()[0] == "model: results/train/h0"
+    assert result.stdout.splitlines()[0] == "model: results/train/h0 (run full/seed0)"
     assert "svip predict: the config's model cannot be named (data.source = \"/elsewhere/data\": folder not found." \
         in result.stderr and "using the newest trained model" in result.stderr
 
@@ -110,7 +109,7 @@ def test_predict_says_why_it_does_not_use_the_configs_model(vtest, checkpoint, t
 def test_the_default_checkpoint_is_the_newest_full_model(tmp_path):
     import os
 
-    from svip_core.predict import describe_model, newest_checkpoint
+    from svip_core.predict.model_choice import describe_model, newest_checkpoint
 
     for i, run in enumerate(["full/seed0", "no_gat/seed0", "full/seed1", "mean_pooling/seed0"]):
         folder = tmp_path / "train" / f"h{i}"

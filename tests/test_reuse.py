@@ -1,7 +1,9 @@
 """Reuse is a contract: a stage's identity covers its data, code, config and assets, and nothing else.
 
-Every config key is edited in turn against a finished workflow and the dry run must schedule exactly the stages
-that read it; data, code and backbone edits re-run what they touch; key order and run settings re-run nothing.
+Every config key is edited in turn and must change exactly the hashes of the stages that read it and of those
+downstream (in-process); dry runs of a key per stage against the shared finished workflow show that Snakemake
+plans by those hashes; data, code and backbone edits re-run what they touch; key order and run settings re-run
+nothing.
 """
 from __future__ import annotations
 
@@ -17,12 +19,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from conftest import TINY, clone_workflow, planned_jobs, ran_jobs, snakemake, until_extract, write_config
 from safetensors.torch import load_file
 
-from conftest import TINY, copy_workflow, planned_jobs, ran_jobs, snakemake, write_config
 from svip_core.config import load_config, schema_keys, validate_config
-from svip_core.io.synth import write_dataset
-from svip_core.stages import RUN_SETTINGS, STAGE_KEYS, STAGES, _get, keys_read, stage_dir
+from svip_core.stages import RUN_SETTINGS, STAGE_KEYS, STAGES, _get, keys_read, runs, stage_dir, stage_hash
+from svip_core.synthetic.generate import write_dataset
 from svip_core.train.loop import TIME_COLUMNS
 
 BIN = Path(sys.executable).parent
@@ -59,11 +61,11 @@ DOUBLED = {"features.embedded.hidden_size", "features.embedded.num_heads", "feat
            "model.d_model", "model.temporal_heads", "model.gat_hidden", "model.gat_heads"}
 
 
-def edited_value(key: str, value, spec: dict, workdir: Path, run_dir: Path):
+def edited_value(key: str, value, spec: dict, workdir: Path, backbone: Path):
     """A different valid value for ``key`` (the first choice that keeps the config valid)."""
     special = {"data.source": lambda: str(write_dataset(workdir / "other_data", {"train": 6, "val": 3, "test": 3},
                                                        6, 4, 48, 80, ["meeting"], seed=11)[0].parents[1]),
-               "features.backbone": lambda: str(run_dir / "results" / "local_backbone"),
+               "features.backbone": lambda: str(backbone),
                "features.frame_size": lambda: [value[0] + 8, value[1]],
                "synthetic.categories": lambda: value[:1] + ["lecture"],
                "evaluate.ks": lambda: [1, 2],
@@ -105,25 +107,71 @@ def stages_of(plan: dict[str, int]) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def reuse_run(finished_workflow):
-    """The finished tiny workflow, plus a local copy of its embedded backbone (a backbone given as a folder)."""
-    features = next((finished_workflow / "results" / "features").glob("*/backbone"))
-    local = finished_workflow / "results" / "local_backbone"
-    if not local.exists():
-        shutil.copytree(features, local)
-    return finished_workflow
+def local_backbone(finished_workflow, tmp_path_factory) -> Path:
+    """A copy of the shared workflow's embedded backbone: a backbone given as a model folder."""
+    local = tmp_path_factory.mktemp("backbone") / "local_backbone"
+    shutil.copytree(next((finished_workflow / "results" / "features").glob("*/backbone")), local)
+    return local
 
 
-def test_editing_any_config_key_schedules_exactly_the_stages_that_read_it(reuse_run, tmp_path):
-    wd = reuse_run
-    base = validate_config(copy.deepcopy(TINY))
+# What a changed identity makes new, by stage hash: a prepare edit leaves the extract hash alone (its stores are
+# addressed by shard content keys, which prepare decides), the dry runs below show Snakemake then extracts.
+NEW_HASHES = {**DOWNSTREAM, "prepare": DOWNSTREAM["prepare"] - {"extract"}}
+
+
+def all_hashes(config: dict) -> dict[str, set[str]]:
+    """{stage: every hash the workflow of ``config`` writes under}: train and evaluate once per run."""
+    memo: dict = {}
+    out = {s: {stage_hash(config, s, memo)} for s in ("prepare", "extract", "report")}
+    for stage in ("train", "evaluate"):
+        out[stage] = {stage_hash(run, stage, memo) for run in runs(config).values()}
+    return out
+
+
+def edited_configs(base: dict, backbone: Path, tmp_path: Path) -> list[tuple[str, dict, set[str]]]:
+    """(key, ``base`` with that key edited, the stages that read the key) for every schema key."""
+    base = validate_config(copy.deepcopy(base))
     cases = []
-    for i, key in enumerate(schema_keys()):
+    for key in schema_keys():
         edited = copy.deepcopy(base)
-        set_key(edited, key, edited_value(key, _get(base, key) if key != "ablations" else {}, schema_spec(key), tmp_path, wd))
-        readers = {s for s in STAGES if key in keys_read(validate_config(copy.deepcopy(edited)), s)
-                   or key in keys_read(base, s)}
-        cases.append((key, write_config(tmp_path / f"edit{i}.yaml", edited), readers))
+        set_key(edited, key, edited_value(key, _get(base, key) if key != "ablations" else {}, schema_spec(key),
+                                          tmp_path, backbone))
+        edited = validate_config(edited)
+        readers = {s for s in STAGES if key in keys_read(edited, s) or key in keys_read(base, s)}
+        cases.append((key, edited, readers))
+    return cases
+
+
+def test_editing_any_config_key_changes_exactly_the_hashes_of_the_stages_that_read_it(local_backbone, tmp_path,
+                                                                                      monkeypatch):
+    """Every key of the schema, in-process: the stages whose identity changes are those that read the key and
+    the stages downstream of them, and no others (the dry runs below show that Snakemake plans by them)."""
+    monkeypatch.chdir(tmp_path)             # the content-hash cache lives under the working directory's results/
+    before = all_hashes(validate_config(copy.deepcopy(TINY)))
+    wrong = []
+    for key, edited, readers in edited_configs(TINY, local_backbone, tmp_path):
+        after = all_hashes(edited)
+        new = {s for s in STAGES if after[s] - before[s]}
+        expected = set().union(*(NEW_HASHES[s] for s in readers)) if readers else set()
+        if new != expected:
+            wrong.append(f"{key}: read by {sorted(readers) or 'no stage'}, new hashes for {sorted(new)}")
+    assert not wrong, "\n".join(wrong)
+
+
+# The dry runs: a key read by each stage; run settings, a key the mode ignores and one a folder dataset ignores
+# (nothing to do); a new seed (new runs beside the existing ones); a backbone given as a folder.
+DRY_RUN_KEYS = ("data.num_shards", "features.num_frames", "features.backbone", "model.d_model", "train.seeds",
+                "evaluate.ks", "report.gallery_size", "features.workers", "train.workers", "features.crop_size",
+                "synthetic.seed")
+
+
+def test_snakemake_plans_exactly_the_stages_whose_identity_an_edit_changes(finished_workflow, local_backbone,
+                                                                           tmp_path):
+    wd = finished_workflow
+    base = yaml.safe_load((wd / "config.yaml").read_text())
+    cases = [(key, write_config(tmp_path / f"{key}.yaml", edited), readers)
+             for key, edited, readers in edited_configs(base, local_backbone, tmp_path) if key in DRY_RUN_KEYS]
+    assert len(cases) == len(DRY_RUN_KEYS)
 
     def dry_run(case):
         key, path, readers = case
@@ -141,18 +189,18 @@ def test_editing_any_config_key_schedules_exactly_the_stages_that_read_it(reuse_
         if not ok:
             wrong.append(f"{key}: read by {sorted(readers) or 'no stage'}, dry run schedules {sorted(planned)}")
     assert not wrong, "\n".join(wrong)
-    # The run settings and the keys a mode ignores are among the edits, and schedule nothing.
-    assert {k for k, r, p in outcomes if not p} >= {"features.workers", "features.batch_clips", "train.workers",
-                                                    "features.crop_size"}
+    # The run settings and the keys a mode ignores schedule nothing.
+    assert {k for k, r, p in outcomes if not p} == {"features.workers", "train.workers", "features.crop_size",
+                                                    "synthetic.seed"}
 
 
-def test_key_order_changes_nothing_and_svip_hash_names_the_workflows_folders(reuse_run, tmp_path):
-    wd = reuse_run
+def test_key_order_changes_nothing_and_svip_hash_names_the_workflows_folders(finished_workflow, tmp_path):
+    wd = finished_workflow
 
     def reversed_keys(obj):
         return {k: reversed_keys(obj[k]) for k in reversed(list(obj))} if isinstance(obj, dict) else obj
 
-    shuffled = dict(reversed_keys(copy.deepcopy(TINY)), ablations={})
+    shuffled = dict(reversed_keys(yaml.safe_load((wd / "config.yaml").read_text())), ablations={})
     (tmp_path / "shuffled.yaml").write_text(yaml.safe_dump(shuffled, sort_keys=False))
     same = snakemake(wd, "-n", "--configfile", str(tmp_path / "shuffled.yaml"))
     assert "Nothing to be done" in same.stdout + same.stderr, same.stdout[-2000:]
@@ -173,10 +221,10 @@ def test_key_order_changes_nothing_and_svip_hash_names_the_workflows_folders(reu
     assert stage_dir(load_config(wd / "config.yaml", [override]), "train").name in text
 
 
-def test_code_edits_reextract_and_comment_edits_do_not(reuse_run, tmp_path):
+def test_code_edits_reextract_and_comment_edits_do_not(finished_workflow, tmp_path):
     """A real edit of a feature module re-runs extract onward; a comment or docstring edit re-runs nothing."""
     wd = tmp_path / "wf"
-    shutil.copytree(reuse_run, wd, symlinks=True)
+    clone_workflow(finished_workflow, wd)
     shutil.copytree(Path(__file__).parent.parent / "svip_core", wd / "svip_core",
                     ignore=shutil.ignore_patterns("__pycache__"))
     assert "Nothing to be done" in snakemake(wd, "-n").stdout          # the same code, wherever it lies
@@ -195,58 +243,32 @@ def test_code_edits_reextract_and_comment_edits_do_not(reuse_run, tmp_path):
     assert stages_of(planned_jobs(snakemake(wd, "-n"))) == DOWNSTREAM["train"]
 
 
-def test_a_changed_preprocessor_config_reextracts(reuse_run, tmp_path):
-    wd = tmp_path / "wf"
-    shutil.copytree(reuse_run, wd, symlinks=True)
-    config = copy.deepcopy(TINY)
-    config["features"]["backbone"] = str(wd / "results" / "local_backbone")
-    write_config(wd / "config.yaml", config)
-    assert until_extract(wd) == {"extract": 2}                         # another backbone source: its own features
-    assert until_extract(wd, "-n") == {}
-
-    pre = wd / "results" / "local_backbone" / "preprocessor_config.json"
+def test_a_changed_preprocessor_config_reextracts_and_a_moved_backbone_does_not(local_backbone, tmp_path,
+                                                                                 monkeypatch):
+    """A backbone folder is identified by its weights and preprocessing config, not by where it lies (in-process:
+    the dry runs above show Snakemake plans extract by this hash)."""
+    monkeypatch.chdir(tmp_path)             # the content-hash cache lives under the working directory's results/
+    local = tmp_path / "local_backbone"
+    shutil.copytree(local_backbone, local)
+    config = validate_config(dict(copy.deepcopy(TINY), features={**TINY["features"], "backbone": str(local)}))
+    first = stage_hash(config, "extract")
+    pre = local / "preprocessor_config.json"
     pre.write_text(json.dumps({"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}))
-    assert until_extract(wd, "-n") == {"extract": 2}
-    shutil.move(wd / "results" / "local_backbone", wd / "moved_backbone")   # same weights, another place
-    config["features"]["backbone"] = str(wd / "moved_backbone")
-    write_config(wd / "config.yaml", config)
-    (wd / "moved_backbone" / "preprocessor_config.json").unlink()
-    assert until_extract(wd, "-n") == {}
+    edited = stage_hash(config, "extract")
+    shutil.move(local, tmp_path / "moved_backbone")                    # same weights, another place
+    (tmp_path / "moved_backbone" / "preprocessor_config.json").unlink()
+    config["features"]["backbone"] = str(tmp_path / "moved_backbone")
+    assert edited != first and stage_hash(config, "extract") == first
 
 
-def until_extract(wd: Path, *flags: str) -> dict[str, int]:
-    """Run (or with -n, plan) prepare and the feature stores of the working directory's config only; job counts."""
-    config = load_config(wd / "config.yaml")
-    prepare, features = stage_dir(config, "prepare"), stage_dir(config, "extract")
-    counts: dict[str, int] = {}
-    for targets in ([str(prepare / "manifest.parquet")], None):
-        if targets is None:
-            if not (wd / prepare / "shards").is_dir():          # a dry run of a new dataset: prepare comes first
-                break
-            targets = [f"{features}/{p.stem}.zarr" for p in (wd / prepare / "shards").glob("*.json")]
-        result = snakemake(wd, *flags, *targets)
-        assert result.returncode == 0, result.stderr[-3000:]
-        for rule, n in (planned_jobs(result) if "-n" in flags else ran_jobs(result)).items():
-            counts[rule] = counts.get(rule, 0) + n
-    counts.pop("all", None)
-    return counts
-
-
-def folder_dataset(root: Path, clips: dict, seed: int) -> Path:
-    write_dataset(root, clips, 6, 4, 48, 80, ["meeting", "street"], seed=seed)
-    return root
-
-
-def test_a_data_edit_reruns_what_it_touches_and_going_back_runs_nothing(tmp_path):
+@pytest.mark.slow
+def test_a_data_edit_reruns_what_it_touches_and_going_back_runs_nothing(finished_workflow, tmp_path):
     """Adding and changing clips re-runs prepare, exactly the shards whose clips changed, and training; the
     new model is trained on the new data (not resumed from the old one); the old data finds the old results."""
-    data = folder_dataset(tmp_path / "data", {"train": 12, "val": 4, "test": 4}, seed=21)
-    config = copy.deepcopy(TINY)
-    config["data"].update(source=str(data), num_shards=8)
-    config["train"]["nproc"] = 1
-    wd = copy_workflow(tmp_path / "wf", config)
-    first = snakemake(wd)
-    assert first.returncode == 0, first.stderr[-3000:]
+    wd = clone_workflow(finished_workflow, tmp_path / "wf", with_data=True)
+    data = wd / "data"
+    moved = snakemake(wd)                 # the copied data: only its manifest and the report naming it are new
+    assert moved.returncode == 0 and ran_jobs(moved) == {"prepare": 1, "report": 1}, moved.stderr[-3000:]
     old = {s: wd / stage_dir(load_config(wd / "config.yaml"), s) for s in STAGES}
     old_keys = {p.stem for p in (old["prepare"] / "shards").glob("*.json")}
     old_weights = load_file(old["train"] / "model.safetensors")
@@ -264,13 +286,15 @@ def test_a_data_edit_reruns_what_it_touches_and_going_back_runs_nothing(tmp_path
     arrays["bboxes"] = arrays["bboxes"] * 0.9
     np.savez(changed, **arrays)
 
-    second = snakemake(wd)
-    assert second.returncode == 0, second.stderr[-3000:]
     new = {s: wd / stage_dir(load_config(wd / "config.yaml"), s) for s in STAGES}
+    plan = snakemake(wd, "-n")             # the whole workflow: prepare onward (extract's shards known after prepare)
+    assert stages_of(planned_jobs(plan)) - {"extract"} == {"prepare", "train", "evaluate", "report"}, plan.stdout
+    second = snakemake(wd, str(new["train"].relative_to(wd) / "model.safetensors"))   # up to the model
+    assert second.returncode == 0, second.stderr[-3000:]
     new_keys = {p.stem for p in (new["prepare"] / "shards").glob("*.json")}
     ran = ran_jobs(second)
     assert ran.get("extract") == len(new_keys - old_keys) and 0 < len(new_keys - old_keys) < len(new_keys)
-    assert {k: v for k, v in ran.items() if k != "extract"} == {"prepare": 1, "train": 1, "evaluate": 1, "report": 1}
+    assert {k: v for k, v in ran.items() if k != "extract"} == {"prepare": 1, "train": 1}
     assert all(new[s] != old[s] for s in ("prepare", "train", "evaluate", "report"))
     new_weights = load_file(new["train"] / "model.safetensors")
     assert any(not (old_weights[k] == new_weights[k]).all() for k in old_weights)
@@ -284,19 +308,18 @@ def test_a_data_edit_reruns_what_it_touches_and_going_back_runs_nothing(tmp_path
     assert "Nothing to be done" in back.stdout + back.stderr, back.stdout[-2000:]
 
 
-def test_datasets_sharing_clips_share_their_feature_stores(tmp_path):
-    a = folder_dataset(tmp_path / "a", {"train": 12, "val": 4, "test": 4}, seed=31)
+@pytest.mark.slow
+def test_datasets_sharing_clips_share_their_feature_stores(finished_workflow, tmp_path):
+    wd = clone_workflow(finished_workflow, tmp_path / "wf", with_data=True)
+    a = wd / "data"
+    config = yaml.safe_load((wd / "config.yaml").read_text())
+    assert until_extract(wd) == {"prepare": 1}                  # A is the copied data: its stores exist
     b = tmp_path / "b"
     shutil.copytree(a, b)                                        # the same clips elsewhere ...
     extra = write_dataset(tmp_path / "extra", {"val": 1}, 6, 4, 48, 80, ["meeting"], seed=32)[0]
     arrays = dict(np.load(extra))
     arrays["video_id"] = np.array("only_in_b")
     np.savez(b / "val" / "only_in_b.npz", **arrays)               # ... plus one clip of its own
-    config = copy.deepcopy(TINY)
-    config["data"].update(source=str(a), num_shards=2)
-    config["train"]["nproc"] = 1
-    wd = copy_workflow(tmp_path / "wf", config)
-    assert until_extract(wd).get("extract") > 1
 
     def switch(source):
         config["data"]["source"] = str(source)
@@ -313,7 +336,11 @@ def test_datasets_sharing_clips_share_their_feature_stores(tmp_path):
     # The shared member lists follow the dataset in use: with B gone, new features of A read A's files.
     shutil.rmtree(b)
     config["features"]["num_frames"] = 5
-    assert switch(a).get("extract") == 2
+    write_config(wd / "config.yaml", config)
+    resolved = load_config(wd / "config.yaml")
+    shard = next((wd / stage_dir(resolved, "prepare") / "shards").glob("*.json"))
+    fewer_frames = snakemake(wd, str(stage_dir(resolved, "extract") / f"{shard.stem}.zarr"))
+    assert fewer_frames.returncode == 0 and ran_jobs(fewer_frames).get("extract") == 1, fewer_frames.stderr[-3000:]
     config["features"]["num_frames"] = TINY["features"]["num_frames"]
     shutil.copytree(a, tmp_path / "a_copy")
     assert switch(tmp_path / "a_copy") == {"prepare": 1}          # a moved dataset: only its manifest is new

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 import zarr
-
 from conftest import TINY, build_stores
+
 from svip_core.evaluate.evaluation import SELECTION_NOTE, evaluate, load_ranker, score_split
 from svip_core.evaluate.metrics import per_clip_hits
 from svip_core.features.extract import frame_indices, frame_stride
@@ -19,7 +19,7 @@ from svip_core.features.geometry import GEOMETRY_FIELDS
 from svip_core.features.store import frame_strides, open_store
 from svip_core.model.loss import ranking_loss
 from svip_core.model.ranker import build_ranker
-from svip_core.predict import training_stride, window_indices
+from svip_core.predict.windows import training_stride, window_indices
 from svip_core.report import figures
 from svip_core.train.checkpoint import save_weights
 from svip_core.train.data import StoreClips
@@ -111,7 +111,7 @@ def test_predict_windows_of_short_videos_and_old_models():
 
 def _rare_vip_dataset(folder) -> None:
     """Synthetic clips of 120 frames whose VIP is visible in 3 of them only, written back in the clip format."""
-    from svip_core.io.synth import write_dataset
+    from svip_core.synthetic.generate import write_dataset
 
     paths = write_dataset(folder, {"train": 3, "val": 1}, 120, 4, 48, 80, ["meeting"], seed=5)
     for path, frames in zip(paths, VIP_FRAMES):
@@ -126,11 +126,11 @@ def _rare_vip_dataset(folder) -> None:
 
 
 def test_extraction_keeps_a_vip_visible_in_3_of_120_frames(tmp_path):
+    from svip_core.config import validate_config
+    from svip_core.dataset.manifest import prepare_dataset
+    from svip_core.dataset.shards import read_shard
     from svip_core.features.backbone import build_embedded
     from svip_core.features.extract import extract_shard
-    from svip_core.io.manifest import prepare_dataset
-    from svip_core.io.shards import read_shard
-    from svip_core.config import validate_config
 
     _rare_vip_dataset(tmp_path / "clips")
     manifest = prepare_dataset(tmp_path / "clips", tmp_path / "prepare", 1, 10**9, "error")

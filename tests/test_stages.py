@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import planned_jobs, snakemake
+
 from svip_core.config import load_config, validate_config
 from svip_core.stages import all_stage_hashes, runs
 

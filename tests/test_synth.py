@@ -2,15 +2,23 @@
 defeats the group heuristics and every single-track cue (a per-track network trained on its train split)."""
 from __future__ import annotations
 
-from svip_core.evaluate.baselines import (clip_geometry, heuristic_scores, heuristic_top1_on_clips, single_track_probe,
-                                          top1)
-from svip_core.io.synth import write_dataset
+import pytest
+
 from svip_core.config import validate_config
+from svip_core.evaluate.baselines import (
+    clip_geometry,
+    heuristic_scores,
+    heuristic_top1_on_clips,
+    single_track_probe,
+    top1,
+)
+from svip_core.synthetic.generate import write_dataset
 
 HEURISTICS = {"random", "largest_box", "most_central", "longest_visible", "most_motion", "least_motion",
               "second_least_motion", "closest_to_all_at_end"}
 
 
+@pytest.mark.slow
 def test_box_heuristics_stay_at_or_under_half_on_the_default_benchmark(tmp_path):
     s = validate_config({})["synthetic"]              # the schema's default clip format
     paths = write_dataset(tmp_path, {"test": 300}, s["frames"], s["persons"], s["height"], s["width"],
@@ -23,6 +31,7 @@ def test_box_heuristics_stay_at_or_under_half_on_the_default_benchmark(tmp_path)
     assert all(v <= 0.5 for k, v in found.items() if k not in ("closest_to_all_at_end", "second_least_motion")), found
 
 
+@pytest.mark.slow
 def test_on_the_relational_benchmark_no_box_heuristic_or_single_track_cue_finds_the_vip(tmp_path):
     s = validate_config({"synthetic": {"scene": "relational", "persons": 8}})["synthetic"]
     paths = write_dataset(tmp_path, {"train": 200, "test": 200}, s["frames"], s["persons"], s["height"],

@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import ROOT, svip
+from mot15 import MOT15, sequence
+
 from svip_core.evaluate.mot import mot_metrics
-from svip_core.io.detection import HogDetector, SsdLiteDetector
-from svip_core.io.samples import MOT15, sequence
-from svip_core.io.tracking import PeopleTracker, link_by_overlap
-from svip_core.io.tracks import read_mot
-from svip_core.io.video import read_frames
+from svip_core.video.detection import HogDetector, SsdLiteDetector
+from svip_core.video.frames import read_frames
+from svip_core.video.tracking import PeopleTracker, link_by_overlap
+from svip_core.video.tracks import read_mot
 
 CACHE = ROOT / "tests" / "data"
 
@@ -27,6 +27,7 @@ def detector():
     return SsdLiteDetector()
 
 
+@pytest.mark.slow
 def test_ssdlite_and_deepsort_track_tud_campus_far_better_than_hog_and_iou(campus, detector):
     frames, truth = campus
     assert len(frames) == 71 and len(truth.ids) == 8
@@ -49,7 +50,7 @@ def test_detector_boxes_fit_the_people_of_a_frame(campus, detector):
     boxes, scores = detector(frames[0])
     assert boxes.dtype == np.float32 and boxes.shape[1] == 4 and (scores >= 0.5).all()
     assert (boxes[:, 2:] > boxes[:, :2]).all() and (boxes[:, 2] <= 640).all() and (boxes[:, 3] <= 480).all()
-    from svip_core.io.tracks import iou
+    from svip_core.video.tracks import iou
 
     matched = (iou(truth.boxes[0, truth.valid[0]], boxes) >= 0.5).any(1)
     assert matched.mean() >= 0.5                      # most of the people present are found, tightly
@@ -70,6 +71,7 @@ def test_a_shot_cut_ends_every_track(detector):
     assert len(set(tracks.ids)) == len(tracks.ids)
 
 
+@pytest.mark.slow
 def test_linking_over_gaps_keeps_identities_and_frames_between_detections_are_filled(campus, detector):
     """Offline linking joins the tracks DeepSORT split (a person lost, then found again) on TUD-Campus."""
     frames, truth = campus
@@ -108,7 +110,7 @@ def test_import_of_tud_campus_with_its_ground_truth_makes_a_valid_clip(tmp_path)
 
 
 def test_the_default_detector_is_ssdlite_and_a_wrong_name_says_the_choices():
-    from svip_core.io.detection import load_detector
+    from svip_core.video.detection import load_detector
 
     assert load_detector("auto").name == "ssdlite" and load_detector("hog").name == "hog"
     with pytest.raises(ValueError, match="auto, ssdlite or hog"):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -9,9 +10,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import ROOT, TINY, build_stores
 from safetensors.torch import load_file
 
-from conftest import ROOT, TINY, build_stores
 from svip_core.config import validate_config
 from svip_core.stages import runs
 from svip_core.train.loop import TIME_COLUMNS
@@ -61,17 +62,22 @@ def curves(out: Path) -> pd.DataFrame:
     return pd.read_csv(out / "metrics.csv").drop(columns=list(TIME_COLUMNS))
 
 
-def test_two_ranks_hold_identical_weights_and_the_same_seed_gives_the_same_loss(stores, tmp_path):
-    a, b = tmp_path / "a", tmp_path / "b"
-    for out in (a, b):
-        out.mkdir()
-        assert finish(launch(stores, out, epochs=2)) == 0, (out / "train.log").read_text()[-2000:]
-    meta = json.loads((a / "model.json").read_text())
+# The resume reference: small batches make epochs long enough to kill a job between two of them.
+CLEAN = {"epochs": 8, "batch_size": 1}
+
+
+@pytest.fixture(scope="module")
+def clean_run(stores, tmp_path_factory) -> Path:
+    """One clean 2-rank run, shared: the reference of the killed run and of a forced re-run."""
+    out = tmp_path_factory.mktemp("clean")
+    assert finish(launch(stores, out, **CLEAN)) == 0, (out / "train.log").read_text()[-2000:]
+    return out
+
+
+def test_two_ranks_hold_identical_weights(clean_run):
+    meta = json.loads((clean_run / "model.json").read_text())
     assert meta["world_size"] == 2 and len(set(meta["rank_weight_checksums"])) == 1
-    pd.testing.assert_frame_equal(curves(a), curves(b))
-    assert curves(a).train_loss.notna().all()
-    wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
-    assert all((wa[k] == wb[k]).all() for k in wa)
+    assert curves(clean_run).train_loss.notna().all() and len(curves(clean_run)) == CLEAN["epochs"]
 
 
 def test_loader_items_are_the_stored_clips_and_workers_deliver_the_same_batches(stores):
@@ -102,28 +108,42 @@ def test_loader_items_are_the_stored_clips_and_workers_deliver_the_same_batches(
     assert torch.cat([b["item"] for b in inline]).tolist() == order
 
 
-def test_loader_workers_and_deterministic_kernels_leave_every_number_unchanged(stores, tmp_path):
-    """One process (no DDP wrapper) trains to the same curves and weights with its clips read inline or by two
-    worker processes, with or without deterministic algorithms."""
-    inline, pooled = tmp_path / "inline", tmp_path / "pooled"
-    for out, train in ((inline, {"workers": 0}), (pooled, {"workers": 2, "deterministic": True})):
-        out.mkdir()
-        assert finish(launch(stores, out, epochs=2, nproc=1, **train)) == 0, (out / "train.log").read_text()[-2000:]
+# One process (no DDP wrapper), its clips read inline: a cheap run for the tests that need one of their own.
+INLINE = {"epochs": 2, "nproc": 1, "workers": 0}
+
+
+@pytest.fixture(scope="module")
+def inline_run(stores, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("inline")
+    assert finish(launch(stores, out, **INLINE)) == 0, (out / "train.log").read_text()[-2000:]
+    return out
+
+
+def same_run(a: Path, b: Path) -> None:
+    """Two runs ended with the same curves (times aside) and the same weights."""
+    pd.testing.assert_frame_equal(curves(a), curves(b))
+    wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    assert wa.keys() == wb.keys() and all((wa[k] == wb[k]).all() for k in wa)
+
+
+@pytest.mark.slow
+def test_loader_workers_and_deterministic_kernels_leave_every_number_unchanged(stores, inline_run, tmp_path):
+    """One process trains to the same curves and weights with its clips read inline or by two worker processes,
+    with or without deterministic algorithms."""
+    pooled = tmp_path / "pooled"
+    pooled.mkdir()
+    train = {**INLINE, "workers": 2, "deterministic": True}
+    assert finish(launch(stores, pooled, **train)) == 0, (pooled / "train.log").read_text()[-2000:]
     assert "2 loader worker(s)" in (pooled / "train.log").read_text()
-    pd.testing.assert_frame_equal(curves(inline), curves(pooled))
-    wa, wb = load_file(inline / "model.safetensors"), load_file(pooled / "model.safetensors")
-    assert all((wa[k] == wb[k]).all() for k in wa)
-    assert json.loads((inline / "model.json").read_text())["world_size"] == 1
+    same_run(inline_run, pooled)
+    assert json.loads((inline_run / "model.json").read_text())["world_size"] == 1
 
 
-def test_a_killed_run_resumes_and_ends_with_the_same_metrics(stores, tmp_path):
-    clean, killed = tmp_path / "clean", tmp_path / "killed"
-    for out in (clean, killed):
-        out.mkdir()
-    # Small batches make epochs long enough to kill the job between two of them.
-    assert finish(launch(stores, clean, epochs=8, batch_size=1)) == 0
-
-    job = launch(stores, killed, epochs=8, batch_size=1)
+@pytest.mark.slow
+def test_a_killed_run_resumes_and_ends_with_the_same_metrics(stores, clean_run, tmp_path):
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    job = launch(stores, killed, **CLEAN)
     state = killed / "checkpoints" / "state.json"
     deadline = time.time() + 300
     while time.time() < deadline and not (state.exists() and json.loads(state.read_text())["epoch"] >= 2):
@@ -133,36 +153,30 @@ def test_a_killed_run_resumes_and_ends_with_the_same_metrics(stores, tmp_path):
     done = json.loads(state.read_text())["epoch"]
     assert 2 <= done < 8 and not (killed / "model.safetensors").exists()
 
-    assert finish(launch(stores, killed, epochs=8, batch_size=1)) == 0
+    assert finish(launch(stores, killed, **CLEAN)) == 0
     assert "resuming after epoch" in (killed / "train.log").read_text()
-    pd.testing.assert_frame_equal(curves(clean), curves(killed))
-    wa, wb = load_file(clean / "model.safetensors"), load_file(killed / "model.safetensors")
-    assert all((wa[k] == wb[k]).all() for k in wa)
+    same_run(clean_run, killed)
 
 
-def test_another_runs_checkpoint_is_refused_and_a_finished_run_is_not_resumed(stores, tmp_path):
-    """A checkpoint is resumed only by the run that wrote it, and only when that run was interrupted."""
-    mine, other = tmp_path / "mine", tmp_path / "other"
-    for out in (mine, other):
-        out.mkdir()
-    assert finish(launch(stores, mine, epochs=3)) == 0
-    first = load_file(mine / "model.safetensors")
-    assert finish(launch(stores, other, epochs=3, lr=0.003)) == 0          # the other run, trained cleanly
-
-    # My run again (snakemake -R train): it finished before, so it trains from scratch, to the same weights.
-    assert finish(launch(stores, mine, epochs=3)) == 0
+def test_the_same_seed_gives_the_same_run_and_a_finished_run_is_not_resumed(stores, inline_run, tmp_path):
+    """My run again (snakemake -R train) in its finished folder trains from scratch, to the same curves and
+    weights: the same seed gives the same numbers."""
+    mine = tmp_path / "mine"
+    shutil.copytree(inline_run, mine)
+    assert finish(launch(stores, mine, **INLINE)) == 0
     assert "that run finished" in (mine / "train.log").read_text()
-    again = load_file(mine / "model.safetensors")
-    assert all((first[k] == again[k]).all() for k in first)
+    same_run(inline_run, mine)
     assert json.loads((mine / "checkpoints" / "state.json").read_text())["finished"] is True
 
-    # The other run's job in my folder (a stale folder, a copy, a bug in naming): it must not resume my
-    # checkpoint, and must end exactly as it does in a folder of its own.
+
+def test_another_runs_checkpoint_is_refused(stores, clean_run, inline_run, tmp_path):
+    """A checkpoint is resumed only by the run that wrote it: another run's job in my folder (a stale folder, a
+    copy, a bug in naming) must not resume my checkpoint, and must end exactly as it does in a folder of its own."""
+    mine = tmp_path / "mine"
+    shutil.copytree(clean_run, mine)
     (mine / "checkpoints" / "state.json").write_text(json.dumps(
         {**json.loads((mine / "checkpoints" / "state.json").read_text()), "finished": False, "epoch": 2}))
-    assert finish(launch(stores, mine, epochs=3, lr=0.003)) == 0
+    assert finish(launch(stores, mine, **INLINE)) == 0                    # the inline run's job, in my folder
     log = (mine / "train.log").read_text()
     assert "not resuming the checkpoint" in log and "written by another run" in log
-    pd.testing.assert_frame_equal(curves(mine), curves(other))
-    wa, wb = load_file(mine / "model.safetensors"), load_file(other / "model.safetensors")
-    assert all((wa[k] == wb[k]).all() for k in wa)
+    same_run(inline_run, mine)

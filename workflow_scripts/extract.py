@@ -4,9 +4,9 @@ import json
 import logging
 from pathlib import Path
 
+from svip_core.dataset.shards import read_shard
 from svip_core.features.extract import extract_shard
 from svip_core.hashing import ContentHashes
-from svip_core.io.shards import read_shard
 from svip_core.logs import setup_logging
 
 p = argparse.ArgumentParser()

@@ -4,11 +4,11 @@ import json
 import sys
 from pathlib import Path
 
+from svip_core.dataset.content import data_content
+from svip_core.dataset.manifest import DatasetError, prepare_dataset
 from svip_core.hashing import ContentHashes
-from svip_core.io.manifest import DatasetError, prepare_dataset
-from svip_core.io.synth import write_dataset
 from svip_core.logs import setup_logging
-from svip_core.stages import data_content
+from svip_core.synthetic.generate import write_dataset
 
 p = argparse.ArgumentParser()
 p.add_argument("--config", required=True, help="the stage's resolved config as JSON")

@@ -54,8 +54,8 @@ def clip_geometry(paths) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     clip files (no features needed)."""
     import torch
 
+    from svip_core.dataset.clip import inspect_clip
     from svip_core.features.geometry import box_geometry
-    from svip_core.io.clip import inspect_clip
 
     clips = [inspect_clip(p) for p in paths]
     T, N = max(c.num_frames for c in clips), max(c.num_slots for c in clips)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from svip_core.io.tracks import Tracks, iou
+from svip_core.video.tracks import Tracks, iou
 
 METRICS = {"mota": "mota", "idf1": "idf1", "id_switches": "num_switches", "precision": "precision",
            "recall": "recall", "false_positives": "num_false_positives", "misses": "num_misses",

@@ -11,7 +11,8 @@ import json
 import os
 from pathlib import Path
 
-EMBEDDED = "embedded"
+from svip_core.atomic import atomic_path
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -36,9 +37,8 @@ def build_embedded(embedded: dict, out_dir) -> Path:
     torch.manual_seed(embedded["seed"])
     model = Dinov2Model(embedded_config(embedded))
     out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".partial")
-    model.save_pretrained(tmp, safe_serialization=True)
-    tmp.replace(out_dir)
+    with atomic_path(out_dir) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
     return out_dir
 
 

@@ -17,13 +17,13 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 import svip_core
-from svip_core.containers import clip_hashes
+from svip_core.dataset.clip import inspect_clip
+from svip_core.dataset.containers import clip_hashes
 from svip_core.features.backbone import load_backbone, normalisation
 from svip_core.features.geometry import GEOMETRY_FIELDS, box_geometry
-from svip_core.features.pooling import crop_boxes, roi_pool
+from svip_core.features.roi_pooling import crop_boxes, roi_pool
 from svip_core.features.store import create_arrays, writing_store
 from svip_core.hashing import ContentHashes
-from svip_core.io.clip import inspect_clip
 from svip_core.logs import progress
 
 log = logging.getLogger(__name__)

@@ -12,34 +12,24 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import uuid
-from pathlib import Path
 
 import numpy as np
 import zarr
 
-PARTIAL = ".partial-"
+from svip_core.atomic import atomic_path, stale_partials
 
 
 @contextlib.contextmanager
 def writing_store(path, attrs: dict):
     """Yield a fresh zarr group at a temporary path; on success stamp ``complete`` and rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(path.name + PARTIAL + "*"):
+    # Snakemake runs one job per store, so a temporary of this store is a killed job's.
+    for stale in stale_partials(path):
         shutil.rmtree(stale, ignore_errors=True)
-    tmp = path.with_name(f"{path.name}{PARTIAL}{uuid.uuid4().hex[:8]}")
-    group = zarr.open_group(tmp, mode="w", zarr_format=3)
-    group.attrs.update({**attrs, "complete": False})
-    try:
+    with atomic_path(path) as tmp:
+        group = zarr.open_group(tmp, mode="w", zarr_format=3)
+        group.attrs.update({**attrs, "complete": False})
         yield group
         group.attrs["complete"] = True
-        if path.exists():
-            shutil.rmtree(path)
-        tmp.replace(path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def create_arrays(group, V: int, T: int, N: int, D: int, G: int) -> None:

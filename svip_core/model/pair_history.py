@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from svip_core.model.pooling import masked_max, masked_mean
+from svip_core.model.temporal_pooling import masked_max, masked_mean
 
 
 class PairHistory(nn.Module):

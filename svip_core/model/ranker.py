@@ -12,9 +12,9 @@ from torch import nn
 
 from svip_core.model.graph import FrameGAT
 from svip_core.model.normalise import FeatureNorm
-from svip_core.model.pooling import TemporalPool, TrackSummary, masked_max, masked_mean
 from svip_core.model.relations import pair_mask, pair_relations
 from svip_core.model.temporal import EventContext, PersonTemporalEncoder
+from svip_core.model.temporal_pooling import TemporalPool, TrackSummary, masked_max, masked_mean
 
 
 def scoring_head(dim: int, dropout: float) -> nn.Sequential:

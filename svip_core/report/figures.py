@@ -195,9 +195,9 @@ def gallery(predictions_parquet, manifest_parquet, store_paths: list[str], out_p
     import numpy as np
     import torch
 
+    from svip_core.dataset.clip import read_clip
     from svip_core.features.extract import frame_indices
     from svip_core.features.store import open_store
-    from svip_core.io.clip import read_clip
 
     pred = pd.read_parquet(predictions_parquet)
     pred["prob"] = pred.groupby("video_id").score.transform(lambda s: torch.softmax(torch.tensor(s.values), 0).numpy())

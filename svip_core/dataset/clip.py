@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from svip_core.containers import PAYLOAD_FIELDS, REQUIRED_FIELDS, ClipError, open_clip
+from svip_core.dataset.containers import PAYLOAD_FIELDS, REQUIRED_FIELDS, ClipError, open_clip
 
 __all__ = ["Clip", "ClipError", "PAYLOAD_FIELDS", "REQUIRED_FIELDS", "inspect_clip", "read_clip"]
 
@@ -58,7 +58,7 @@ def _bool_mask(path, field: str, arr: np.ndarray) -> np.ndarray:
 def _scalar_str(path, field: str, arr: np.ndarray) -> str:
     if arr.shape != () or arr.dtype.kind not in "US":
         raise ClipError(path, field, f"must be a 0-d string array, got shape {arr.shape} dtype {arr.dtype}",
-                        f"save it as np.array('...')")
+                        "save it as np.array('...')")
     value = arr.item()
     value = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
     if not value.strip():

@@ -10,14 +10,22 @@ gives the same arrays, and the same content digests in either layout (``containe
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
-from svip_core.containers import (REQUIRED_FIELDS, STRING_FIELDS, ClipError, container_clips, is_hdf5, open_clip,
-                                  scan_containers, split_address)
-from svip_core.io.clip import inspect_clip
+from svip_core.atomic import atomic_path
+from svip_core.dataset.clip import inspect_clip
+from svip_core.dataset.containers import (
+    REQUIRED_FIELDS,
+    STRING_FIELDS,
+    ClipError,
+    container_clips,
+    is_hdf5,
+    open_clip,
+    scan_containers,
+    split_address,
+)
 from svip_core.logs import progress
 
 FRAME_COMPRESSION = {"compression": "gzip", "compression_opts": 4}
@@ -103,19 +111,14 @@ def _write_h5_split(out: Path, clips) -> int:
     """Write (name, arrays) pairs as one HDF5 file, under a temporary name until complete."""
     import h5py
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
     count = 0
-    with h5py.File(tmp, "w") as f:
+    with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
         for name, arrays in clips:
             write_h5_clip(f, name, arrays)
             count += 1
-    os.replace(tmp, out)
     return count
 
 
 def _write_npz(out: Path, arrays: dict[str, np.ndarray]) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f"{out.stem}.{os.getpid()}.tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        np.savez_compressed(tmp, **arrays)

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from svip_core.containers import SPLITS, clip_digests, clip_hashes, list_clips
+from svip_core.dataset.clip import ClipError, inspect_clip
+from svip_core.dataset.containers import SPLITS, clip_digests, clip_hashes, list_clips
+from svip_core.dataset.shards import write_shared_shard
 from svip_core.hashing import ContentHashes
-from svip_core.io.clip import ClipError, inspect_clip
-from svip_core.io.shards import write_shared_shard
 from svip_core.logs import progress
 
 MANIFEST_COLUMNS = ["path", "video_id", "split", "T", "N", "persons_present", "scene_category", "verdict",

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from svip_core.io.scene_motion import smoothstep, sway
+from svip_core.synthetic.motion import smoothstep, sway
 
 ROLE_VIP, ROLE_AUDIENCE, ROLE_CROWD, ROLE_HOST, ROLE_COMPANION, ROLE_WANDERER, ROLE_DECOY = range(7)
 # Where anyone may stand (body centre y, fraction of the height): spots of gatherings are kept inside it too,

@@ -5,8 +5,9 @@ Kept apart from the manifest code (pandas) because the workflow reads and refres
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+
+from svip_core.atomic import write_text
 
 
 def write_shared_shard(path: Path, members: list[dict]) -> None:
@@ -15,10 +16,7 @@ def write_shared_shard(path: Path, members: list[dict]) -> None:
     text = json.dumps(members, indent=1)
     if path.exists() and path.read_text() == text:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_text(path, text)
 
 
 def read_shard(path) -> list[dict]:

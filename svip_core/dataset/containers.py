@@ -66,8 +66,9 @@ def split_address(address) -> tuple[str, str | None]:
 
 def scan_containers(source) -> list[tuple[str, str, os.DirEntry]]:
     """(split, absolute path, directory entry) of every clip file of a dataset folder, in a stable order:
-    ``<split>.h5`` (or ``.hdf5``) and ``<split>/*.npz``, ``<split>/*.h5``. Paths are made absolute without
-    resolving links: one string join per file, no syscall (planning 100,000 clips)."""
+    ``<split>.h5`` (or ``.hdf5``) and ``<split>/*.npz``, ``<split>/*.h5``; hidden names (a leading dot: a killed
+    writer's temporary, ``svip_core.atomic``, or a copy tool's metadata file) are not clips. Paths are made
+    absolute without resolving links: one string join per file, no syscall (planning 100,000 clips)."""
     root = os.path.abspath(source)
     if not os.path.isdir(root):
         return []
@@ -79,8 +80,9 @@ def scan_containers(source) -> list[tuple[str, str, os.DirEntry]]:
         folder = os.path.join(root, split)
         if os.path.isdir(folder):
             with os.scandir(folder) as it:
-                entries += sorted((e for e in it if e.name.endswith((".npz",) + HDF5_SUFFIXES) and e.is_file()),
-                                  key=operator.attrgetter("name"))
+                clips = (e for e in it if e.name.endswith((".npz",) + HDF5_SUFFIXES) and not e.name.startswith(".")
+                         and e.is_file())
+                entries += sorted(clips, key=operator.attrgetter("name"))
         out += [(split, e.path, e) for e in entries]
     return out
 

@@ -11,7 +11,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-MOT15 = Path(__file__).resolve().parents[2] / "data" / "mot15"
+MOT15 = Path(__file__).resolve().parents[1] / "data" / "mot15"
 VTEST_IN_DEB = "usr/share/doc/opencv-doc/examples/data/vtest.avi"
 SEQUENCES = ("PETS09-S2L1", "TUD-Campus", "TUD-Stadtmitte")
 

@@ -1,0 +1,55 @@
+"""Which trained model ``svip predict`` uses, the line that names it, and the backbone its features need."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from svip_core.evaluate.metrics import format_interval
+
+
+def newest_checkpoint(results="results") -> Path:
+    """The newest trained full model under results/train/ (ablations only when there is nothing else)."""
+    models = sorted(Path(results).glob("train/*/model.safetensors"), key=lambda p: p.stat().st_mtime)
+    if not models:
+        raise FileNotFoundError(f"no trained model under {results}/train/. Fix: run the workflow (`make demo`) "
+                                "or pass --checkpoint DIR")
+
+    def is_full(model: Path) -> bool:
+        config = model.parent / "config.json"
+        return config.exists() and json.loads(config.read_text()).get("run", "full/").startswith("full/")
+
+    full = [m for m in models if is_full(m)]
+    return (full or models)[-1].parent
+
+
+def describe_model(checkpoint) -> str:
+    """One line naming the model that ranks: its folder, its run (variant/seed) and, when the workflow evaluated
+    it (a results/evaluate/*/ folder whose upstream is this train hash), its top-1 with the 95% interval."""
+    checkpoint = Path(checkpoint)
+    config = checkpoint / "config.json"
+    run = json.loads(config.read_text()).get("run") if config.is_file() else None
+    parts = [f"run {run}"] if run else []
+    for evaluated in sorted(checkpoint.parent.parent.glob("evaluate/*/config.json")):
+        if json.loads(evaluated.read_text()).get("upstream", {}).get("train") != checkpoint.name:
+            continue
+        metrics = evaluated.parent / "metrics.json"
+        if metrics.is_file():
+            m = json.loads(metrics.read_text())
+            parts.append(f"{m['split']} top-1 {format_interval(m['model']['overall']['top1'])} on {m['clips']} clips")
+            break
+    return f"model: {checkpoint}" + (f" ({', '.join(parts)})" if parts else "")
+
+
+def checked_backbone(feats: dict, override=None) -> str:
+    """The folder of the backbone the model's features were made with: the recorded one, or ``override`` (the
+    same weights moved elsewhere). Its weights and configs must match the identity recorded at extraction."""
+    source = str(override or feats["backbone"])
+    recorded = feats.get("identity", {}).get("backbone", {})
+    if recorded.get("kind") != "weights":      # the embedded backbone lives in the results it was built for
+        return source
+    from svip_core.stages import backbone_identity
+
+    if not Path(source).is_dir() or backbone_identity({"backbone": source}) != recorded:
+        raise RuntimeError(f"the backbone this model's features were made with is not at {source} (moved or "
+                           f"changed). Fix: pass --backbone FOLDER holding those same weights")
+    return source

@@ -1,0 +1,48 @@
+"""``svip predict`` for one video: tracks, scores, ranking files and the annotated video."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from svip_core.predict.drawing import annotate
+from svip_core.predict.footage import load_video
+from svip_core.predict.model_choice import newest_checkpoint
+from svip_core.predict.scoring import score_tracks
+from svip_core.predict.windows import training_stride, window_indices
+from svip_core.video.tracks import write_mot
+
+log = logging.getLogger(__name__)
+
+
+def predict_video(video, out_dir, checkpoint=None, tracks_path=None, detect_every: int = 3, detector: str = "auto",
+                  device=None, backbone=None) -> dict:
+    """Rank the people of ``video``; writes ranking.csv, ranking.json, tracks.txt and annotated.mp4."""
+    checkpoint = Path(checkpoint) if checkpoint else newest_checkpoint()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    meta = json.loads((checkpoint / "model.json").read_text())
+    frame_size = meta["features"]["features"]["frame_size"]
+    frames, tracks, info = load_video(video, frame_size, tracks_path, detect_every, detector)
+    if len(tracks.ids) == 0:
+        raise RuntimeError(f"{video}: no person was detected or tracked. Fix: pass --tracks with a MOT file")
+    scores = score_tracks(frames, tracks, (info["width"], info["height"]), checkpoint, device, backbone=backbone)
+    stride = training_stride(meta)
+    order = np.argsort(-np.nan_to_num(scores, nan=-1.0), kind="stable")
+    ranking = pd.DataFrame({"track_id": tracks.ids[order], "score": scores[order], "rank": np.arange(1, len(order) + 1),
+                            "frames_visible": tracks.valid.sum(0)[order]})
+    ranking.to_csv(out_dir / "ranking.csv", index=False)
+    write_mot(tracks, out_dir / "tracks.txt")
+    written = annotate(video, out_dir / "annotated.mp4", tracks, scores, info["fps"], info["width"], info["height"])
+    result = {"video": str(video), "checkpoint": str(checkpoint), "frames": info["frames"], "frames_written": written,
+              "tracks_source": info["tracks_source"],
+              "frame_stride": stride,
+              "windows": len(window_indices(info["frames"], meta["features"]["features"]["num_frames"], stride)),
+              "vip_track_id": int(ranking.track_id.iloc[0]),
+              "ranking": ranking.astype({"track_id": int, "rank": int, "frames_visible": int}).to_dict("records")}
+    (out_dir / "ranking.json").write_text(json.dumps(result, indent=1, default=float))
+    log.info("%s: %d tracks, VIP is track %d", video, len(tracks.ids), result["vip_track_id"])
+    return result

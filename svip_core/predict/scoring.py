@@ -1,0 +1,62 @@
+"""Each track's score: in every window the people are scored as in training (same backbone, feature mode and
+sizes); a track's score is the mean, over the windows where it is present, of its softmax probability of being
+the VIP in that window."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from svip_core.evaluate.evaluation import best_device, load_ranker
+from svip_core.features.backbone import load_backbone, normalisation
+from svip_core.features.extract import person_features, person_slots
+from svip_core.features.geometry import box_geometry
+from svip_core.logs import progress
+from svip_core.predict.model_choice import checked_backbone
+from svip_core.predict.windows import training_stride, window_indices
+from svip_core.video.tracks import Tracks
+
+
+@torch.no_grad()
+def score_tracks(frames: torch.Tensor, tracks: Tracks, size: tuple[int, int], checkpoint, device=None,
+                 batch_windows: int = 8, backbone=None) -> np.ndarray:
+    """Mean per-window VIP probability of every track, (K,); NaN for a track the model never saw. Windows follow
+    ``window_indices`` at the model's training stride."""
+    meta = json.loads((Path(checkpoint) / "model.json").read_text())
+    feats = meta["features"]
+    cfg, max_persons = feats["features"], feats["max_persons"]
+    T_win, stride = cfg["num_frames"], training_stride(meta)
+    device = torch.device(device) if device else best_device()
+    source = checked_backbone(feats, backbone)
+    backbone = load_backbone(source, device)
+    mean, std = (torch.tensor(v, device=device).view(1, 3, 1, 1) for v in normalisation(source))
+    model = load_ranker(checkpoint, device)
+    W_px, H_px = size
+    norm = np.where(tracks.valid[..., None], np.clip(tracks.boxes / np.array([W_px, H_px, W_px, H_px]), 0, 1), 0)
+
+    T, K = tracks.valid.shape
+    windows = window_indices(T, T_win, stride)                                         # (W, T_win)
+    prob_sum, count = np.zeros(K), np.zeros(K)
+    for chunk in progress(np.array_split(windows, np.arange(batch_windows, len(windows), batch_windows)), desc="score",
+                      unit="batch"):
+        inside = chunk >= 0
+        idx = chunk.clip(0)                                                               # (B, T_win)
+        slots = np.stack([person_slots(tracks.valid[i[ok]], None, max_persons) for i, ok in zip(idx, inside)])  # (B, N)
+        valid = np.take_along_axis(tracks.valid[idx], slots.clip(0)[:, None, :], 2)        # (B, T_win, N)
+        valid &= inside[..., None] & (slots >= 0)[:, None, :]
+        boxes = np.take_along_axis(norm[idx], slots.clip(0)[:, None, :, None], 2) * valid[..., None]
+        boxes_t, valid_t = torch.from_numpy(boxes.astype(np.float32)), torch.from_numpy(valid)
+        B = len(chunk)
+        window_frames = frames[torch.from_numpy(idx).flatten()].to(device)                 # (B*T_win, 3, h, w)
+        visual = person_features(backbone, window_frames, boxes_t.flatten(0, 1).to(device), cfg["mode"],
+                                 cfg.get("roi_samples"), cfg.get("crop_size"), mean, std).view(B, T_win, max_persons, -1)
+        visual = visual * valid_t.to(device)[..., None]
+        geometry = box_geometry(boxes_t, valid_t).to(device)
+        logits = model(visual, geometry, valid_t.to(device))["logits"].float().cpu()
+        probs = torch.softmax(logits, -1).numpy()                                          # (B, N), 0 for absent
+        present = valid.any(1) & (slots >= 0)
+        np.add.at(prob_sum, slots[present], probs[present])
+        np.add.at(count, slots[present], 1)
+    return np.where(count > 0, prob_sum / np.maximum(count, 1), np.nan)
