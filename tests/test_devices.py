@@ -75,14 +75,16 @@ def test_a_users_device_list_without_a_scheduler_is_shared_out_one_each(tmp_path
 
 
 def _two_shard_workflows(folder: Path, tiny_config: dict) -> list[tuple[Path, list[str]]]:
-    """Two workflow folders with 2 shards each, prepared (once, then copied); each with its 2 extract targets."""
+    """Two workflow folders with 2 shards each, prepared and with their backbone built (once, then copied); each with
+    its 2 extract targets."""
     from conftest import clone_workflow, copy_workflow
 
     config = dict(tiny_config, data={**tiny_config["data"], "num_shards": 2},
                   synthetic={**tiny_config["synthetic"], "clips": {"train": 8, "val": 2, "test": 2}})
     wd = copy_workflow(folder / "a", config)
     resolved = load_config(wd / "config.yaml")
-    run = snakemake(wd, str(stage_dir(resolved, "prepare") / "manifest.parquet"))
+    run = snakemake(wd, str(stage_dir(resolved, "prepare") / "manifest.parquet"),
+                    str(stage_dir(resolved, "extract") / "backbone"))
     assert run.returncode == 0, run.stderr[-2000:]
     stores = [str(stage_dir(resolved, "extract") / f"{shard.stem}.zarr")
               for shard in (wd / stage_dir(resolved, "prepare") / "shards").glob("*.json")]
