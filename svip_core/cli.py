@@ -68,7 +68,6 @@ def cmd_validate(args) -> int:
 
 def cmd_predict(args) -> int:
     from svip_core.predict.model_choice import describe_model, newest_checkpoint
-    from svip_core.predict.pipeline import predict_video
 
     checkpoint = args.checkpoint
     if checkpoint is None:
@@ -80,7 +79,14 @@ def cmd_predict(args) -> int:
                   f"trained model", file=sys.stderr)
             configured = None
         checkpoint = configured if configured and (configured / "model.safetensors").is_file() else newest_checkpoint()
+    if args.tracks:        # a bad tracks file is named at once, before the model and backbone load
+        from svip_core.video.frames import video_info
+        from svip_core.video.tracks import read_mot
+
+        read_mot(args.tracks, video_info(args.video)["frames"])
     print(describe_model(checkpoint), flush=True)
+    from svip_core.predict.pipeline import predict_video      # the model's libraries: seconds to import
+
     out = Path(args.out or Path("results") / "predict" / Path(args.video).stem)
     result = predict_video(args.video, out, checkpoint, args.tracks, args.detect_every, args.detector,
                            backbone=args.backbone)

@@ -102,6 +102,8 @@ class SharedWorkflow:
             data = folder_dataset(self.folder / "data", {"train": 12, "val": 4, "test": 4}, seed=21)
             config = copy.deepcopy(TINY)
             config["data"].update(source=str(data), num_shards=SHARED_SHARDS)
+            # One training process: 2-rank DDP under Snakemake is test_hostile's run, under torchrun test_train's.
+            config["train"]["nproc"] = 1
             copy_workflow(self.folder, config)
             command = f"{BIN / 'snakemake'} --cores 2 > {self.log} 2>&1; echo $? > {self.rc}.tmp; mv {self.rc}.tmp {self.rc}"
             env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
@@ -137,7 +139,7 @@ def pytest_sessionfinish(session):
 @pytest.fixture(scope="session")
 def finished_workflow(tmp_path_factory) -> Path:
     """The shared workflow, finished (``SharedWorkflow``): the tiny config on a folder of .npz clips (``<wd>/data``,
-    20 clips, 3 shards), trained by a 2-rank torchrun. Tests read it and dry-run edits against it; tests that
+    20 clips, 3 shards), trained by one process. Tests read it and dry-run edits against it; tests that
     change its data, config or results work on ``clone_workflow``."""
     return SharedWorkflow(session_folder(tmp_path_factory)).wait()
 

@@ -127,7 +127,7 @@ def test_a_killed_extract_job_leaves_no_complete_store_and_the_rerun_matches(tmp
 
     from conftest import ROOT
 
-    paths = write_dataset(tmp_path / "clips", {"train": 24}, 7, 4, 40, 64, ["meeting"], seed=4)
+    paths = write_dataset(tmp_path / "clips", {"train": 16}, 7, 4, 40, 64, ["meeting"], seed=4)
     members = [{"video_id": p.stem, "split": "train", "path": str(p), "content_hash": clip_digests(p)[0]} for p in paths]
     shard = tmp_path / "shard.json"
     shard.write_text(json.dumps(members))
