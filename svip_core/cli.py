@@ -85,7 +85,7 @@ def cmd_predict(args) -> int:
 
         read_mot(args.tracks, video_info(args.video)["frames"])
     print(describe_model(checkpoint), flush=True)
-    from svip_core.predict.pipeline import predict_video      # the model's libraries: seconds to import
+    from svip_core.predict.pipeline import predict_video  # the model's libraries: seconds to import
 
     out = Path(args.out or Path("results") / "predict" / Path(args.video).stem)
     result = predict_video(args.video, out, checkpoint, args.tracks, args.detect_every, args.detector,

@@ -126,6 +126,15 @@ class SharedWorkflow:
                 os.killpg(int(self.pid.read_text()), signal.SIGTERM)
 
 
+def pytest_collection_modifyitems(items):
+    """Test files with the most slow tests first (each file's own order kept): workers then take the long files
+    early and the short ones fill in at the end, instead of one worker finishing a long file alone."""
+    weight: dict[str, int] = {}
+    for item in items:
+        weight[item.module.__name__] = weight.get(item.module.__name__, 0) + bool(item.get_closest_marker("slow"))
+    items.sort(key=lambda item: -weight[item.module.__name__])
+
+
 def pytest_collection_finish(session):
     if any("finished_workflow" in getattr(item, "fixturenames", ()) for item in session.items):
         SharedWorkflow(session_folder(session.config._tmp_path_factory)).start()
