@@ -79,11 +79,10 @@ def cmd_predict(args) -> int:
                   f"trained model", file=sys.stderr)
             configured = None
         checkpoint = configured if configured and (configured / "model.safetensors").is_file() else newest_checkpoint()
-    if args.tracks:        # a bad tracks file is named at once, before the model and backbone load
-        from svip_core.video.frames import video_info
-        from svip_core.video.tracks import read_mot
+    if args.tracks:        # a bad line is named at once, before the model and backbone load (seconds)
+        from svip_core.video.tracks import parse_mot
 
-        read_mot(args.tracks, video_info(args.video)["frames"])
+        parse_mot(args.tracks)
     print(describe_model(checkpoint), flush=True)
     from svip_core.predict.pipeline import predict_video  # the model's libraries: seconds to import
 

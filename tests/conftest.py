@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny config and a copy of the workflow in a temporary folder."""
+"""Shared fixtures: a tiny config, a copy of the workflow in a temporary folder, and one whole workflow run per
+session (``finished_workflow``) that tests read, dry-run against, or copy (``clone_workflow``)."""
 from __future__ import annotations
 
 import contextlib
@@ -106,8 +107,7 @@ class SharedWorkflow:
             config["train"]["nproc"] = 1
             copy_workflow(self.folder, config)
             command = f"{BIN / 'snakemake'} --cores 2 > {self.log} 2>&1; echo $? > {self.rc}.tmp; mv {self.rc}.tmp {self.rc}"
-            env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-            job = subprocess.Popen(["bash", "-c", command], cwd=self.folder, env=env, start_new_session=True)
+            job = subprocess.Popen(["bash", "-c", command], cwd=self.folder, env=venv_env(), start_new_session=True)
             self.pid.write_text(str(job.pid))
 
     def wait(self, timeout: float = 900) -> Path:
@@ -166,8 +166,13 @@ def clone_workflow(src: Path, dst: Path, with_data: bool = False) -> Path:
     return dst
 
 
+def venv_env(env: dict | None = None) -> dict:
+    """``env`` (default: this process's) with the venv's bin folder first on PATH, as for a user who activated it."""
+    return {**(os.environ if env is None else env), "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+
+
 def snakemake(workdir: Path, *args: str, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
-    env = {**(os.environ if env is None else env), "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    env = venv_env(env)
     return subprocess.run([str(BIN / "snakemake"), "--cores", "2", *args], cwd=workdir, env=env, text=True,
                           capture_output=True, timeout=timeout)
 

@@ -11,7 +11,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from conftest import snakemake
+from conftest import clone_workflow, copy_workflow, snakemake
 
 from svip_core.config import load_config
 from svip_core.stages import stage_dir
@@ -77,8 +77,6 @@ def test_a_users_device_list_without_a_scheduler_is_shared_out_one_each(tmp_path
 def _two_shard_workflows(folder: Path, tiny_config: dict) -> list[tuple[Path, list[str]]]:
     """Two workflow folders with 2 shards each, prepared and with their backbone built (once, then copied); each with
     its 2 extract targets."""
-    from conftest import clone_workflow, copy_workflow
-
     config = dict(tiny_config, data={**tiny_config["data"], "num_shards": 2},
                   synthetic={**tiny_config["synthetic"], "clips": {"train": 8, "val": 2, "test": 2}})
     wd = copy_workflow(folder / "a", config)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -19,27 +20,22 @@ FRAMES = 71
 
 
 @pytest.fixture(scope="module")
-def workflow(finished_workflow):
-    """The shared workflow's folder: svip predict runs there, as a user runs it in their workflow's folder."""
-    return finished_workflow
+def checkpoint(finished_workflow):
+    """The full model the shared workflow trained (real extract and torchrun) on synthetic clips."""
+    return finished_workflow / stage_dir(load_config(finished_workflow / "config.yaml"), "train")
 
 
-@pytest.fixture(scope="module")
-def checkpoint(workflow):
-    """The full model the workflow trained (real extract, 2-rank torchrun) on synthetic clips."""
-    return workflow / stage_dir(load_config(workflow / "config.yaml"), "train")
-
-
-def predict(workflow, *args):
+def predict(workflow: Path, *args):
+    """`svip predict` in the workflow's folder, as a user runs it."""
     return svip("predict", VIDEO, *args, cwd=workflow)
 
 
 @pytest.mark.slow
-def test_predict_detects_tracks_and_ranks_the_people_of_a_real_video(workflow, checkpoint, tmp_path):
+def test_predict_detects_tracks_and_ranks_the_people_of_a_real_video(finished_workflow, checkpoint, tmp_path):
     import cv2
 
     out = tmp_path / "pred"
-    result = predict(workflow, "--checkpoint", checkpoint, "--out", out)
+    result = predict(finished_workflow, "--checkpoint", checkpoint, "--out", out)
     assert result.returncode == 0, result.stderr[-3000:]
     ranking = pd.read_csv(out / "ranking.csv")
     assert len(ranking) >= 3 and list(ranking["rank"]) == list(range(1, len(ranking) + 1))
@@ -57,7 +53,7 @@ def test_predict_detects_tracks_and_ranks_the_people_of_a_real_video(workflow, c
     assert (out / "tracks.txt").stat().st_size > 0
 
 
-def test_predict_uses_given_tracks_and_import_makes_a_valid_clip(workflow, checkpoint, tmp_path):
+def test_predict_uses_given_tracks_and_import_makes_a_valid_clip(finished_workflow, checkpoint, tmp_path):
     tracks = tmp_path / "tracks.txt"
     rows = []
     for frame in range(1, FRAMES + 1):                    # two walkers crossing, one person standing
@@ -67,7 +63,7 @@ def test_predict_uses_given_tracks_and_import_makes_a_valid_clip(workflow, check
             rows.append(f"{frame},12,350,250,55,140,1,-1,-1,-1")
     tracks.write_text("\n".join(rows) + "\n")
     out = tmp_path / "pred"
-    result = predict(workflow, "--tracks", tracks, "--checkpoint", checkpoint, "--out", out)
+    result = predict(finished_workflow, "--tracks", tracks, "--checkpoint", checkpoint, "--out", out)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.splitlines()[0].startswith(f"model: {checkpoint} (run full/seed0, test top-1 ")
     assert sorted(pd.read_csv(out / "ranking.csv").track_id) == [7, 9, 12]
@@ -83,19 +79,19 @@ def test_predict_uses_given_tracks_and_import_makes_a_valid_clip(workflow, check
     assert "1 accepted, 0 rejected" in checked.stdout
 
 
-def test_predict_with_a_bad_tracks_file_says_which_line(workflow, checkpoint, tmp_path):
+def test_predict_with_a_bad_tracks_file_says_which_line(finished_workflow, checkpoint, tmp_path):
     bad = tmp_path / "bad.txt"
     bad.write_text("1,1,10,10,50,80,1,-1,-1,-1\n2,1,10,10,-5,80,1,-1,-1,-1\n")
-    result = predict(workflow, "--tracks", bad, "--checkpoint", checkpoint, "--out", tmp_path / "x")
+    result = predict(finished_workflow, "--tracks", bad, "--checkpoint", checkpoint, "--out", tmp_path / "x")
     assert result.returncode == 1 and "line 2" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_predict_says_why_it_does_not_use_the_configs_model(workflow, checkpoint, tmp_path):
+def test_predict_says_why_it_does_not_use_the_configs_model(finished_workflow, checkpoint, tmp_path):
     """A config whose model cannot be named here (its data is elsewhere) falls back to the newest model, and
     says so: the user sees which model ranks and why it is not the configured one."""
     shutil.copytree(checkpoint, tmp_path / "results" / "train" / "h0")
-    features = stage_dir(load_config(workflow / "config.yaml"), "extract") / "backbone"
-    shutil.copytree(workflow / features, tmp_path / features)          # where the model's features name it
+    features = stage_dir(load_config(finished_workflow / "config.yaml"), "extract") / "backbone"
+    shutil.copytree(finished_workflow / features, tmp_path / features)          # where the model's features name it
     write_config(tmp_path / "config.yaml", {**TINY, "data": {**TINY["data"], "source": "/elsewhere/data"}})
     tracks = tmp_path / "tracks.txt"
     tracks.write_text("".join(f"{t},{i},{100 + 200 * i},200,60,150,1,-1,-1,-1\n" for t in range(1, 40) for i in (1, 2)))

@@ -27,8 +27,9 @@ class Tracks:
         return Tracks(self.boxes[:, keep], self.valid[:, keep], self.ids[keep])
 
 
-def read_mot(path, num_frames: int) -> Tracks:
-    """Parse a MOTChallenge file (frame numbers from 1). Lines past the video's end are refused."""
+def parse_mot(path) -> pd.DataFrame:
+    """The boxes of a MOTChallenge file (frame numbers from 1) as a table (frame, id, left, top, width, height),
+    every line checked; a bad line is named."""
     path = Path(path)
     try:
         table = pd.read_csv(path, header=None, comment="#", skipinitialspace=True)
@@ -44,6 +45,13 @@ def read_mot(path, num_frames: int) -> Tracks:
         line = int(np.flatnonzero(bad.to_numpy())[0]) + 1
         raise TracksError(f"{path}: line {line}: a box needs frame >= 1 and positive width and height. "
                           f"Fix: correct or drop that line")
+    return numeric
+
+
+def read_mot(path, num_frames: int) -> Tracks:
+    """The tracks of a MOTChallenge file over a ``num_frames``-frame video. Lines past the video's end are
+    refused."""
+    numeric = parse_mot(path)
     if (numeric.frame > num_frames).any():
         raise TracksError(f"{path}: frame {int(numeric.frame.max())} is past the video's {num_frames} frames")
     ids = np.sort(numeric.id.astype(np.int64).unique())
