@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,10 +12,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from conftest import clone_workflow, copy_workflow, snakemake
-
-from svip_core.config import load_config
-from svip_core.stages import stage_dir
+from conftest import clone_workflow
 
 SVIP = [sys.executable, "-m", "svip_core.cli", "with-gpus"]
 REPORT = "import os, sys, time; print(os.environ['CUDA_VISIBLE_DEVICES'], time.time(), flush=True); " \
@@ -74,40 +72,39 @@ def test_a_users_device_list_without_a_scheduler_is_shared_out_one_each(tmp_path
     assert start_a < end_b and start_b < end_a                          # side by side, neither waited
 
 
-def _two_shard_workflows(folder: Path, tiny_config: dict) -> list[tuple[Path, list[str]]]:
-    """Two workflow folders with 2 shards each, prepared and with their backbone built (once, then copied); each with
-    its 2 extract targets."""
-    config = dict(tiny_config, data={**tiny_config["data"], "num_shards": 2},
-                  synthetic={**tiny_config["synthetic"], "clips": {"train": 8, "val": 2, "test": 2}})
-    wd = copy_workflow(folder / "a", config)
-    resolved = load_config(wd / "config.yaml")
-    run = snakemake(wd, str(stage_dir(resolved, "prepare") / "manifest.parquet"),
-                    str(stage_dir(resolved, "extract") / "backbone"))
-    assert run.returncode == 0, run.stderr[-2000:]
-    stores = [str(stage_dir(resolved, "extract") / f"{shard.stem}.zarr")
-              for shard in (wd / stage_dir(resolved, "prepare") / "shards").glob("*.json")]
-    assert len(stores) == 2
-    return [(wd, stores), (clone_workflow(wd, folder / "b"), stores)]
+def _two_workflows_to_extract(finished: Path, folder: Path) -> list[tuple[Path, list[str]]]:
+    """Two copies of the shared workflow, each with 2 of its feature stores removed: each copy's 2 extract
+    targets."""
+    stores = [str(p.relative_to(finished)) for p in sorted(finished.glob("results/features/*/*.zarr"))[:2]]
+    flows = [(clone_workflow(finished, folder / name), stores) for name in ("a", "b")]
+    for wd, _ in flows:
+        for store in stores:
+            shutil.rmtree(wd / store)
+            _log(wd, store).unlink()
+    return flows
 
 
-def _slot_intervals(wd: Path) -> list[tuple[str, float, float]]:
+def _log(wd: Path, store: str) -> Path:
+    return wd / Path(store).parent / "logs" / f"{Path(store).stem}.log"
+
+
+def _slot_intervals(wd: Path, stores: list[str]) -> list[tuple[str, float, float]]:
     stamp = r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+) GPU slots (\S+) (acquired|released)"
     intervals = []
-    logs = sorted(Path(wd, "results", "features").glob("*/logs/*.log"))
-    for log in [p for p in logs if p.name != "backbone.log"]:
-        events = re.findall(stamp, log.read_text())
+    for store in stores:
+        events = re.findall(stamp, _log(wd, store).read_text())
         times = {kind: datetime.strptime(t, "%Y-%m-%d %H:%M:%S,%f").timestamp() for t, _, kind in events}
         intervals.append((events[0][1], times["acquired"], times["released"]))
     return intervals
 
 
 @pytest.mark.slow
-def test_two_workflows_in_different_folders_never_share_a_device(tmp_path, tiny_config):
+def test_two_workflows_in_different_folders_never_share_a_device(finished_workflow, tmp_path):
     """Two workflows, 2 extract jobs each started at once (4 cores, gpu=2), so 4 jobs ask for 2 simulated devices:
     the lock folder is the machine's, not each workflow's results/, so no device is used by two jobs at once."""
     os.environ.update(SVIP_GPUS="2", SVIP_GPU_LOCK_DIR=str(tmp_path / "machine-locks"))
     try:
-        flows = _two_shard_workflows(tmp_path, tiny_config)
+        flows = _two_workflows_to_extract(finished_workflow, tmp_path)
         runs = [subprocess.Popen([str(Path(sys.executable).parent / "snakemake"), *stores, "--cores", "4",
                                   "--resources", "gpu=2"], cwd=wd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                 for wd, stores in flows]
@@ -120,7 +117,7 @@ def test_two_workflows_in_different_folders_never_share_a_device(tmp_path, tiny_
         os.environ.pop("SVIP_GPUS")
         os.environ.pop("SVIP_GPU_LOCK_DIR")
     assert all("gpu=1" in text for text in outputs)                # each extract job asks for one
-    intervals = [i for wd, _ in flows for i in _slot_intervals(wd)]
+    intervals = [i for wd, stores in flows for i in _slot_intervals(wd, stores)]
     assert len(intervals) == 4
     assert not intervals_overlap(intervals)
     assert {d for d, _, _ in intervals} == {"0", "1"}             # both devices were used

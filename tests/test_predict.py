@@ -37,6 +37,7 @@ def test_predict_detects_tracks_and_ranks_the_people_of_a_real_video(finished_wo
     out = tmp_path / "pred"
     result = predict(finished_workflow, "--checkpoint", checkpoint, "--out", out)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.splitlines()[0].startswith(f"model: {checkpoint} (run full/seed0, test top-1 ")
     ranking = pd.read_csv(out / "ranking.csv")
     assert len(ranking) >= 3 and list(ranking["rank"]) == list(range(1, len(ranking) + 1))
     scored = ranking.score.dropna()                       # NaN: a short track no scoring window sampled
@@ -53,23 +54,33 @@ def test_predict_detects_tracks_and_ranks_the_people_of_a_real_video(finished_wo
     assert (out / "tracks.txt").stat().st_size > 0
 
 
-def test_predict_uses_given_tracks_and_import_makes_a_valid_clip(finished_workflow, checkpoint, tmp_path):
-    tracks = tmp_path / "tracks.txt"
-    rows = []
-    for frame in range(1, FRAMES + 1):                    # two walkers crossing, one person standing
-        rows += [f"{frame},7,{100 + frame * 5:.1f},200,60,150,1,-1,-1,-1",
-                 f"{frame},9,{500 - frame * 5:.1f},180,65,160,1,-1,-1,-1"]
-        if frame > 10:
-            rows.append(f"{frame},12,350,250,55,140,1,-1,-1,-1")
-    tracks.write_text("\n".join(rows) + "\n")
-    out = tmp_path / "pred"
-    result = predict(finished_workflow, "--tracks", tracks, "--checkpoint", checkpoint, "--out", out)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.splitlines()[0].startswith(f"model: {checkpoint} (run full/seed0, test top-1 ")
-    assert sorted(pd.read_csv(out / "ranking.csv").track_id) == [7, 9, 12]
+GIVEN_TRACKS = "".join(                                   # two walkers crossing, one person standing from frame 11
+    f"{frame},7,{100 + frame * 5:.1f},200,60,150,1,-1,-1,-1\n{frame},9,{500 - frame * 5:.1f},180,65,160,1,-1,-1,-1\n"
+    + (f"{frame},12,350,250,55,140,1,-1,-1,-1\n" if frame > 10 else "") for frame in range(1, FRAMES + 1))
 
-    data = tmp_path / "data"
-    made = svip("import", VIDEO, tracks, data, "--vip", 12, "--split", "train", "--max-frames", 40)
+
+@pytest.fixture(scope="module")
+def given_tracks_run(finished_workflow, checkpoint, tmp_path_factory):
+    """`svip predict --tracks` with no --checkpoint in a folder holding the shared workflow's model, under a config
+    whose model cannot be named here (its data is elsewhere): one run for the tests of given tracks and of the
+    model's choice."""
+    folder = tmp_path_factory.mktemp("given_tracks")
+    shutil.copytree(checkpoint, folder / "results" / "train" / "h0")
+    features = stage_dir(load_config(finished_workflow / "config.yaml"), "extract") / "backbone"
+    shutil.copytree(finished_workflow / features, folder / features)            # where the model's features name it
+    write_config(folder / "config.yaml", {**TINY, "data": {**TINY["data"], "source": "/elsewhere/data"}})
+    (folder / "tracks.txt").write_text(GIVEN_TRACKS)
+    result = svip("predict", VIDEO, "--tracks", folder / "tracks.txt", "--out", folder / "pred", cwd=folder)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return folder, result
+
+
+def test_predict_uses_given_tracks_and_import_makes_a_valid_clip(given_tracks_run):
+    folder, _ = given_tracks_run
+    assert sorted(pd.read_csv(folder / "pred" / "ranking.csv").track_id) == [7, 9, 12]
+
+    data = folder / "data"
+    made = svip("import", VIDEO, folder / "tracks.txt", data, "--vip", 12, "--split", "train", "--max-frames", 40)
     assert made.returncode == 0, made.stderr
     clip_path = data / "train" / "TUD-Campus.npz"
     with np.load(clip_path, allow_pickle=False) as clip:
@@ -79,27 +90,20 @@ def test_predict_uses_given_tracks_and_import_makes_a_valid_clip(finished_workfl
     assert "1 accepted, 0 rejected" in checked.stdout
 
 
+def test_predict_says_why_it_does_not_use_the_configs_model(given_tracks_run):
+    """A config whose model cannot be named here falls back to the newest model, and says so: the user sees which
+    model ranks and why it is not the configured one."""
+    _, result = given_tracks_run
+    assert result.stdout.splitlines()[0] == "model: results/train/h0 (run full/seed0)"
+    assert "svip predict: the config's model cannot be named (data.source = \"/elsewhere/data\": folder not found." \
+        in result.stderr and "using the newest trained model" in result.stderr
+
+
 def test_predict_with_a_bad_tracks_file_says_which_line(finished_workflow, checkpoint, tmp_path):
     bad = tmp_path / "bad.txt"
     bad.write_text("1,1,10,10,50,80,1,-1,-1,-1\n2,1,10,10,-5,80,1,-1,-1,-1\n")
     result = predict(finished_workflow, "--tracks", bad, "--checkpoint", checkpoint, "--out", tmp_path / "x")
     assert result.returncode == 1 and "line 2" in result.stderr and "Traceback" not in result.stderr
-
-
-def test_predict_says_why_it_does_not_use_the_configs_model(finished_workflow, checkpoint, tmp_path):
-    """A config whose model cannot be named here (its data is elsewhere) falls back to the newest model, and
-    says so: the user sees which model ranks and why it is not the configured one."""
-    shutil.copytree(checkpoint, tmp_path / "results" / "train" / "h0")
-    features = stage_dir(load_config(finished_workflow / "config.yaml"), "extract") / "backbone"
-    shutil.copytree(finished_workflow / features, tmp_path / features)          # where the model's features name it
-    write_config(tmp_path / "config.yaml", {**TINY, "data": {**TINY["data"], "source": "/elsewhere/data"}})
-    tracks = tmp_path / "tracks.txt"
-    tracks.write_text("".join(f"{t},{i},{100 + 200 * i},200,60,150,1,-1,-1,-1\n" for t in range(1, 40) for i in (1, 2)))
-    result = svip("predict", VIDEO, "--tracks", tracks, "--out", tmp_path / "pred", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.splitlines()[0] == "model: results/train/h0 (run full/seed0)"
-    assert "svip predict: the config's model cannot be named (data.source = \"/elsewhere/data\": folder not found." \
-        in result.stderr and "using the newest trained model" in result.stderr
 
 
 def test_the_default_checkpoint_is_the_newest_full_model(tmp_path):

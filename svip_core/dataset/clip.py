@@ -1,8 +1,8 @@
 """Reading and validating MSG_VIP clips (``shared/spec/clip-format.md``), without ever unpickling.
 
 ``inspect_clip`` checks every rule of the contract and reads everything but the pixels, so a whole dataset
-is validated in seconds; ``read_clip`` also loads the frames. Both raise ``ClipError`` naming the file,
-the field and the fix.
+is validated in seconds; ``read_clip`` also loads the frames; ``clip_from_arrays`` applies the same rules to arrays
+in memory. All raise ``ClipError`` naming the file, the field and the fix.
 """
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import numpy as np
 
 from svip_core.dataset.containers import PAYLOAD_FIELDS, REQUIRED_FIELDS, ClipError, open_clip
 
-__all__ = ["Clip", "ClipError", "PAYLOAD_FIELDS", "REQUIRED_FIELDS", "inspect_clip", "read_clip"]
+__all__ = ["Clip", "ClipError", "PAYLOAD_FIELDS", "REQUIRED_FIELDS", "clip_from_arrays", "inspect_clip",
+           "read_clip"]
 
 
 @dataclasses.dataclass
@@ -88,6 +89,17 @@ def inspect_clip(path, max_array_bytes: int = 2_000_000_000,
             peak = source.peak("frames") if frames.dtype != np.uint8 else None
             clip.frames = _frames_uint8(frames, clip.frame_mask[index], peak)
     return clip
+
+
+def clip_from_arrays(name: str, arrays: dict) -> Clip:
+    """Validate a clip held in memory (a dict of the contract's arrays, as ``np.load`` or a generator gives it) by
+    the same rules as a file; ``name`` stands for the path in errors. Frames are not kept."""
+    missing = [f for f in REQUIRED_FIELDS if f not in arrays]
+    if missing:
+        raise ClipError(name, missing[0], f"required field missing (missing: {', '.join(missing)})",
+                        "add every field of shared/spec/clip-format.md")
+    arr = {f: np.asarray(arrays[f]) for f in REQUIRED_FIELDS}
+    return _validated(name, {f: (a.shape, a.dtype) for f, a in arr.items()}, arr)
 
 
 def _validated(path, shapes: dict, arr: dict) -> Clip:

@@ -49,15 +49,14 @@ def heuristic_scores(geometry: np.ndarray, valid: np.ndarray, seed: int = 0) -> 
     }
 
 
-def clip_geometry(paths) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Geometry (V, T, N, G) as the extract stage computes it, valid (V, T, N) and target (V,), straight from
-    clip files (no features needed)."""
+def clip_geometry(clips) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Geometry (V, T, N, G) as the extract stage computes it, valid (V, T, N) and target (V,), from validated
+    clips (``dataset.clip.Clip``: no pixels or features needed); shorter clips and fewer slots are padded with
+    absent people."""
     import torch
 
-    from svip_core.dataset.clip import inspect_clip
     from svip_core.features.geometry import box_geometry
 
-    clips = [inspect_clip(p) for p in paths]
     T, N = max(c.num_frames for c in clips), max(c.num_slots for c in clips)
     boxes = np.zeros((len(clips), T, N, 4), np.float32)
     valid = np.zeros((len(clips), T, N), bool)
@@ -74,9 +73,9 @@ def top1(scores: np.ndarray, target: np.ndarray, valid: np.ndarray) -> float:
     return float(per_clip_hits(scores, target, valid.any(1), [1])["cmc@1"].mean())
 
 
-def heuristic_top1_on_clips(paths, seed: int = 0) -> dict[str, float]:
-    """Top-1 of every heuristic straight from clip files."""
-    geometry, valid, target = clip_geometry(paths)
+def heuristic_top1(clips, seed: int = 0) -> dict[str, float]:
+    """Top-1 of every heuristic on validated clips (``clip_geometry``)."""
+    geometry, valid, target = clip_geometry(clips)
     return {name: top1(scores, target, valid) for name, scores in heuristic_scores(geometry, valid, seed).items()}
 
 
