@@ -29,6 +29,7 @@ from timing import device_name, timed
 from svip_core.dataset.containers import clip_digests
 from svip_core.features.backbone import load_backbone, normalisation
 from svip_core.features.extract import extract_shard, person_features
+from svip_core.features.precision import PRECISIONS, autocast
 from svip_core.synthetic.generate import write_dataset
 
 ARCH = {"embedded": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 256,
@@ -56,7 +57,8 @@ def make_members(folder: Path, clips: int, args) -> list[dict]:
 
 def features_cfg(args, mode="roi") -> dict:
     return {"mode": mode, "frame_size": args.frame_size, "crop_size": args.crop_size, "roi_samples": 4,
-            "num_frames": args.frames, "batch_clips": args.batch_clips, "workers": args.workers}
+            "num_frames": args.frames, "batch_clips": args.batch_clips, "workers": args.workers,
+            "precision": args.precision}
 
 
 def child_peak(args, backbone: Path, clips: int) -> dict:
@@ -64,7 +66,7 @@ def child_peak(args, backbone: Path, clips: int) -> dict:
     out = subprocess.run([sys.executable, __file__, "--child", str(clips), "--backbone", str(backbone),
                           "--frames", str(args.frames), "--height", str(args.height), "--width", str(args.width),
                           "--frame-size", *map(str, args.frame_size), "--batch-clips", str(args.batch_clips),
-                          "--workers", str(args.workers)], capture_output=True, text=True, check=True)
+                          "--workers", str(args.workers), "--precision", args.precision], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -93,6 +95,8 @@ def main() -> None:
     p.add_argument("--batch-clips", type=int, default=4)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--precision", choices=PRECISIONS, default="bf16" if torch.cuda.is_available() else "fp32",
+                   help="features.precision (default: bf16 on a GPU, fp32 on the CPU)")
     p.add_argument("--shard-sizes", type=int, nargs=2, default=[16, 64])
     p.add_argument("--out", default="results/benchmarks/extract_throughput.json")
     p.add_argument("--child", type=int, default=0, help=argparse.SUPPRESS)
@@ -114,19 +118,19 @@ def main() -> None:
     pixels = ((frames.float() / 255 - mean) / std)
 
     def bare():
-        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with torch.no_grad(), autocast(args.precision, device):
             backbone(pixel_values=pixels)
 
     bare_s = timed(bare, device, args.repeats, warmup=1)
-    roi_s = timed(lambda: person_features(backbone, frames, boxes, "roi", 4, args.crop_size, mean, std), device,
+    roi_s = timed(lambda: person_features(backbone, frames, boxes, "roi", 4, args.crop_size, mean, std, args.precision), device,
                   args.repeats, warmup=1)
     crop_s = timed(lambda: person_features(backbone, frames[: max(1, batch_frames // 8)], boxes[: max(1, batch_frames // 8)],
-                                           "crop", 4, args.crop_size, mean, std), device, 1, warmup=1) * 8   # 1/8 of the frames
+                                           "crop", 4, args.crop_size, mean, std, args.precision), device, 1, warmup=1) * 8   # 1/8 of the frames
     extract_shard(members[:1], tmp / "warm.zarr", features_cfg(args), 20, backbone_dir, {})    # warm-up
     stats = extract_shard(members, tmp / "bench.zarr", features_cfg(args), 20, backbone_dir, {})
     frames_total = args.clips * args.frames
     result = {
-        "device": device_name(device), "torch": torch.__version__, "arch": args.backbone or args.arch,
+        "device": device_name(device), "torch": torch.__version__, "precision": args.precision, "arch": args.backbone or args.arch,
         "frame_size": args.frame_size, "crop_size": args.crop_size, "persons": 20, "batch_frames": batch_frames,
         "bare_backbone_frames_per_s": round(batch_frames / bare_s, 2),
         "roi_frames_per_s": round(batch_frames / roi_s, 2),

@@ -205,6 +205,11 @@ def code_closure(roots: tuple[str, ...], exclude: frozenset[str] = frozenset()) 
     return sorted(seen)
 
 
+def imported_modules(path) -> tuple[str, ...]:
+    """The svip_core names a source file imports (modules or their members; ``code_closure`` keeps the modules)."""
+    return _source(Path(path))[1]
+
+
 def code_digest(roots: tuple[str, ...], exclude: frozenset[str] = frozenset(), files: tuple = ()) -> dict:
     """{module or file: digest} of the code ``roots`` run, plus extra source ``files`` (scripts)."""
     out = {m: _source(module_file(m))[0][:HASH_LEN] for m in code_closure(roots, exclude)}

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from svip_core.config import BACKBONE_FILES, EMBEDDED, PROJECT_ROOT, SYNTHETIC, ConfigError, backbone_folder
 from svip_core.dataset.content import data_content
-from svip_core.hashing import ContentHashes, code_digest, digest, file_hashes
+from svip_core.hashing import ContentHashes, code_digest, digest, file_hashes, imported_modules
 
 STAGES = ("prepare", "extract", "train", "evaluate", "report")
 # The extract stage's results are feature stores, so its folder is named for what it holds.
@@ -45,12 +45,12 @@ _MODEL = ("model.fused_dim", "model.geometry_dim", "model.gat_hidden", "model.ga
 _TRAIN = ("train.seeds", "train.nproc", "train.nodes", "train.epochs", "train.batch_size", "train.accumulation_steps",
           "train.lr", "train.weight_decay", "train.warmup_steps", "train.min_lr_ratio", "train.grad_clip",
           "train.patience", "train.min_epochs", "train.preference_weight", "train.pairwise_weight", "train.pairwise_margin",
-          "train.deterministic")
+          "train.deterministic", "train.precision")
 STAGE_KEYS = {
     # data.source is read as a location and as content (see prepare's identity), never as a string.
     "prepare": ("data.source", "data.num_shards", "data.max_array_bytes", "data.on_duplicate_id", *_SYNTH),
     "extract": ("features.backbone", *_EMBEDDED, "features.mode", "features.frame_size", "features.crop_size",
-                "features.roi_samples", "features.num_frames", "data.max_persons"),
+                "features.roi_samples", "features.num_frames", "features.precision", "data.max_persons"),
     # A run (model variant x seed) reads one seed of train.seeds and its variant's overrides from ablations.
     "train": (*_MODEL, *_TRAIN, "ablations"),
     "evaluate": ("evaluate.split", "evaluate.ks"),
@@ -65,6 +65,12 @@ STAGE_UPSTREAM = {"prepare": (), "extract": (), "train": ("dataset", "extract"),
 STAGE_CODE = {"prepare": ("svip_core.dataset.manifest",), "extract": ("svip_core.features.extract",),
               "train": ("svip_core.train.loop",), "evaluate": ("svip_core.evaluate.evaluation",),
               "report": ("svip_core.report.figures",)}
+# The libraries whose arithmetic a stage's output holds: an upgrade that can change those numbers re-runs the
+# stage. Libraries that only store, read or draw results (zarr, h5py, pandas, matplotlib) are left out, and so
+# is numpy where it only moves arrays (prepare of a folder dataset; the synthetic generator's clips do depend on
+# it: dataset_identity).
+STAGE_LIBRARIES = {"prepare": (), "extract": ("torch", "transformers"), "train": ("torch", "torch_geometric"),
+                   "evaluate": ("torch", "torch_geometric", "numpy"), "report": ()}
 NOT_CODE = frozenset({"svip_core", "svip_core.hashing", "svip_core.config", "svip_core.stages", "svip_core.logs", "svip_core.cli",
                       "svip_core.devices", "svip_core.launch"})
 
@@ -156,7 +162,13 @@ def stage_code(stage: str, config: dict | None = None) -> dict:
         roots = roots + ("svip_core.synthetic.generate", SCENE_MODULES[config["synthetic"]["scene"]])
     script = Path("workflow_scripts") / f"{stage}.py"
     script = script if script.is_file() else PROJECT_ROOT / "workflow_scripts" / f"{stage}.py"
-    return code_digest(roots, NOT_CODE, (script,) if script.is_file() else ())
+    if not script.is_file():
+        return code_digest(roots, NOT_CODE)
+    # What the script itself imports runs too (prepare's scanning of the dataset, extract's reading of shards);
+    # the synthetic generator only where it makes the dataset.
+    synthetic = stage == "prepare" and config is not None and config["data"]["source"] == SYNTHETIC
+    roots += tuple(m for m in imported_modules(script) if synthetic or not m.startswith("svip_core.synthetic"))
+    return code_digest(roots, NOT_CODE, (script,))
 
 
 def _data_content(config: dict, memo: dict) -> dict:
@@ -169,6 +181,12 @@ def _data_content(config: dict, memo: dict) -> dict:
     return memo["data"]
 
 
+def library_versions(names) -> dict[str, str]:
+    """{library: release} without a build suffix (2.13.0 for 2.13.0+cpu or +cu128): which kernels a device runs
+    is the precision mode's business (``features.precision``, ``train.precision``), not the identity's."""
+    return {name: importlib.metadata.version(name).split("+")[0] for name in names}
+
+
 def dataset_identity(config: dict, memo: dict | None = None) -> dict:
     """What the clips are, wherever they lie: prepare's config, the clips' content and the prepare code.
     Train depends on this, so moving or renaming a dataset re-runs prepare only."""
@@ -178,6 +196,8 @@ def dataset_identity(config: dict, memo: dict | None = None) -> dict:
         content = "synthetic" if source == SYNTHETIC else _data_content(config, memo)["clips"]
         memo["dataset"] = {"config": _stage_config(config, "prepare"), "clips": content,
                            "code": stage_code("prepare", config)}
+        if source == SYNTHETIC:             # numpy's random streams may change between its releases
+            memo["dataset"]["libraries"] = library_versions(("numpy",))
     return memo["dataset"]
 
 
@@ -186,8 +206,7 @@ def backbone_identity(features: dict, cache: ContentHashes | None = None) -> dic
     the content of every weight and config file of the model folder (preprocessor_config.json included)."""
     source = features["backbone"]
     if source == EMBEDDED:
-        return {"kind": "embedded", "recipe": features["embedded"],
-                "versions": {name: importlib.metadata.version(name) for name in ("torch", "transformers")}}
+        return {"kind": "embedded", "recipe": features["embedded"]}   # built by the stage's libraries
     folder = backbone_folder(source)
     files = sorted(p for p in folder.rglob("*") if p.suffix in BACKBONE_FILES and p.is_file())
     hashes = file_hashes(files, cache or ContentHashes())
@@ -205,8 +224,10 @@ def stage_inputs(config: dict, stage: str, memo: dict | None = None) -> dict:
     memo = {} if memo is None else memo
     if stage in ("train", "evaluate") and not _is_run(config):
         config = next(iter(runs(config).values()))
+    if ("libraries", stage) not in memo:
+        memo["libraries", stage] = library_versions(STAGE_LIBRARIES[stage])
     resolved = {"stage": stage, "config": _stage_config(config, stage), "code": stage_code(stage, config),
-                "upstream": {}}
+                "libraries": memo["libraries", stage], "upstream": {}}
     for up in STAGE_UPSTREAM[stage]:
         resolved["upstream"][up] = (digest(dataset_identity(config, memo)) if up == "dataset"
                                     else stage_hash(config, up, memo))

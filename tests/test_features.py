@@ -19,7 +19,7 @@ from svip_core.synthetic.generate import write_dataset
 
 EMBEDDED = {"hidden_size": 16, "num_layers": 1, "num_heads": 2, "patch_size": 8, "seed": 0}
 FEATURES = {"mode": "roi", "frame_size": [48, 80], "crop_size": 16, "roi_samples": 2, "num_frames": 6,
-            "batch_clips": 2, "workers": 0}
+            "batch_clips": 2, "workers": 0, "precision": "fp32"}
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +82,49 @@ def test_frame_and_person_selection():
     valid = np.array([[1, 1, 0, 1], [1, 1, 0, 0]], bool)
     assert person_slots(valid, target=2, max_persons=2).tolist() == [0, 2]      # the target is never cut
     assert person_slots(valid, target=0, max_persons=5).tolist() == [0, 1, 2, 3, -1]
+
+
+def test_roi_features_pool_the_patch_grid_of_a_backbone_with_register_tokens(tmp_path):
+    """DINOv2 with registers puts 4 register tokens between CLS and the patches: the ROI features are pooled from
+    the patches alone, as for a plain DINOv2 (loaded through the same AutoModel path as any folder)."""
+    from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel
+
+    from svip_core.features.extract import person_features
+
+    torch.manual_seed(0)
+    config = Dinov2WithRegistersConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                       intermediate_size=64, patch_size=8, image_size=224, num_register_tokens=4)
+    Dinov2WithRegistersModel(config).save_pretrained(tmp_path / "registers")
+    backbone = load_backbone(tmp_path / "registers")
+    frames = torch.randint(0, 256, (2, 3, 48, 80), dtype=torch.uint8)
+    boxes = torch.tensor([[0.0, 0.0, 0.5, 1.0], [0.4, 0.2, 0.9, 0.8]]).expand(2, 2, 4)
+    mean, std = torch.zeros(3, 1, 1), torch.ones(3, 1, 1)
+    found = person_features(backbone, frames, boxes, "roi", 2, None, mean, std, "fp32")
+
+    with torch.no_grad():
+        hidden = backbone(pixel_values=frames.float() / 255.0).last_hidden_state        # (2, 1 + 4 + 6*10, 16)
+    assert hidden.shape[1] == 65
+    patches = hidden[:, 5:].transpose(1, 2).reshape(2, 16, 6, 10)
+    torch.testing.assert_close(found, torch.nn.functional.normalize(roi_pool(patches, boxes, 2), dim=-1))
+
+
+def test_every_precision_mode_runs_on_the_cpu_and_stays_near_fp32(backbone_dir):
+    """The modes are part of the features' identity (so stores never mix them); each runs on the CPU as on a GPU.
+    On the embedded backbone bf16 moves the L2-normalised features by about 1e-3 and fp16 by 2e-4; tf32 is fp32 on
+    the CPU."""
+    from svip_core.features.extract import person_features
+
+    backbone = load_backbone(backbone_dir)
+    torch.manual_seed(0)
+    frames = torch.randint(0, 256, (4, 3, 48, 80), dtype=torch.uint8)
+    boxes = torch.tensor([[0.0, 0.0, 0.5, 1.0], [0.4, 0.2, 0.9, 0.8]]).expand(4, 2, 4)
+    mean, std = torch.full((1, 3, 1, 1), 0.45), torch.full((1, 3, 1, 1), 0.225)
+    found = {p: person_features(backbone, frames, boxes, "roi", 2, None, mean, std, p)
+             for p in ("fp32", "tf32", "bf16", "fp16")}
+    assert torch.equal(found["tf32"], found["fp32"])
+    for p in ("bf16", "fp16"):
+        assert found[p].dtype == torch.float32 and not torch.equal(found[p], found["fp32"])
+        torch.testing.assert_close(found[p], found["fp32"], atol=1e-2, rtol=0)
 
 
 @pytest.mark.parametrize("mode", ["roi", "crop"])

@@ -85,10 +85,12 @@ def test_duplicate_ids_under_the_drop_policy_keep_the_first_copy(tmp_path):
 @pytest.mark.slow
 def test_the_workflow_trains_on_the_good_clips_and_reports_the_bad(corpus, workflow_dir, tiny_config, tmp_path):
     """The verdicts travel through a real run up to the model (one epoch, on 2 ranks: `svip torchrun` under
-    Snakemake); the report stage's table of them names every bad file."""
+    Snakemake); the report stage's table of them names every bad file. The run is also the reduced-precision
+    one: the backbone under bf16, the ranker under fp16 with loss scaling, as on GPUs."""
     folder, expected, good = corpus
     tiny_config["data"].update(source=str(folder), num_shards=1)
-    tiny_config["train"].update(nproc=2, epochs=1)
+    tiny_config["features"]["precision"] = "bf16"
+    tiny_config["train"].update(nproc=2, epochs=1, precision="fp16")
     write_config(workflow_dir / "config.yaml", tiny_config)
     config = load_config(workflow_dir / "config.yaml")
     model = stage_dir(config, "train") / "model.safetensors"
@@ -96,7 +98,9 @@ def test_the_workflow_trains_on_the_good_clips_and_reports_the_bad(corpus, workf
     assert result.returncode == 0, result.stderr[-3000:]
     manifest = workflow_dir / stage_dir(config, "prepare") / "manifest.parquet"
     assert (pd.read_parquet(manifest).verdict == "accepted").sum() == len(good)
-    assert json.loads((workflow_dir / model).with_name("model.json").read_text())["world_size"] == 2
+    meta = json.loads((workflow_dir / model).with_name("model.json").read_text())
+    assert meta["world_size"] == 2 and meta["precision"] == "fp16" and meta["features"]["features"]["precision"] == "bf16"
+    assert pd.read_csv((workflow_dir / model).with_name("metrics.csv"))[["train_loss", "val_loss"]].notna().all().all()
     figures.rejected_table(manifest, tmp_path / "rejected_clips.html")
     html = (tmp_path / "rejected_clips.html").read_text()
     for path in expected:

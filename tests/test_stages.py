@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import planned_jobs, snakemake
+from conftest import folder_dataset, planned_jobs, snakemake
 
 from svip_core.config import load_config, validate_config
 from svip_core.stages import all_stage_hashes, runs
@@ -40,6 +40,38 @@ def test_embedded_backbone_recipe_is_part_of_the_feature_hash(tiny_config):
     before = hashes(tiny_config)
     tiny_config["features"]["embedded"]["seed"] = 1
     assert hashes(tiny_config)["extract"] != before["extract"]
+
+
+@pytest.mark.parametrize(("library", "release", "changed"), [
+    ("torch", "2.99.0", {"extract", "train", "evaluate", "report"}),
+    ("transformers", "9.0.0", {"extract", "train", "evaluate", "report"}),
+    ("torch_geometric", "9.0.0", {"train", "evaluate", "report"}),
+    ("numpy", "9.0.0", {"evaluate", "report"}),
+    ("torch", "2.13.0+cu128", set()),                  # a CUDA build of the same release: the same arithmetic
+    ("zarr", "9.0.0", set()),                          # stores, computes nothing
+])
+def test_a_library_upgrade_reruns_the_stages_whose_numbers_it_computes(tiny_config, tmp_path, monkeypatch, library,
+                                                                        release, changed):
+    """On a folder dataset (the synthetic one also follows numpy, whose random streams may change)."""
+    import importlib.metadata
+
+    tiny_config["data"]["source"] = str(folder_dataset(tmp_path / "data", {"train": 4, "val": 2, "test": 2}, seed=1))
+    monkeypatch.chdir(tmp_path)
+    before = hashes(tiny_config)
+    installed = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: release if name == library else installed(name))
+    after = hashes(tiny_config)
+    assert {s for s in before if before[s] != after[s]} == changed
+
+
+def test_the_synthetic_dataset_follows_numpys_release(tiny_config, monkeypatch):
+    import importlib.metadata
+
+    before = hashes(tiny_config)
+    installed = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "9.0.0" if name == "numpy" else installed(name))
+    after = hashes(tiny_config)
+    assert {s for s in before if before[s] != after[s]} == {"prepare", "train", "evaluate", "report"}
 
 
 def test_local_backbone_is_identified_by_its_weights_not_its_path(tiny_config, tmp_path):
@@ -96,3 +128,22 @@ def test_an_override_file_can_turn_the_ablations_off(workflow_dir):
     planned = snakemake(workflow_dir, "-n", "--configfile", "no_ablations.yaml")
     assert planned.returncode == 0, planned.stderr[-2000:]
     assert planned_jobs(planned)["train"] == 1
+
+
+@pytest.mark.parametrize("stage", ["prepare", "extract", "train", "evaluate", "report"])
+def test_a_stages_code_identity_covers_what_its_workflow_script_imports(stage):
+    """Editing a module the stage's script imports (extract's shard reader, prepare's dataset scanner) re-runs the
+    stage: its code identity holds every svip_core module the script reaches, but those that only log or name
+    results, and the synthetic generator for a folder dataset, which it does not run."""
+    from svip_core.hashing import code_closure, imported_modules
+    from svip_core.stages import NOT_CODE, PROJECT_ROOT, stage_code
+
+    folder_dataset = {"data": {"source": "/data/clips"}}
+    code = stage_code(stage, folder_dataset)
+    reached = code_closure(imported_modules(PROJECT_ROOT / "workflow_scripts" / f"{stage}.py"), NOT_CODE)
+    missing = [m for m in reached if m not in code and not (stage == "prepare" and m.startswith("svip_core.synthetic"))]
+    assert not missing, missing
+    assert f"{stage}.py" in code
+    if stage == "prepare":
+        assert not any(m.startswith("svip_core.synthetic") for m in code)
+        assert "svip_core.synthetic.generate" in stage_code(stage, validate_config({}))

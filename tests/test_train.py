@@ -22,7 +22,9 @@ BIN = Path(sys.executable).parent
 
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory):
-    return build_stores(tmp_path_factory.mktemp("stores"), {"train": 16, "val": 6}, num_shards=2)
+    """One validation clip: under 2 ranks, one of them validates nothing and must still meet the other's
+    collectives."""
+    return build_stores(tmp_path_factory.mktemp("stores"), {"train": 16, "val": 1}, num_shards=2)
 
 
 def launch(stores, out: Path, epochs: int, nproc: int = 2, batch_size: int = 4, lr: float = 0.001,
@@ -152,10 +154,20 @@ def test_a_killed_run_resumes_and_ends_with_the_same_metrics(stores, clean_run, 
     kill_tree(job)                               # torchrun and both ranks, mid-run
     done = json.loads(state.read_text())["epoch"]
     assert 2 <= done < 8 and not (killed / "model.safetensors").exists()
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(str(killed / "tensorboard")) as writer:   # as if it had logged the next epoch, then died
+        writer.add_scalar("val_top1", -1.0, done + 1)
 
     assert finish(launch(stores, killed, **CLEAN)) == 0
     assert "resuming after epoch" in (killed / "train.log").read_text()
     same_run(clean_run, killed)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(killed / "tensorboard"))
+    events.Reload()
+    logged = [(e.step, e.value) for e in events.Scalars("val_top1")]
+    assert logged == [(epoch, pytest.approx(top1)) for epoch, top1 in enumerate(curves(clean_run).val_top1, 1)]
 
 
 def test_the_same_seed_gives_the_same_run_and_a_finished_run_is_not_resumed(stores, inline_run, tmp_path):
@@ -180,3 +192,41 @@ def test_another_runs_checkpoint_is_refused(stores, clean_run, inline_run, tmp_p
     log = (mine / "train.log").read_text()
     assert "not resuming the checkpoint" in log and "written by another run" in log
     same_run(inline_run, mine)
+
+
+AGREE = """
+import json, sys
+import torch.distributed as dist
+from svip_core.train.checkpoint import agreed_checkpoint
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+checkpoint, _ = agreed_checkpoint(sys.argv[1 + rank], "run-a")          # the folder as this rank sees it
+with open(sys.argv[3 + rank], "w") as out:
+    json.dump({"epoch": checkpoint["state"]["epoch"], "rng_epoch": int(checkpoint["rng"][rank]["epoch"])}, out)
+dist.destroy_process_group()
+"""
+
+
+def test_every_rank_resumes_what_rank_0_read(tmp_path):
+    """Rank 1's view of the checkpoint folder lags one epoch behind rank 0's (a shared filesystem's cache): both
+    ranks resume rank 0's epoch, each with its own RNG state of that epoch."""
+    import torch
+
+    from svip_core.train.checkpoint import save_checkpoint, save_rng
+
+    model = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.AdamW(model.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    views = [tmp_path / "rank0_view", tmp_path / "rank1_view"]
+    for folder, epoch in zip(views, (3, 2)):
+        for rank in (0, 1):
+            save_rng(folder, rank, epoch)
+        save_checkpoint(folder, model, optimizer, scheduler, scaler, {"epoch": epoch, "identity": "run-a"})
+    script = tmp_path / "agree.py"
+    script.write_text(AGREE)
+    outs = [tmp_path / "rank0.json", tmp_path / "rank1.json"]
+    job = subprocess.Popen([str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", str(script), *views, *outs],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    assert finish(job, timeout=120) == 0, job.stderr.read()[-3000:]
+    assert [json.loads(out.read_text()) for out in outs] == [{"epoch": 3, "rng_epoch": 3}] * 2

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ import torch
 
 from svip_core.evaluate.baselines import heuristic_scores
 from svip_core.evaluate.metrics import people_buckets, per_clip_hits, summarise
+from svip_core.features.precision import autocast
 from svip_core.model.ranker import build_ranker
 from svip_core.model.ranking import rank_people
 from svip_core.train.checkpoint import load_weights
@@ -39,11 +39,12 @@ def best_device() -> torch.device:
 
 
 @torch.no_grad()
-def score_split(model, dataset: StoreClips, batch_size: int = 16, workers: int = 0) -> dict[str, np.ndarray]:
-    """Model scores (V, N) plus the targets, validity and geometry needed by metrics and baselines. On a GPU
-    the model runs in bfloat16, as in training, and batches are copied ahead while the previous one runs."""
+def score_split(model, dataset: StoreClips, batch_size: int = 16, workers: int = 0,
+                precision: str = "fp32") -> dict[str, np.ndarray]:
+    """Model scores (V, N) plus the targets, validity and geometry needed by metrics and baselines. The model
+    runs in its training's ``precision``; on a GPU batches are copied ahead while the previous one runs."""
     device = next(model.parameters()).device
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    amp = autocast(precision, device)
     parts: dict[str, list] = {"scores": [], "target": [], "valid": [], "geometry": []}
     for batch in on_device(clip_loader(dataset, batch_size, workers, device), device):
         with amp:
@@ -72,7 +73,9 @@ def evaluate(store_paths: list[str], train_dir, out_dir, split: str, ks: list[in
         split, dataset = "val", StoreClips(store_paths, "val")
     torch.manual_seed(seed)
     device = best_device()
-    res = score_split(load_ranker(train_dir, device), dataset, workers=loader_workers(workers, device))
+    precision = json.loads((Path(train_dir) / "model.json").read_text()).get("precision", "fp32")
+    res = score_split(load_ranker(train_dir, device), dataset, workers=loader_workers(workers, device),
+                      precision=precision)
     present = res["valid"].any(1)                                                     # (V, N)
     clips = pd.DataFrame([dataset.describe(i) for i in range(len(dataset))])
     absent = target_absent(present, res["target"])

@@ -62,6 +62,12 @@ def load_backbone(source, device="cpu"):
     return model.eval().to(device)
 
 
+def leading_tokens(config) -> int:
+    """How many tokens come before the patch grid in the backbone's hidden states: the CLS token, then the
+    register tokens of DINOv2 with registers and DINOv3 (``num_register_tokens``; none in plain DINOv2)."""
+    return 1 + int(getattr(config, "num_register_tokens", 0) or 0)
+
+
 def normalisation(source) -> tuple[tuple, tuple]:
     """Mean and std from the folder's preprocessor_config.json when present, else ImageNet's (DINOv2's)."""
     cfg = Path(source) / "preprocessor_config.json"

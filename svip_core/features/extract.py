@@ -19,8 +19,9 @@ from torch.utils.data import DataLoader, Dataset
 import svip_core
 from svip_core.dataset.clip import inspect_clip
 from svip_core.dataset.containers import clip_hashes
-from svip_core.features.backbone import load_backbone, normalisation
+from svip_core.features.backbone import BackboneError, leading_tokens, load_backbone, normalisation
 from svip_core.features.geometry import GEOMETRY_FIELDS, box_geometry
+from svip_core.features.precision import autocast, set_matmul_precision
 from svip_core.features.roi_pooling import crop_boxes, roi_pool
 from svip_core.features.store import create_arrays, writing_store
 from svip_core.hashing import ContentHashes
@@ -122,17 +123,22 @@ class ShardClips(Dataset):
 
 @torch.no_grad()
 def person_features(backbone, frames: torch.Tensor, boxes: torch.Tensor, mode: str, roi_samples: int | None,
-                    crop_size: int | None, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+                    crop_size: int | None, mean: torch.Tensor, std: torch.Tensor, precision: str) -> torch.Tensor:
     """frames (F, 3, H, W) uint8, boxes (F, N, 4) -> L2-normalised person features (F, N, D) float32.
-    ``roi_samples`` is read in roi mode only, ``crop_size`` in crop mode only."""
+    ``roi_samples`` is read in roi mode only, ``crop_size`` in crop mode only; ``precision``: the backbone's
+    numeric mode (``features.precision``)."""
     pixels = (frames.float() / 255.0 - mean) / std
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=pixels.is_cuda)
     patch = backbone.config.patch_size
-    with autocast:
+    with autocast(precision, pixels.device):
         if mode == "roi":
-            hidden = backbone(pixel_values=pixels).last_hidden_state                  # (F, 1 + h*w, D)
+            hidden = backbone(pixel_values=pixels).last_hidden_state                  # (F, lead + h*w, D)
             h, w = pixels.shape[-2] // patch, pixels.shape[-1] // patch
-            tokens = hidden[:, 1:1 + h * w].transpose(1, 2).reshape(len(pixels), -1, h, w)
+            lead = leading_tokens(backbone.config)
+            if hidden.shape[1] != lead + h * w:
+                raise BackboneError(f"the backbone ({type(backbone).__name__}) gives {hidden.shape[1]} tokens for a "
+                                    f"{h}x{w} patch grid, not {lead} (CLS and registers) + {h * w}: not a DINOv2-like "
+                                    "model. Fix: set features.backbone to a DINOv2 or DINOv3 model")
+            tokens = hidden[:, lead:].transpose(1, 2).reshape(len(pixels), -1, h, w)
             feats = roi_pool(tokens.float(), boxes, roi_samples)
         else:
             crops = crop_boxes(pixels, boxes, crop_size).flatten(0, 1)                # (F*N, 3, S, S)
@@ -160,6 +166,7 @@ def extract_shard(members: list[dict], out_path, features_cfg: dict, max_persons
     check_members(members, cache, max_array_bytes)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     backbone = load_backbone(backbone_path, device)
+    set_matmul_precision(features_cfg["precision"])
     mean, std = (torch.tensor(v, device=device).view(1, 3, 1, 1) for v in normalisation(backbone_path))
     dataset = ShardClips(members, features_cfg["num_frames"], max_persons, features_cfg["frame_size"], max_array_bytes,
                          resize=device.type == "cpu")
@@ -190,7 +197,8 @@ def extract_shard(members: list[dict], out_path, features_cfg: dict, max_persons
             feats = torch.zeros(B * T, N, D, device=device)
             # Padded and invalid frames never reach the backbone.
             feats[frame_ok] = person_features(backbone, frames[frame_ok], boxes[frame_ok], features_cfg["mode"],
-                                              features_cfg.get("roi_samples"), features_cfg.get("crop_size"), mean, std)
+                                              features_cfg.get("roi_samples"), features_cfg.get("crop_size"), mean, std,
+                                              features_cfg["precision"])
             visual = (feats.view(B, T, N, D) * batch["valid"].to(device)[..., None]).half().cpu()
             if pending is not None:
                 pending.result()

@@ -13,6 +13,7 @@ from svip_core.evaluate.evaluation import best_device, load_ranker
 from svip_core.features.backbone import load_backbone, normalisation
 from svip_core.features.extract import person_features, person_slots
 from svip_core.features.geometry import box_geometry
+from svip_core.features.precision import autocast
 from svip_core.logs import progress
 from svip_core.predict.model_choice import checked_backbone
 from svip_core.predict.windows import training_stride, window_indices
@@ -51,10 +52,12 @@ def score_tracks(frames: torch.Tensor, tracks: Tracks, size: tuple[int, int], ch
         B = len(chunk)
         window_frames = frames[torch.from_numpy(idx).flatten()].to(device)                 # (B*T_win, 3, h, w)
         visual = person_features(backbone, window_frames, boxes_t.flatten(0, 1).to(device), cfg["mode"],
-                                 cfg.get("roi_samples"), cfg.get("crop_size"), mean, std).view(B, T_win, max_persons, -1)
+                                 cfg.get("roi_samples"), cfg.get("crop_size"), mean, std,
+                                 cfg.get("precision", "fp32")).view(B, T_win, max_persons, -1)
         visual = visual * valid_t.to(device)[..., None]
         geometry = box_geometry(boxes_t, valid_t).to(device)
-        logits = model(visual, geometry, valid_t.to(device))["logits"].float().cpu()
+        with autocast(meta.get("precision", "fp32"), device):
+            logits = model(visual, geometry, valid_t.to(device))["logits"].float().cpu()
         probs = torch.softmax(logits, -1).numpy()                                          # (B, N), 0 for absent
         present = valid.any(1) & (slots >= 0)
         np.add.at(prob_sum, slots[present], probs[present])

@@ -1,11 +1,13 @@
 """Checkpoints written atomically and loaded without unpickling: safetensors for weights,
-``torch.load(weights_only=True)`` for optimiser, scheduler and RNG state."""
+``torch.load(weights_only=True)`` for optimiser, scheduler and RNG state. Under DDP, rank 0 alone reads a
+checkpoint and every rank resumes from what it read (``agreed_checkpoint``)."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
 from svip_core.atomic import atomic_path
@@ -33,12 +35,12 @@ def save_rng(folder, rank: int, epoch: int) -> None:
     _atomic(Path(folder) / f"rng_rank{rank}_epoch{epoch}.pt", lambda p: torch.save(rng, p))
 
 
-def save_checkpoint(folder, model, optimizer, scheduler, state: dict) -> None:
+def save_checkpoint(folder, model, optimizer, scheduler, scaler, state: dict) -> None:
     """One epoch's checkpoint (rank 0, after every rank saved its RNG): weights, then trainer state;
     ``state.json`` is written last and marks the checkpoint complete."""
     folder = Path(folder)
     save_weights(model, folder / "last.safetensors")
-    trainer = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+    trainer = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict()}
     _atomic(folder / "last_trainer.pt", lambda p: torch.save(trainer, p))
     _atomic(folder / "state.json", lambda p: p.write_text(json.dumps(state, indent=1)))
     for old in folder.glob("rng_rank*_epoch*.pt"):
@@ -57,17 +59,52 @@ def mark_finished(folder, state: dict) -> None:
     _atomic(Path(folder) / "state.json", lambda p: p.write_text(json.dumps({**state, "finished": True}, indent=1)))
 
 
-def load_checkpoint(folder, model, optimizer, scheduler, rank: int) -> dict | None:
-    folder = Path(folder)
+def resumable(folder, identity: str | None) -> tuple[bool, str]:
+    """Whether the checkpoint in ``folder`` may be resumed by the run ``identity``, and why not."""
     state = read_state(folder)
     if state is None:
-        return None
-    load_weights(model, folder / "last.safetensors")
-    trainer = torch.load(folder / "last_trainer.pt", weights_only=True)
-    optimizer.load_state_dict(trainer["optimizer"])
-    scheduler.load_state_dict(trainer["scheduler"])
-    rng = torch.load(folder / f"rng_rank{rank}_epoch{state['epoch']}.pt", weights_only=True)
+        return False, ""
+    if state.get("identity") != identity:
+        return False, f"it was written by another run (identity {state.get('identity')}, this run is {identity})"
+    if state.get("finished"):
+        return False, "that run finished; a forced re-run trains from scratch"
+    return True, ""
+
+
+def read_checkpoint(folder, world: int) -> dict:
+    """Everything a resume needs, read once: the state, weights, optimiser and scheduler state, and the RNG
+    state of each of the ``world`` ranks at the state's epoch."""
+    folder = Path(folder)
+    state = read_state(folder)
+    return {"state": state, "weights": load_file(str(folder / "last.safetensors")),
+            "trainer": torch.load(folder / "last_trainer.pt", weights_only=True),
+            "rng": [torch.load(folder / f"rng_rank{r}_epoch{state['epoch']}.pt", weights_only=True)
+                    for r in range(world)]}
+
+
+def agreed_checkpoint(folder, identity: str | None) -> tuple[dict | None, str]:
+    """The checkpoint this run resumes (None: start fresh) and why another one is not resumed, the same on every
+    rank: rank 0 decides and reads, the others receive what it read. Ranks reading ``folder`` on their own could
+    see different epochs through a shared filesystem's caches, and then resume different states."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    found: list = [None, ""]
+    if rank == 0:
+        resume, why_not = resumable(folder, identity)
+        found = [read_checkpoint(folder, world) if resume else None, why_not]
+    dist.broadcast_object_list(found, src=0)
+    return found[0], found[1]
+
+
+def restore_checkpoint(checkpoint: dict, model, optimizer, scheduler, scaler, rank: int) -> dict:
+    """Load ``read_checkpoint``'s weights, optimiser, scheduler, loss scaler and this rank's RNG; returns the
+    trainer state."""
+    model.load_state_dict(checkpoint["weights"])
+    optimizer.load_state_dict(checkpoint["trainer"]["optimizer"])
+    scheduler.load_state_dict(checkpoint["trainer"]["scheduler"])
+    if checkpoint["trainer"]["scaler"]:
+        scaler.load_state_dict(checkpoint["trainer"]["scaler"])
+    rng = checkpoint["rng"][rank]
     torch.set_rng_state(rng["torch"])
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state(rng["cuda"])
-    return state
+    return checkpoint["state"]

@@ -22,14 +22,15 @@ from torch.utils.data import DistributedSampler
 
 from svip_core.atomic import atomic_path
 from svip_core.logs import progress
+from svip_core.features.precision import autocast, grad_scaler, set_matmul_precision
 from svip_core.model.loss import ranking_loss
 from svip_core.model.ranker import build_ranker
 from svip_core.model.ranking import hit_at_k, target_rank_stats
 from svip_core.train.checkpoint import (
-    load_checkpoint,
+    agreed_checkpoint,
     load_weights,
     mark_finished,
-    read_state,
+    restore_checkpoint,
     save_checkpoint,
     save_rng,
     save_weights,
@@ -167,18 +168,6 @@ def bad_epochs_after(bad_epochs: int, val_top1: float, best_top1: float, val_los
     return 0 if improved or not counting else bad_epochs + 1
 
 
-def resumable(folder: Path, identity: str | None) -> tuple[bool, str]:
-    """Whether the checkpoint in ``folder`` may be resumed by the run ``identity``, and why not."""
-    state = read_state(folder)
-    if state is None:
-        return False, ""
-    if state.get("identity") != identity:
-        return False, f"it was written by another run (identity {state.get('identity')}, this run is {identity})"
-    if state.get("finished"):
-        return False, "that run finished; a forced re-run trains from scratch"
-    return True, ""
-
-
 def train(store_paths: list[str], out_dir, model_cfg: dict, cfg: dict, debug: bool = False,
           identity: str | None = None, settings: dict | None = None) -> dict:
     """Train the ranker on the stores' train split, select on val; write weights and curves to ``out_dir``.
@@ -186,12 +175,8 @@ def train(store_paths: list[str], out_dir, model_cfg: dict, cfg: dict, debug: bo
     rank, world, device = setup_distributed()
     out_dir = Path(out_dir)
     ckpt = out_dir / "checkpoints"
-    # Rank 0 decides for all: ranks reading state.json on their own could disagree (a shared filesystem's
-    # caches) and then meet at different collectives.
-    decision = [resumable(ckpt, identity) if rank == 0 else None]
-    dist.broadcast_object_list(decision, src=0)
-    resume, why_not = decision[0]
-    if not resume and why_not:
+    checkpoint, why_not = agreed_checkpoint(ckpt, identity)
+    if checkpoint is None and why_not:
         if rank == 0:
             log.info("not resuming the checkpoint in %s: %s; starting fresh", ckpt, why_not)
             shutil.rmtree(ckpt)
@@ -214,9 +199,10 @@ def train(store_paths: list[str], out_dir, model_cfg: dict, cfg: dict, debug: bo
     optimizer = torch.optim.AdamW(param_groups(model, cfg["weight_decay"]), lr=cfg["lr"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(cfg["warmup_steps"], steps_per_epoch * cfg["epochs"], cfg["min_lr_ratio"]))
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    set_matmul_precision(cfg["precision"])
+    amp, scaler = autocast(cfg["precision"], device), grad_scaler(cfg["precision"], device)
 
-    state = (load_checkpoint(ckpt, model, optimizer, scheduler, rank) if resume else None) or \
+    state = (restore_checkpoint(checkpoint, model, optimizer, scheduler, scaler, rank) if checkpoint else None) or \
         {"epoch": 0, "step": 0, "best_top1": -1.0, "best_epoch": 0, "best_loss": math.inf, "bad_epochs": 0,
          "history": []}
     state["identity"] = identity
@@ -229,7 +215,8 @@ def train(store_paths: list[str], out_dir, model_cfg: dict, cfg: dict, debug: bo
     if rank == 0:
         from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=state["step"])
+        # Scalars are logged per epoch: what a killed run logged after its last checkpoint is purged by epoch.
+        writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=state["epoch"] + 1)
     timer = PhaseTimer(debug, device)
     model.train()
     for epoch in range(state["epoch"] + 1, cfg["epochs"] + 1):
@@ -250,11 +237,13 @@ def train(store_paths: list[str], out_dir, model_cfg: dict, cfg: dict, debug: bo
             with (nullcontext() if last_micro or ddp is model else ddp.no_sync()):
                 logits, target, present, losses = _forward(ddp, batch, cfg, amp)
                 t = timer.mark("forward+loss", t)
-                (losses["total"] / cfg["accumulation_steps"]).backward()
+                scaler.scale(losses["total"] / cfg["accumulation_steps"]).backward()
                 t = timer.mark("backward", t)
             if last_micro:
+                scaler.unscale_(optimizer)                # clip the true gradients, not the scaled ones
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
-                optimizer.step()
+                scaler.step(optimizer)                    # skipped (fp16) when a gradient overflowed
+                scaler.update()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 state["step"] += 1
@@ -272,7 +261,9 @@ def train(store_paths: list[str], out_dir, model_cfg: dict, cfg: dict, debug: bo
         dist.all_reduce(sums)
         train_seconds = time.perf_counter() - start
         loss, ce, preference, hits, n = sums.tolist()
-        val_loss, val_top1 = validate(ddp, val_loader, device, cfg, amp)
+        # The module itself, not its DDP wrapper: DDP's forward broadcasts buffers, a collective that a rank with
+        # fewer validation batches (or none) would never join.
+        val_loss, val_top1 = validate(model, val_loader, device, cfg, amp)
         row = {"epoch": epoch, "step": state["step"], "lr": scheduler.get_last_lr()[0],
                "train_loss": loss / n, "train_ce": ce / n, "train_preference": preference / n, "train_top1": hits / n,
                "val_loss": val_loss, "val_top1": val_top1, "data_wait_seconds": waits["data_wait"],
@@ -298,7 +289,7 @@ def train(store_paths: list[str], out_dir, model_cfg: dict, cfg: dict, debug: bo
         save_rng(ckpt, rank, epoch)
         dist.barrier()                        # every rank's RNG is on disk before state.json names the epoch
         if rank == 0:
-            save_checkpoint(ckpt, model, optimizer, scheduler, state)
+            save_checkpoint(ckpt, model, optimizer, scheduler, scaler, state)
         dist.barrier()
 
     checksums = [None] * world
@@ -309,7 +300,7 @@ def train(store_paths: list[str], out_dir, model_cfg: dict, cfg: dict, debug: bo
         (out_dir / "model.json").write_text(json.dumps(
             {"model": model_cfg, "visual_dim": visual_dim, "geometry_dim": geometry_dim, "best_epoch": state["best_epoch"],
              "best_val_top1": state["best_top1"], "world_size": world, "rank_weight_checksums": checksums,
-             "identity": identity, "run_settings": settings or {}, "frame_stride": train_set.frame_stride(),
+             "identity": identity, "precision": cfg["precision"], "run_settings": settings or {}, "frame_stride": train_set.frame_stride(),
              "normalisation": normalisation, "val_chance_top1": chance,
              "features": train_set.provenance()},
             indent=1))
