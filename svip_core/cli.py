@@ -90,8 +90,8 @@ def cmd_predict(args) -> int:
     result = predict_video(args.video, out, checkpoint, args.tracks, args.detect_every, args.detector,
                            backbone=args.backbone)
     for row in result["ranking"]:
-        print(f"rank {row['rank']:2d}  track {row['track_id']:4d}  score {row['score']:.3f}  "
-              f"visible in {row['frames_visible']} frames")
+        score = f"score {row['score']:.2f}x chance" if row["score"] is not None else row["note"]
+        print(f"rank {row['rank']:2d}  track {row['track_id']:4d}  {score}  visible in {row['frames_visible']} frames")
     print(f"VIP: track {result['vip_track_id']}. Wrote {out}/ranking.csv, ranking.json and annotated.mp4")
     return 0
 

@@ -40,8 +40,8 @@ def test_predict_detects_tracks_and_ranks_the_people_of_a_real_video(finished_wo
     assert result.stdout.splitlines()[0].startswith(f"model: {checkpoint} (run full/seed0, test top-1 ")
     ranking = pd.read_csv(out / "ranking.csv")
     assert len(ranking) >= 3 and list(ranking["rank"]) == list(range(1, len(ranking) + 1))
-    scored = ranking.score.dropna()                       # NaN: a short track no scoring window sampled
-    assert scored.between(0, 1).all() and scored.is_monotonic_decreasing and len(scored) >= 3
+    scored = ranking.score.dropna()                       # empty: a short track no scoring window sampled
+    assert (scored > 0).all() and scored.is_monotonic_decreasing and len(scored) >= 3 and scored.iloc[0] > 1
     assert ranking.score.isna().sum() == 0 or ranking.score.isna().idxmax() == len(scored)   # unscored ones last
     summary = json.loads((out / "ranking.json").read_text())
     assert summary["vip_track_id"] == ranking.track_id.iloc[0] and summary["frames"] == FRAMES
@@ -54,9 +54,12 @@ def test_predict_detects_tracks_and_ranks_the_people_of_a_real_video(finished_wo
     assert (out / "tracks.txt").stat().st_size > 0
 
 
-GIVEN_TRACKS = "".join(                                   # two walkers crossing, one person standing from frame 11
+# Two walkers crossing and a person standing from frame 11, all gone after frame 45; then someone seen alone for
+# three frames (64-66), where any softmax is 1.
+GIVEN_TRACKS = "".join(
     f"{frame},7,{100 + frame * 5:.1f},200,60,150,1,-1,-1,-1\n{frame},9,{500 - frame * 5:.1f},180,65,160,1,-1,-1,-1\n"
-    + (f"{frame},12,350,250,55,140,1,-1,-1,-1\n" if frame > 10 else "") for frame in range(1, FRAMES + 1))
+    + (f"{frame},12,350,250,55,140,1,-1,-1,-1\n" if frame > 10 else "") for frame in range(1, 46)) + "".join(
+    f"{frame},30,300,220,50,130,1,-1,-1,-1\n" for frame in (64, 65, 66))
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +80,7 @@ def given_tracks_run(finished_workflow, checkpoint, tmp_path_factory):
 
 def test_predict_uses_given_tracks_and_import_makes_a_valid_clip(given_tracks_run):
     folder, _ = given_tracks_run
-    assert sorted(pd.read_csv(folder / "pred" / "ranking.csv").track_id) == [7, 9, 12]
+    assert sorted(pd.read_csv(folder / "pred" / "ranking.csv").track_id) == [7, 9, 12, 30]
 
     data = folder / "data"
     made = svip("import", VIDEO, folder / "tracks.txt", data, "--vip", 12, "--split", "train", "--max-frames", 40)
@@ -97,6 +100,25 @@ def test_predict_says_why_it_does_not_use_the_configs_model(given_tracks_run):
     assert result.stdout.splitlines()[0] == "model: results/train/h0 (run full/seed0)"
     assert "svip predict: the config's model cannot be named (data.source = \"/elsewhere/data\": folder not found." \
         in result.stderr and "using the newest trained model" in result.stderr
+
+
+def test_a_fragment_alone_in_its_windows_scores_chance_and_is_not_the_vip(given_tracks_run):
+    """Scores are lifts over chance, weighted by how long a track is seen: the fragment, alone for three frames,
+    scores exactly chance (1), while someone in the crowd the model prefers scores above it."""
+    folder, result = given_tracks_run
+    ranking = pd.read_csv(folder / "pred" / "ranking.csv").set_index("track_id")
+    assert ranking.score[30] == pytest.approx(1.0)
+    assert ranking.score.idxmax() in (7, 9, 12) and ranking.score.max() > 1.0
+    assert "x chance" in result.stdout and "nan" not in result.stdout
+
+
+def test_a_track_no_window_sampled_is_listed_last_as_not_scored():
+    from svip_core.predict.pipeline import ranking_table
+
+    table = ranking_table(np.array([4, 5, 6]), np.array([1.4, np.nan, 0.8]), np.array([40, 2, 30]))
+    assert list(table.track_id) == [4, 6, 5] and list(table["rank"]) == [1, 2, 3]
+    assert table.note.iloc[2] == "not scored: seen in 2 frame(s), none of them sampled by a scoring window"
+    assert (table.note.iloc[:2] == "").all()
 
 
 def test_predict_with_a_bad_tracks_file_says_which_line(finished_workflow, checkpoint, tmp_path):

@@ -23,7 +23,8 @@ def annotate(video, out_path, tracks: Tracks, scores: np.ndarray, fps: float, wi
             is_vip = k == vip
             colour = (0, 0, 255) if is_vip else tuple(int(c) for c in colours[k])
             cv2.rectangle(frame, (x1, y1), (x2, y2), colour, 4 if is_vip else 2)
-            label = f"{'VIP ' if is_vip else ''}#{tracks.ids[k]} {finite[k]:.2f}"
+            score = f"{scores[k]:.2f}x" if np.isfinite(scores[k]) else "not scored"
+            label = f"{'VIP ' if is_vip else ''}#{tracks.ids[k]} {score}"
             cv2.putText(frame, label, (x1, max(12, y1 - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, colour, 2 if is_vip else 1)
         writer.write(frame)
         written += 1

@@ -18,6 +18,17 @@ from svip_core.video.tracks import write_mot
 log = logging.getLogger(__name__)
 
 
+def ranking_table(track_ids: np.ndarray, scores: np.ndarray, frames_visible: np.ndarray) -> pd.DataFrame:
+    """The ranking: scored tracks by score (``score_tracks``), then those no scoring window sampled, with their
+    score left empty and the reason in ``note``."""
+    order = np.argsort(-np.nan_to_num(scores, nan=-np.inf), kind="stable")
+    visible = frames_visible[order]
+    note = [f"not scored: seen in {v} frame(s), none of them sampled by a scoring window" if np.isnan(s) else ""
+            for s, v in zip(scores[order], visible)]
+    return pd.DataFrame({"track_id": track_ids[order], "score": scores[order], "rank": np.arange(1, len(order) + 1),
+                         "frames_visible": visible, "note": note})
+
+
 def predict_video(video, out_dir, checkpoint=None, tracks_path=None, detect_every: int = 3, detector: str = "auto",
                   device=None, backbone=None) -> dict:
     """Rank the people of ``video``; writes ranking.csv, ranking.json, tracks.txt and annotated.mp4."""
@@ -31,9 +42,7 @@ def predict_video(video, out_dir, checkpoint=None, tracks_path=None, detect_ever
         raise RuntimeError(f"{video}: no person was detected or tracked. Fix: pass --tracks with a MOT file")
     scores = score_tracks(frames, tracks, (info["width"], info["height"]), checkpoint, device, backbone=backbone)
     stride = training_stride(meta)
-    order = np.argsort(-np.nan_to_num(scores, nan=-1.0), kind="stable")
-    ranking = pd.DataFrame({"track_id": tracks.ids[order], "score": scores[order], "rank": np.arange(1, len(order) + 1),
-                            "frames_visible": tracks.valid.sum(0)[order]})
+    ranking = ranking_table(tracks.ids, scores, tracks.valid.sum(0))
     ranking.to_csv(out_dir / "ranking.csv", index=False)
     write_mot(tracks, out_dir / "tracks.txt")
     written = annotate(video, out_dir / "annotated.mp4", tracks, scores, info["fps"], info["width"], info["height"])
@@ -42,7 +51,8 @@ def predict_video(video, out_dir, checkpoint=None, tracks_path=None, detect_ever
               "frame_stride": stride,
               "windows": len(window_indices(info["frames"], meta["features"]["features"]["num_frames"], stride)),
               "vip_track_id": int(ranking.track_id.iloc[0]),
-              "ranking": ranking.astype({"track_id": int, "rank": int, "frames_visible": int}).to_dict("records")}
+              "ranking": [{**row, "score": None if np.isnan(row["score"]) else row["score"]}
+                          for row in ranking.astype({"track_id": int, "rank": int, "frames_visible": int}).to_dict("records")]}
     (out_dir / "ranking.json").write_text(json.dumps(result, indent=1, default=float))
     log.info("%s: %d tracks, VIP is track %d", video, len(tracks.ids), result["vip_track_id"])
     return result

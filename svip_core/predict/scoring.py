@@ -1,6 +1,10 @@
 """Each track's score: in every window the people are scored as in training (same backbone, feature mode and
-sizes); a track's score is the mean, over the windows where it is present, of its softmax probability of being
-the VIP in that window."""
+sizes), and a track's score is how many times more likely than chance the model finds it to be the VIP.
+
+In a window of n people, a person's lift is n times its softmax probability (1 = chance, whatever n). A track's
+score averages its lifts over the windows, each weighted by the share of the window's frames in which the track
+is seen, and starts from one whole window at chance (``PRIOR_WINDOWS``): a fragment seen for a few frames, or
+alone in a window (where any softmax is 1), stays near 1 instead of being named VIP."""
 from __future__ import annotations
 
 import json
@@ -19,12 +23,14 @@ from svip_core.predict.model_choice import checked_backbone
 from svip_core.predict.windows import training_stride, window_indices
 from svip_core.video.tracks import Tracks
 
+PRIOR_WINDOWS = 1.0
+
 
 @torch.no_grad()
 def score_tracks(frames: torch.Tensor, tracks: Tracks, size: tuple[int, int], checkpoint, device=None,
                  batch_windows: int = 8, backbone=None) -> np.ndarray:
-    """Mean per-window VIP probability of every track, (K,); NaN for a track the model never saw. Windows follow
-    ``window_indices`` at the model's training stride."""
+    """Every track's score (K,): its visibility-weighted lift over chance (module docstring); NaN for a track
+    seen in no sampled frame. Windows follow ``window_indices`` at the model's training stride."""
     meta = json.loads((Path(checkpoint) / "model.json").read_text())
     feats = meta["features"]
     cfg, max_persons = feats["features"], feats["max_persons"]
@@ -39,7 +45,7 @@ def score_tracks(frames: torch.Tensor, tracks: Tracks, size: tuple[int, int], ch
 
     T, K = tracks.valid.shape
     windows = window_indices(T, T_win, stride)                                         # (W, T_win)
-    prob_sum, count = np.zeros(K), np.zeros(K)
+    lift_sum, seen_sum = np.zeros(K), np.zeros(K)
     for chunk in progress(np.array_split(windows, np.arange(batch_windows, len(windows), batch_windows)), desc="score",
                       unit="batch"):
         inside = chunk >= 0
@@ -60,6 +66,8 @@ def score_tracks(frames: torch.Tensor, tracks: Tracks, size: tuple[int, int], ch
             logits = model(visual, geometry, valid_t.to(device))["logits"].float().cpu()
         probs = torch.softmax(logits, -1).numpy()                                          # (B, N), 0 for absent
         present = valid.any(1) & (slots >= 0)
-        np.add.at(prob_sum, slots[present], probs[present])
-        np.add.at(count, slots[present], 1)
-    return np.where(count > 0, prob_sum / np.maximum(count, 1), np.nan)
+        lift = probs * present.sum(1, keepdims=True)                                       # (B, N), 1 = chance
+        seen = valid.sum(1) / inside.sum(1, keepdims=True)                                 # (B, N) share of frames
+        np.add.at(lift_sum, slots[present], (lift * seen)[present])
+        np.add.at(seen_sum, slots[present], seen[present])
+    return np.where(seen_sum > 0, (lift_sum + PRIOR_WINDOWS) / (seen_sum + PRIOR_WINDOWS), np.nan)
