@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from conftest import TINY, svip, write_config
 from mot15 import MOT15
 
@@ -119,6 +120,39 @@ def test_a_track_no_window_sampled_is_listed_last_as_not_scored():
     assert list(table.track_id) == [4, 6, 5] and list(table["rank"]) == [1, 2, 3]
     assert table.note.iloc[2] == "not scored: seen in 2 frame(s), none of them sampled by a scoring window"
     assert (table.note.iloc[:2] == "").all()
+
+
+def test_each_sampled_frame_goes_through_the_backbone_once(tmp_path):
+    """Windows overlap by half, so most frames are in two of them: the backbone still sees each sampled frame
+    once, and the features it gives are those of every visible track in that frame."""
+    from svip_core.config import validate_config
+    from svip_core.features.backbone import build_embedded, load_backbone
+    from svip_core.features.extract import person_features
+    from svip_core.predict.scoring import frame_features
+    from svip_core.predict.windows import window_indices
+
+    cfg = validate_config(json.loads(json.dumps(TINY)))["features"]
+    backbone = load_backbone(build_embedded(cfg["embedded"], tmp_path / "backbone"))
+    seen_frames = []
+    backbone.register_forward_pre_hook(lambda module, args, kwargs: seen_frames.append(len(kwargs["pixel_values"])),
+                                       with_kwargs=True)
+    T, K = 40, 3
+    rng = np.random.default_rng(0)
+    valid = rng.random((T, K)) < 0.7
+    corner = rng.uniform(0, 0.5, (T, K, 2))
+    boxes = np.concatenate([corner, corner + 0.4], -1) * valid[..., None]
+    windows = window_indices(T, cfg["num_frames"], 2.0)
+    sampled = np.unique(windows[windows >= 0])
+    frames = torch.randint(0, 256, (T, 3, 48, 80), dtype=torch.uint8)
+    mean, std = torch.full((1, 3, 1, 1), 0.45), torch.full((1, 3, 1, 1), 0.225)
+    keys, table = frame_features(backbone, frames, boxes, valid, sampled, cfg, mean, std, batch_frames=8)
+    assert sum(seen_frames) == len(sampled) < (windows >= 0).sum()
+    assert list(keys) == sorted(t * K + k for t in sampled for k in range(K) if valid[t, k])
+    t = int(sampled[3])
+    alone = person_features(backbone, frames[t:t + 1], torch.from_numpy(boxes[t:t + 1].astype(np.float32)), "roi",
+                            cfg["roi_samples"], None, mean, std, "fp32")[0]
+    for k in np.flatnonzero(valid[t]):
+        torch.testing.assert_close(table[int(np.searchsorted(keys, t * K + k))], alone[k], atol=1e-5, rtol=0)
 
 
 def test_predict_with_a_bad_tracks_file_says_which_line(finished_workflow, checkpoint, tmp_path):

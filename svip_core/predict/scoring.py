@@ -27,6 +27,33 @@ PRIOR_WINDOWS = 1.0
 
 
 @torch.no_grad()
+def frame_features(backbone, frames: torch.Tensor, norm_boxes: np.ndarray, valid: np.ndarray, sampled: np.ndarray,
+                   cfg: dict, mean: torch.Tensor, std: torch.Tensor, batch_frames: int = 64):
+    """Person features of every track in every sampled frame, each frame through the backbone once (windows
+    overlap, so a frame is in about two of them). frames (T, 3, h, w) uint8, norm_boxes (T, K, 4), valid (T, K),
+    sampled (U,) sorted frame indices -> (keys (P,) = frame * K + track, sorted; features (P, D) float32) for the
+    P visible (frame, track) pairs."""
+    K = valid.shape[1]
+    device = mean.device
+    keys, feats = [], []
+    for chunk in progress(np.array_split(sampled, np.arange(batch_frames, len(sampled), batch_frames)),
+                          desc="features", unit="batch"):
+        seen = valid[chunk]                                                                # (F, K)
+        width = max(int(seen.sum(1).max(initial=0)), 1)
+        order = np.argsort(~seen, axis=1, kind="stable")[:, :width]                        # visible tracks first
+        present = np.take_along_axis(seen, order, 1)                                       # (F, width)
+        boxes = np.take_along_axis(norm_boxes[chunk], order[..., None], 1) * present[..., None]
+        visual = person_features(backbone, frames[torch.from_numpy(chunk)].to(device),
+                                 torch.from_numpy(boxes.astype(np.float32)).to(device), cfg["mode"],
+                                 cfg.get("roi_samples"), cfg.get("crop_size"), mean, std, cfg.get("precision", "fp32"))
+        keys.append((chunk[:, None] * K + order)[present])
+        feats.append(visual.cpu()[torch.from_numpy(present)])
+    keys, feats = np.concatenate(keys), torch.cat(feats)
+    order = np.argsort(keys, kind="stable")
+    return keys[order], feats[torch.from_numpy(order)]
+
+
+@torch.no_grad()
 def score_tracks(frames: torch.Tensor, tracks: Tracks, size: tuple[int, int], checkpoint, device=None,
                  batch_windows: int = 8, backbone=None) -> np.ndarray:
     """Every track's score (K,): its visibility-weighted lift over chance (module docstring); NaN for a track
@@ -45,9 +72,10 @@ def score_tracks(frames: torch.Tensor, tracks: Tracks, size: tuple[int, int], ch
 
     T, K = tracks.valid.shape
     windows = window_indices(T, T_win, stride)                                         # (W, T_win)
+    keys, table = frame_features(backbone, frames, norm, tracks.valid, np.unique(windows[windows >= 0]), cfg,
+                                 mean, std)
     lift_sum, seen_sum = np.zeros(K), np.zeros(K)
-    for chunk in progress(np.array_split(windows, np.arange(batch_windows, len(windows), batch_windows)), desc="score",
-                      unit="batch"):
+    for chunk in np.array_split(windows, np.arange(batch_windows, len(windows), batch_windows)):
         inside = chunk >= 0
         idx = chunk.clip(0)                                                               # (B, T_win)
         slots = np.stack([person_slots(tracks.valid[i[ok]], None, max_persons) for i, ok in zip(idx, inside)])  # (B, N)
@@ -55,15 +83,11 @@ def score_tracks(frames: torch.Tensor, tracks: Tracks, size: tuple[int, int], ch
         valid &= inside[..., None] & (slots >= 0)[:, None, :]
         boxes = np.take_along_axis(norm[idx], slots.clip(0)[:, None, :, None], 2) * valid[..., None]
         boxes_t, valid_t = torch.from_numpy(boxes.astype(np.float32)), torch.from_numpy(valid)
-        B = len(chunk)
-        window_frames = frames[torch.from_numpy(idx).flatten()].to(device)                 # (B*T_win, 3, h, w)
-        visual = person_features(backbone, window_frames, boxes_t.flatten(0, 1).to(device), cfg["mode"],
-                                 cfg.get("roi_samples"), cfg.get("crop_size"), mean, std,
-                                 cfg.get("precision", "fp32")).view(B, T_win, max_persons, -1)
-        visual = visual * valid_t.to(device)[..., None]
+        rows = np.searchsorted(keys, idx[..., None] * K + slots.clip(0)[:, None, :])      # (B, T_win, N)
+        visual = table[torch.from_numpy(rows.clip(0, len(keys) - 1))] * valid_t[..., None]
         geometry = box_geometry(boxes_t, valid_t).to(device)
         with autocast(meta.get("precision", "fp32"), device):
-            logits = model(visual, geometry, valid_t.to(device))["logits"].float().cpu()
+            logits = model(visual.to(device), geometry, valid_t.to(device))["logits"].float().cpu()
         probs = torch.softmax(logits, -1).numpy()                                          # (B, N), 0 for absent
         present = valid.any(1) & (slots >= 0)
         lift = probs * present.sum(1, keepdims=True)                                       # (B, N), 1 = chance
