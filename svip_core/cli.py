@@ -79,21 +79,36 @@ def cmd_predict(args) -> int:
                   f"trained model", file=sys.stderr)
             configured = None
         checkpoint = configured if configured and (configured / "model.safetensors").is_file() else newest_checkpoint()
-    if args.tracks:        # a bad line is named at once, before the model and backbone load (seconds)
-        from svip_core.video.tracks import parse_mot
+    from svip_core.predict.jobs import video_jobs
+    from svip_core.video.tracks import parse_mot
 
-        parse_mot(args.tracks)
+    jobs = video_jobs(args.videos, args.tracks, args.out)
+    for _, tracks, _ in jobs:      # a bad line is named at once, before the model and backbone load (seconds)
+        if tracks:
+            parse_mot(tracks)
     print(describe_model(checkpoint), flush=True)
     from svip_core.predict.pipeline import predict_video  # the model's libraries: seconds to import
 
-    out = Path(args.out or Path("results") / "predict" / Path(args.video).stem)
-    result = predict_video(args.video, out, checkpoint, args.tracks, args.detect_every, args.detector,
-                           backbone=args.backbone)
-    for row in result["ranking"]:
-        score = f"score {row['score']:.2f}x chance" if row["score"] is not None else row["note"]
-        print(f"rank {row['rank']:2d}  track {row['track_id']:4d}  {score}  visible in {row['frames_visible']} frames")
-    print(f"VIP: track {result['vip_track_id']}. Wrote {out}/ranking.csv, ranking.json and annotated.mp4")
-    return 0
+    failed = []
+    for video, tracks, out in jobs:
+        if len(jobs) > 1:
+            print(f"\n{video} (tracks: {tracks or 'detected and tracked'})", flush=True)
+        try:
+            result = predict_video(video, out, checkpoint, tracks, args.detect_every, args.detector,
+                                   backbone=args.backbone)
+        except (OSError, ValueError, RuntimeError) as e:   # one unreadable video does not stop the others
+            if len(jobs) == 1:
+                raise
+            print(f"svip predict: {video}: {str(e).splitlines()[0]}", file=sys.stderr)
+            failed.append(str(video))
+            continue
+        for row in result["ranking"]:
+            score = f"score {row['score']:.2f}x chance" if row["score"] is not None else row["note"]
+            print(f"rank {row['rank']:2d}  track {row['track_id']:4d}  {score}  visible in {row['frames_visible']} frames")
+        print(f"VIP: track {result['vip_track_id']}. Wrote {out}/ranking.csv, ranking.json and annotated.mp4")
+    if failed:
+        print(f"svip predict: {len(failed)} of {len(jobs)} videos failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def cmd_import(args) -> int:
@@ -175,11 +190,14 @@ def main(argv=None) -> int:
 
     p = sub.add_parser("predict", help="rank the people of a video with a trained model",
                        formatter_class=_ShowDefaults)
-    p.add_argument("video", help="a video file OpenCV reads (.mp4, .avi, ...)")
-    p.add_argument("--tracks", help="MOTChallenge tracks; without it people are detected and tracked")
+    p.add_argument("videos", nargs="+", metavar="VIDEO", help="video files OpenCV reads (.mp4, .avi, ...) or folders "
+                                                              "of them")
+    p.add_argument("--tracks", help="MOTChallenge tracks (several videos: a folder of <video name>.txt files); "
+                                    "without them people are detected and tracked")
     p.add_argument("--checkpoint", help="a train results folder (default: the full model config.yaml trains, when "
                                         "trained, else the newest full model under results/train/)")
-    p.add_argument("--out", help="output folder (default: results/predict/<video name>)")
+    p.add_argument("--out", help="output folder (default: results/predict/<video name>; several videos: "
+                                 "<out>/<video name>, out defaulting to results/predict)")
     p.add_argument("--detect-every", type=int, default=3,
                    help="run the detector on every k-th frame (1: best tracks, slowest; see README, Tracking)")
     p.add_argument("--detector", default="auto", choices=["auto", "ssdlite", "hog"],

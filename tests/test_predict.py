@@ -65,26 +65,30 @@ GIVEN_TRACKS = "".join(
 
 @pytest.fixture(scope="module")
 def given_tracks_run(finished_workflow, checkpoint, tmp_path_factory):
-    """`svip predict --tracks` with no --checkpoint in a folder holding the shared workflow's model, under a config
-    whose model cannot be named here (its data is elsewhere): one run for the tests of given tracks and of the
-    model's choice."""
+    """`svip predict` on two videos with a folder of their tracks, with no --checkpoint in a folder holding the
+    shared workflow's model, under a config whose model cannot be named here (its data is elsewhere): one run for
+    the tests of given tracks, of several videos and of the model's choice. TUD-Campus's outputs are in
+    ``pred/TUD-Campus``."""
     folder = tmp_path_factory.mktemp("given_tracks")
     shutil.copytree(checkpoint, folder / "results" / "train" / "h0")
     features = stage_dir(load_config(finished_workflow / "config.yaml"), "extract") / "backbone"
     shutil.copytree(finished_workflow / features, folder / features)            # where the model's features name it
     write_config(folder / "config.yaml", {**TINY, "data": {**TINY["data"], "source": "/elsewhere/data"}})
-    (folder / "tracks.txt").write_text(GIVEN_TRACKS)
-    result = svip("predict", VIDEO, "--tracks", folder / "tracks.txt", "--out", folder / "pred", cwd=folder)
+    (folder / "tracks").mkdir()
+    (folder / "tracks" / "TUD-Campus.txt").write_text(GIVEN_TRACKS)
+    shutil.copy(MOT15 / "TUD-Stadtmitte" / "gt" / "gt.txt", folder / "tracks" / "TUD-Stadtmitte.txt")
+    result = svip("predict", VIDEO, MOT15 / "TUD-Stadtmitte" / "TUD-Stadtmitte.mp4", "--tracks", folder / "tracks",
+                  "--out", folder / "pred", cwd=folder)
     assert result.returncode == 0, result.stderr[-3000:]
     return folder, result
 
 
 def test_predict_uses_given_tracks_and_import_makes_a_valid_clip(given_tracks_run):
     folder, _ = given_tracks_run
-    assert sorted(pd.read_csv(folder / "pred" / "ranking.csv").track_id) == [7, 9, 12, 30]
+    assert sorted(pd.read_csv(folder / "pred" / "TUD-Campus" / "ranking.csv").track_id) == [7, 9, 12, 30]
 
     data = folder / "data"
-    made = svip("import", VIDEO, folder / "tracks.txt", data, "--vip", 12, "--split", "train", "--max-frames", 40)
+    made = svip("import", VIDEO, folder / "tracks" / "TUD-Campus.txt", data, "--vip", 12, "--split", "train", "--max-frames", 40)
     assert made.returncode == 0, made.stderr
     clip_path = data / "train" / "TUD-Campus.npz"
     with np.load(clip_path, allow_pickle=False) as clip:
@@ -107,10 +111,39 @@ def test_a_fragment_alone_in_its_windows_scores_chance_and_is_not_the_vip(given_
     """Scores are lifts over chance, weighted by how long a track is seen: the fragment, alone for three frames,
     scores exactly chance (1), while someone in the crowd the model prefers scores above it."""
     folder, result = given_tracks_run
-    ranking = pd.read_csv(folder / "pred" / "ranking.csv").set_index("track_id")
+    ranking = pd.read_csv(folder / "pred" / "TUD-Campus" / "ranking.csv").set_index("track_id")
     assert ranking.score[30] == pytest.approx(1.0)
     assert ranking.score.idxmax() in (7, 9, 12) and ranking.score.max() > 1.0
     assert "x chance" in result.stdout and "nan" not in result.stdout
+
+
+def test_several_videos_in_one_call_get_a_ranking_each(given_tracks_run):
+    folder, result = given_tracks_run
+    truth = pd.read_csv(MOT15 / "TUD-Stadtmitte" / "gt" / "gt.txt", header=None)
+    stadtmitte = json.loads((folder / "pred" / "TUD-Stadtmitte" / "ranking.json").read_text())
+    assert {row["track_id"] for row in stadtmitte["ranking"]} == set(truth[1])
+    assert stadtmitte["tracks_source"].endswith("TUD-Stadtmitte.txt")
+    assert (folder / "pred" / "TUD-Stadtmitte" / "annotated.mp4").stat().st_size > 0
+    assert result.stdout.count("VIP: track") == 2 and result.stdout.count("model: ") == 1     # the model loads once
+
+
+def test_the_videos_of_a_call_and_their_tracks_and_folders(tmp_path):
+    from svip_core.predict.jobs import video_jobs
+
+    for name in ("a/one.mp4", "a/two.avi", "a/notes.txt", "b/one.mp4", "tracks/two.txt"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    jobs = video_jobs([tmp_path / "a"], tmp_path / "tracks", tmp_path / "out")
+    assert jobs == [(tmp_path / "a" / "one.mp4", None, tmp_path / "out" / "one"),
+                    (tmp_path / "a" / "two.avi", tmp_path / "tracks" / "two.txt", tmp_path / "out" / "two")]
+    assert video_jobs([tmp_path / "b" / "one.mp4"], tmp_path / "t.txt") == \
+        [(tmp_path / "b" / "one.mp4", tmp_path / "t.txt", Path("results/predict/one"))]
+    with pytest.raises(ValueError, match="several videos are named one"):
+        video_jobs([tmp_path / "a", tmp_path / "b"])
+    with pytest.raises(ValueError, match="give a folder of <video name>.txt"):
+        video_jobs([tmp_path / "a"], tmp_path / "tracks" / "two.txt")
+    with pytest.raises(ValueError, match="no video in that folder"):
+        video_jobs([tmp_path / "tracks"])
 
 
 def test_a_track_no_window_sampled_is_listed_last_as_not_scored():

@@ -1,4 +1,4 @@
-"""``svip predict`` for one video: tracks, scores, ranking files and the annotated video."""
+"""``svip predict``: for each video its tracks, scores, ranking files and the annotated video."""
 from __future__ import annotations
 
 import json

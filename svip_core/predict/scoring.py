@@ -7,6 +7,7 @@ is seen, and starts from one whole window at chance (``PRIOR_WINDOWS``): a fragm
 alone in a window (where any softmax is 1), stays near 1 instead of being named VIP."""
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -24,6 +25,13 @@ from svip_core.predict.windows import training_stride, window_indices
 from svip_core.video.tracks import Tracks
 
 PRIOR_WINDOWS = 1.0
+
+
+@functools.lru_cache(maxsize=2)
+def _networks(source: str, checkpoint: str, device: torch.device):
+    """The backbone, its normalisation and the ranker, loaded once for all the videos of a call."""
+    mean, std = (torch.tensor(v, device=device).view(1, 3, 1, 1) for v in normalisation(source))
+    return load_backbone(source, device), mean, std, load_ranker(checkpoint, device)
 
 
 @torch.no_grad()
@@ -64,9 +72,7 @@ def score_tracks(frames: torch.Tensor, tracks: Tracks, size: tuple[int, int], ch
     T_win, stride = cfg["num_frames"], training_stride(meta)
     device = torch.device(device) if device else best_device()
     source = checked_backbone(feats, backbone)
-    backbone = load_backbone(source, device)
-    mean, std = (torch.tensor(v, device=device).view(1, 3, 1, 1) for v in normalisation(source))
-    model = load_ranker(checkpoint, device)
+    backbone, mean, std, model = _networks(str(source), str(Path(checkpoint).resolve()), device)
     W_px, H_px = size
     norm = np.where(tracks.valid[..., None], np.clip(tracks.boxes / np.array([W_px, H_px, W_px, H_px]), 0, 1), 0)
 
