@@ -17,7 +17,7 @@ def annotate(video, out_path, tracks: Tracks, scores: np.ndarray, fps: float, wi
     colours = (np.array(matplotlib.colormaps["viridis"](finite / max(finite.max(initial=0), 1e-9)))[:, :3] * 255)[:, ::-1]
     writer = VideoWriter(out_path, fps, width, height)
     written = 0
-    for t, frame in enumerate(read_frames(video)):
+    for t, frame in enumerate(read_frames(video, reuse=True)):
         for k in np.flatnonzero(tracks.valid[t]):
             x1, y1, x2, y2 = tracks.boxes[t, k].astype(int)
             is_vip = k == vip

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from svip_core.predict.drawing import annotate
-from svip_core.predict.footage import load_video
+from svip_core.predict.footage import track_people
 from svip_core.predict.model_choice import newest_checkpoint
 from svip_core.predict.scoring import score_tracks
 from svip_core.predict.windows import training_stride, window_indices
@@ -36,11 +36,10 @@ def predict_video(video, out_dir, checkpoint=None, tracks_path=None, detect_ever
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = json.loads((checkpoint / "model.json").read_text())
-    frame_size = meta["features"]["features"]["frame_size"]
-    frames, tracks, info = load_video(video, frame_size, tracks_path, detect_every, detector)
+    tracks, info = track_people(video, tracks_path, detect_every, detector)
     if len(tracks.ids) == 0:
         raise RuntimeError(f"{video}: no person was detected or tracked. Fix: pass --tracks with a MOT file")
-    scores = score_tracks(frames, tracks, (info["width"], info["height"]), checkpoint, device, backbone=backbone)
+    scores = score_tracks(video, tracks, (info["width"], info["height"]), checkpoint, device, backbone=backbone)
     stride = training_stride(meta)
     ranking = ranking_table(tracks.ids, scores, tracks.valid.sum(0))
     ranking.to_csv(out_dir / "ranking.csv", index=False)

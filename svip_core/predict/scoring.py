@@ -20,6 +20,7 @@ from svip_core.features.extract import person_features, person_slots
 from svip_core.features.geometry import box_geometry
 from svip_core.features.precision import autocast
 from svip_core.logs import progress
+from svip_core.predict.footage import sampled_frames
 from svip_core.predict.model_choice import checked_backbone
 from svip_core.predict.windows import training_stride, window_indices
 from svip_core.video.tracks import Tracks
@@ -35,37 +36,38 @@ def _networks(source: str, checkpoint: str, device: torch.device):
 
 
 @torch.no_grad()
-def frame_features(backbone, frames: torch.Tensor, norm_boxes: np.ndarray, valid: np.ndarray, sampled: np.ndarray,
-                   cfg: dict, mean: torch.Tensor, std: torch.Tensor, batch_frames: int = 64):
+def frame_features(backbone, batches, norm_boxes: np.ndarray, valid: np.ndarray, cfg: dict, mean: torch.Tensor,
+                   std: torch.Tensor):
     """Person features of every track in every sampled frame, each frame through the backbone once (windows
-    overlap, so a frame is in about two of them). frames (T, 3, h, w) uint8, norm_boxes (T, K, 4), valid (T, K),
-    sampled (U,) sorted frame indices -> (keys (P,) = frame * K + track, sorted; features (P, D) float32) for the
-    P visible (frame, track) pairs."""
+    overlap, so a frame is in about two of them). batches: (frame indices (F,), frames (F, 3, h, w) uint8) as
+    ``footage.sampled_frames`` streams them; norm_boxes (T, K, 4), valid (T, K) -> (keys (P,) = frame * K + track,
+    sorted; features (P, D) float16 on the CPU) for the P visible (frame, track) pairs: a few KB per frame, where
+    the frame itself is hundreds."""
     K = valid.shape[1]
     device = mean.device
-    keys, feats = [], []
-    for chunk in progress(np.array_split(sampled, np.arange(batch_frames, len(sampled), batch_frames)),
-                          desc="features", unit="batch"):
+    keys, feats = [np.zeros(0, np.int64)], [torch.zeros(0, backbone.config.hidden_size, dtype=torch.float16)]
+    for chunk, frames in progress(batches, desc="features", unit="batch"):
         seen = valid[chunk]                                                                # (F, K)
         width = max(int(seen.sum(1).max(initial=0)), 1)
         order = np.argsort(~seen, axis=1, kind="stable")[:, :width]                        # visible tracks first
         present = np.take_along_axis(seen, order, 1)                                       # (F, width)
         boxes = np.take_along_axis(norm_boxes[chunk], order[..., None], 1) * present[..., None]
-        visual = person_features(backbone, frames[torch.from_numpy(chunk)].to(device),
-                                 torch.from_numpy(boxes.astype(np.float32)).to(device), cfg["mode"],
-                                 cfg.get("roi_samples"), cfg.get("crop_size"), mean, std, cfg.get("precision", "fp32"))
+        visual = person_features(backbone, frames.to(device), torch.from_numpy(boxes.astype(np.float32)).to(device),
+                                 cfg["mode"], cfg.get("roi_samples"), cfg.get("crop_size"), mean, std,
+                                 cfg.get("precision", "fp32"))
         keys.append((chunk[:, None] * K + order)[present])
-        feats.append(visual.cpu()[torch.from_numpy(present)])
+        feats.append(visual.cpu()[torch.from_numpy(present)].half())
     keys, feats = np.concatenate(keys), torch.cat(feats)
     order = np.argsort(keys, kind="stable")
     return keys[order], feats[torch.from_numpy(order)]
 
 
 @torch.no_grad()
-def score_tracks(frames: torch.Tensor, tracks: Tracks, size: tuple[int, int], checkpoint, device=None,
-                 batch_windows: int = 8, backbone=None) -> np.ndarray:
+def score_tracks(video, tracks: Tracks, size: tuple[int, int], checkpoint, device=None, batch_windows: int = 8,
+                 backbone=None) -> np.ndarray:
     """Every track's score (K,): its visibility-weighted lift over chance (module docstring); NaN for a track
-    seen in no sampled frame. Windows follow ``window_indices`` at the model's training stride."""
+    seen in no sampled frame. Windows follow ``window_indices`` at the model's training stride; the frames they
+    sample are decoded from ``video`` in one streaming pass."""
     meta = json.loads((Path(checkpoint) / "model.json").read_text())
     feats = meta["features"]
     cfg, max_persons = feats["features"], feats["max_persons"]
@@ -78,8 +80,8 @@ def score_tracks(frames: torch.Tensor, tracks: Tracks, size: tuple[int, int], ch
 
     T, K = tracks.valid.shape
     windows = window_indices(T, T_win, stride)                                         # (W, T_win)
-    keys, table = frame_features(backbone, frames, norm, tracks.valid, np.unique(windows[windows >= 0]), cfg,
-                                 mean, std)
+    batches = sampled_frames(video, np.unique(windows[windows >= 0]), cfg["frame_size"])
+    keys, table = frame_features(backbone, batches, norm, tracks.valid, cfg, mean, std)
     lift_sum, seen_sum = np.zeros(K), np.zeros(K)
     for chunk in np.array_split(windows, np.arange(batch_windows, len(windows), batch_windows)):
         inside = chunk >= 0
@@ -87,10 +89,12 @@ def score_tracks(frames: torch.Tensor, tracks: Tracks, size: tuple[int, int], ch
         slots = np.stack([person_slots(tracks.valid[i[ok]], None, max_persons) for i, ok in zip(idx, inside)])  # (B, N)
         valid = np.take_along_axis(tracks.valid[idx], slots.clip(0)[:, None, :], 2)        # (B, T_win, N)
         valid &= inside[..., None] & (slots >= 0)[:, None, :]
-        boxes = np.take_along_axis(norm[idx], slots.clip(0)[:, None, :, None], 2) * valid[..., None]
-        boxes_t, valid_t = torch.from_numpy(boxes.astype(np.float32)), torch.from_numpy(valid)
-        rows = np.searchsorted(keys, idx[..., None] * K + slots.clip(0)[:, None, :])      # (B, T_win, N)
-        visual = table[torch.from_numpy(rows.clip(0, len(keys) - 1))] * valid_t[..., None]
+        boxes = np.take_along_axis(norm[idx], slots.clip(0)[:, None, :, None], 2)
+        wanted = idx[..., None] * K + slots.clip(0)[:, None, :]                           # (B, T_win, N)
+        rows = np.searchsorted(keys, wanted).clip(0, max(len(keys) - 1, 0))
+        valid &= (keys[rows] == wanted) if len(keys) else False       # a frame the decoder never gave: not seen
+        boxes_t, valid_t = torch.from_numpy((boxes * valid[..., None]).astype(np.float32)), torch.from_numpy(valid)
+        visual = table[torch.from_numpy(rows)].float() * valid_t[..., None]
         geometry = box_geometry(boxes_t, valid_t).to(device)
         with autocast(meta.get("precision", "fp32"), device):
             logits = model(visual.to(device), geometry, valid_t.to(device))["logits"].float().cpu()

@@ -1,6 +1,8 @@
 """Reading and writing video files with OpenCV."""
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 from pathlib import Path
 from typing import Iterator
 
@@ -25,21 +27,55 @@ def video_info(path) -> dict:
     return info
 
 
-def read_frames(path) -> Iterator[np.ndarray]:
-    """Yield (H, W, 3) uint8 BGR frames (OpenCV's order) until the video ends."""
+def release_freed_memory() -> None:
+    """Hand the heap's freed pages back to the system (glibc's malloc_trim; nothing elsewhere). Each decoded frame
+    is a new array of about a megabyte, and once some are freed glibc serves the next ones from its heap instead
+    of fresh mappings; that heap fragments, so a long video's resident memory grew by about a resized frame per
+    frame although nothing was kept (benchmarks/predict_memory.py)."""
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def read_frames(path, release_every: int = 64, reuse: bool = False) -> Iterator[np.ndarray]:
+    """Yield (H, W, 3) uint8 BGR frames (OpenCV's order) until the video ends; every ``release_every`` frames
+    the memory of the frames already dropped is handed back (``release_freed_memory``). ``reuse``: decode every
+    frame into the same array (no allocation per frame), for a caller that keeps nothing of a frame but copies."""
     import cv2
 
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
         raise VideoError(f"{path}: cannot open the video")
     try:
+        count, frame = 0, None
         while True:
-            ok, frame = cap.read()
+            ok, frame = cap.read(frame if reuse else None)
             if not ok:
                 return
             yield frame
+            count += 1
+            if count % release_every == 0:
+                release_freed_memory()
     finally:
         cap.release()
+
+
+def grab_count(path) -> int:
+    """The number of frames the video decodes to (a container's reported count can be wrong or 0), found by
+    grabbing each one without converting it."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise VideoError(f"{path}: cannot open the video")
+    count = 0
+    try:
+        while cap.grab():
+            count += 1
+    finally:
+        cap.release()
+    return count
 
 
 class VideoWriter:
