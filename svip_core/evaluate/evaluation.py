@@ -16,7 +16,7 @@ import torch
 
 from svip_core.evaluate.baselines import heuristic_scores
 from svip_core.evaluate.metrics import people_buckets, per_clip_hits, summarise
-from svip_core.features.precision import autocast
+from svip_core.features.precision import autocast, set_matmul_precision
 from svip_core.model.ranker import build_ranker
 from svip_core.model.ranking import rank_people
 from svip_core.train.checkpoint import load_weights
@@ -44,6 +44,7 @@ def score_split(model, dataset: StoreClips, batch_size: int = 16, workers: int =
     """Model scores (V, N) plus the targets, validity and geometry needed by metrics and baselines. The model
     runs in its training's ``precision``; on a GPU batches are copied ahead while the previous one runs."""
     device = next(model.parameters()).device
+    set_matmul_precision(precision)
     amp = autocast(precision, device)
     parts: dict[str, list] = {"scores": [], "target": [], "valid": [], "geometry": []}
     for batch in on_device(clip_loader(dataset, batch_size, workers, device), device):

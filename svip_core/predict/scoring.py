@@ -18,7 +18,7 @@ from svip_core.evaluate.evaluation import best_device, load_ranker
 from svip_core.features.backbone import load_backbone, normalisation
 from svip_core.features.extract import person_features, person_slots
 from svip_core.features.geometry import box_geometry
-from svip_core.features.precision import autocast
+from svip_core.features.precision import autocast, set_matmul_precision
 from svip_core.logs import progress
 from svip_core.predict.footage import sampled_frames
 from svip_core.predict.model_choice import checked_backbone
@@ -45,6 +45,7 @@ def frame_features(backbone, batches, norm_boxes: np.ndarray, valid: np.ndarray,
     the frame itself is hundreds."""
     K = valid.shape[1]
     device = mean.device
+    set_matmul_precision(cfg.get("precision", "fp32"))
     keys, feats = [np.zeros(0, np.int64)], [torch.zeros(0, backbone.config.hidden_size, dtype=torch.float16)]
     for chunk, frames in progress(batches, desc="features", unit="batch"):
         seen = valid[chunk]                                                                # (F, K)
@@ -83,6 +84,7 @@ def score_tracks(video, tracks: Tracks, size: tuple[int, int], checkpoint, devic
     batches = sampled_frames(video, np.unique(windows[windows >= 0]), cfg["frame_size"])
     keys, table = frame_features(backbone, batches, norm, tracks.valid, cfg, mean, std)
     lift_sum, seen_sum = np.zeros(K), np.zeros(K)
+    set_matmul_precision(meta.get("precision", "fp32"))
     for chunk in np.array_split(windows, np.arange(batch_windows, len(windows), batch_windows)):
         inside = chunk >= 0
         idx = chunk.clip(0)                                                               # (B, T_win)
