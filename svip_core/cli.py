@@ -105,7 +105,8 @@ def cmd_predict(args) -> int:
         for row in result["ranking"]:
             score = f"score {row['score']:.2f}x chance" if row["score"] is not None else row["note"]
             print(f"rank {row['rank']:2d}  track {row['track_id']:4d}  {score}  visible in {row['frames_visible']} frames")
-        print(f"VIP: track {result['vip_track_id']}. Wrote {out}/ranking.csv, ranking.json and annotated.mp4")
+        vip = f"track {result['vip_track_id']}" if result["vip_track_id"] is not None else "none (no track was scored)"
+        print(f"VIP: {vip}. Wrote {out}/ranking.csv, ranking.json and annotated.mp4")
     if failed:
         print(f"svip predict: {len(failed)} of {len(jobs)} videos failed: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0

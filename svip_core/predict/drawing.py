@@ -13,7 +13,7 @@ def annotate(video, out_path, tracks: Tracks, scores: np.ndarray, fps: float, wi
     import matplotlib
 
     finite = np.nan_to_num(scores, nan=0.0)
-    vip = int(np.argmax(finite)) if len(scores) else -1
+    vip = int(np.argmax(finite)) if np.isfinite(scores).any() else -1
     colours = (np.array(matplotlib.colormaps["viridis"](finite / max(finite.max(initial=0), 1e-9)))[:, :3] * 255)[:, ::-1]
     writer = VideoWriter(out_path, fps, width, height)
     written = 0

@@ -49,9 +49,10 @@ def predict_video(video, out_dir, checkpoint=None, tracks_path=None, detect_ever
               "tracks_source": info["tracks_source"],
               "frame_stride": stride,
               "windows": len(window_indices(info["frames"], meta["features"]["features"]["num_frames"], stride)),
-              "vip_track_id": int(ranking.track_id.iloc[0]),
+              # None when no track could be scored (all seen only in frames no window sampled).
+              "vip_track_id": int(ranking.track_id.iloc[0]) if np.isfinite(scores).any() else None,
               "ranking": [{**row, "score": None if np.isnan(row["score"]) else row["score"]}
                           for row in ranking.astype({"track_id": int, "rank": int, "frames_visible": int}).to_dict("records")]}
     (out_dir / "ranking.json").write_text(json.dumps(result, indent=1, default=float))
-    log.info("%s: %d tracks, VIP is track %d", video, len(tracks.ids), result["vip_track_id"])
+    log.info("%s: %d tracks, VIP: track %s", video, len(tracks.ids), result["vip_track_id"])
     return result

@@ -83,6 +83,8 @@ def score_tracks(video, tracks: Tracks, size: tuple[int, int], checkpoint, devic
     windows = window_indices(T, T_win, stride)                                         # (W, T_win)
     batches = sampled_frames(video, np.unique(windows[windows >= 0]), cfg["frame_size"])
     keys, table = frame_features(backbone, batches, norm, tracks.valid, cfg, mean, std)
+    if len(keys) == 0:                     # nobody is seen in any sampled frame: nobody can be scored
+        return np.full(K, np.nan)
     lift_sum, seen_sum = np.zeros(K), np.zeros(K)
     set_matmul_precision(meta.get("precision", "fp32"))
     for chunk in np.array_split(windows, np.arange(batch_windows, len(windows), batch_windows)):

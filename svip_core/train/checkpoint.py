@@ -77,8 +77,8 @@ def read_checkpoint(folder, world: int) -> dict:
     folder = Path(folder)
     state = read_state(folder)
     return {"state": state, "weights": load_file(str(folder / "last.safetensors")),
-            "trainer": torch.load(folder / "last_trainer.pt", weights_only=True),
-            "rng": [torch.load(folder / f"rng_rank{r}_epoch{state['epoch']}.pt", weights_only=True)
+            "trainer": torch.load(folder / "last_trainer.pt", weights_only=True, map_location="cpu"),
+            "rng": [torch.load(folder / f"rng_rank{r}_epoch{state['epoch']}.pt", weights_only=True, map_location="cpu")
                     for r in range(world)]}
 
 
@@ -87,11 +87,17 @@ def agreed_checkpoint(folder, identity: str | None) -> tuple[dict | None, str]:
     rank: rank 0 decides and reads, the others receive what it read. Ranks reading ``folder`` on their own could
     see different epochs through a shared filesystem's caches, and then resume different states."""
     rank, world = dist.get_rank(), dist.get_world_size()
-    found: list = [None, ""]
+    found: list = [None, "", None]
     if rank == 0:
-        resume, why_not = resumable(folder, identity)
-        found = [read_checkpoint(folder, world) if resume else None, why_not]
+        try:
+            resume, why_not = resumable(folder, identity)
+            found = [read_checkpoint(folder, world) if resume else None, why_not, None]
+        except (OSError, ValueError, KeyError, RuntimeError) as e:    # every rank fails, none waits for rank 0
+            found = [None, "", f"{type(e).__name__}: {e}"]
     dist.broadcast_object_list(found, src=0)
+    if found[2]:
+        raise RuntimeError(f"the checkpoint in {folder} cannot be read ({found[2]}). Fix: delete that folder to "
+                           "train from scratch")
     return found[0], found[1]
 
 
