@@ -44,8 +44,8 @@ def frame_features(backbone, batches, norm_boxes: np.ndarray, valid: np.ndarray,
     sorted; features (P, D) float16 on the CPU) for the P visible (frame, track) pairs: a few KB per frame, where
     the frame itself is hundreds."""
     K = valid.shape[1]
-    device = mean.device
-    set_matmul_precision(cfg.get("precision", "fp32"))
+    device, precision = mean.device, cfg.get("precision", "fp32")        # stores made before it was a setting: fp32
+    set_matmul_precision(precision)
     keys, feats = [np.zeros(0, np.int64)], [torch.zeros(0, backbone.config.hidden_size, dtype=torch.float16)]
     for chunk, frames in progress(batches, desc="features", unit="batch"):
         seen = valid[chunk]                                                                # (F, K)
@@ -54,8 +54,7 @@ def frame_features(backbone, batches, norm_boxes: np.ndarray, valid: np.ndarray,
         present = np.take_along_axis(seen, order, 1)                                       # (F, width)
         boxes = np.take_along_axis(norm_boxes[chunk], order[..., None], 1) * present[..., None]
         visual = person_features(backbone, frames.to(device), torch.from_numpy(boxes.astype(np.float32)).to(device),
-                                 cfg["mode"], cfg.get("roi_samples"), cfg.get("crop_size"), mean, std,
-                                 cfg.get("precision", "fp32"))
+                                 cfg["mode"], cfg.get("roi_samples"), cfg.get("crop_size"), mean, std, precision)
         keys.append((chunk[:, None] * K + order)[present])
         feats.append(visual.cpu()[torch.from_numpy(present)].half())
     keys, feats = np.concatenate(keys), torch.cat(feats)
@@ -86,7 +85,8 @@ def score_tracks(video, tracks: Tracks, size: tuple[int, int], checkpoint, devic
     if len(keys) == 0:                     # nobody is seen in any sampled frame: nobody can be scored
         return np.full(K, np.nan)
     lift_sum, seen_sum = np.zeros(K), np.zeros(K)
-    set_matmul_precision(meta.get("precision", "fp32"))
+    precision = meta.get("precision", "fp32")                        # models trained before it was a setting: fp32
+    set_matmul_precision(precision)
     for chunk in np.array_split(windows, np.arange(batch_windows, len(windows), batch_windows)):
         inside = chunk >= 0
         idx = chunk.clip(0)                                                               # (B, T_win)
@@ -95,12 +95,12 @@ def score_tracks(video, tracks: Tracks, size: tuple[int, int], checkpoint, devic
         valid &= inside[..., None] & (slots >= 0)[:, None, :]
         boxes = np.take_along_axis(norm[idx], slots.clip(0)[:, None, :, None], 2)
         wanted = idx[..., None] * K + slots.clip(0)[:, None, :]                           # (B, T_win, N)
-        rows = np.searchsorted(keys, wanted).clip(0, max(len(keys) - 1, 0))
-        valid &= (keys[rows] == wanted) if len(keys) else False       # a frame the decoder never gave: not seen
+        rows = np.searchsorted(keys, wanted).clip(0, len(keys) - 1)
+        valid &= keys[rows] == wanted                                 # a frame the decoder never gave: not seen
         boxes_t, valid_t = torch.from_numpy((boxes * valid[..., None]).astype(np.float32)), torch.from_numpy(valid)
         visual = table[torch.from_numpy(rows)].float() * valid_t[..., None]
         geometry = box_geometry(boxes_t, valid_t).to(device)
-        with autocast(meta.get("precision", "fp32"), device):
+        with autocast(precision, device):
             logits = model(visual.to(device), geometry, valid_t.to(device))["logits"].float().cpu()
         probs = torch.softmax(logits, -1).numpy()                                          # (B, N), 0 for absent
         present = valid.any(1) & (slots >= 0)

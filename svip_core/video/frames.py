@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 from pathlib import Path
 from typing import Iterator
 
@@ -27,15 +28,22 @@ def video_info(path) -> dict:
     return info
 
 
+@functools.cache
+def _libc():
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
 def release_freed_memory() -> None:
     """Hand the heap's freed pages back to the system (glibc's malloc_trim; nothing elsewhere). Each decoded frame
     is a new array of about a megabyte, and once some are freed glibc serves the next ones from its heap instead
     of fresh mappings; that heap fragments, so a long video's resident memory grew by about a resized frame per
     frame although nothing was kept (benchmarks/predict_memory.py)."""
-    try:
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
 
 
 def read_frames(path, release_every: int = 64, reuse: bool = False) -> Iterator[np.ndarray]:
