@@ -16,7 +16,7 @@ _PATH = "" if _DEPLOYED else f"export PATH={shlex.quote(os.path.dirname(sys.exec
 shell.prefix(f"{_PATH}export PYTHONPATH={shlex.quote(workflow.basedir)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
              "export HF_HUB_DISABLE_PROGRESS_BARS=1; ")
 
-from svip_core.config import EMBEDDED, ConfigError, backbone_folder, validate_config  # noqa: E402
+from svip_core.config import EMBEDDED, ConfigError, backbone_source, validate_config  # noqa: E402
 from svip_core.stages import STAGE_DIRS, run_settings, runs, stage_hash, stage_inputs  # noqa: E402
 
 
@@ -28,13 +28,12 @@ def stop(problems):
 
 
 # The same checks and defaults as `svip`, so both name the same folders. Every identity is computed once per
-# parse: the data's content and the backbone's weights are read (through the content-hash cache) here, and the
-# params below only repeat what the hashes already cover.
+# parse: the data's content and the backbone's weights are read (through the content-hash cache; a hub id's weights
+# not downloaded yet are listed, not fetched) here, and the params below only repeat what the hashes already cover.
 MEMO = {}
 try:
     validate_config(config)
     IDENTITY = {stage: stage_inputs(config, stage, MEMO) for stage in ("prepare", "extract", "report")}
-    BACKBONE_FOLDER = backbone_folder(config["features"]["backbone"])
 except ConfigError as e:
     stop(e.problems)
 except OSError as e:
@@ -57,7 +56,8 @@ wildcard_constraints:
     eval_hash="|".join(EVAL_NAME),
 ENV = "../envs/svip.yaml"
 USE_EMBEDDED = config["features"]["backbone"] == EMBEDDED
-BACKBONE = f"{FEATURES}/backbone" if USE_EMBEDDED else str(BACKBONE_FOLDER)
+# A hub id goes to the job as the id: its weights may not be downloaded yet, and planning leaves that to the job.
+BACKBONE = f"{FEATURES}/backbone" if USE_EMBEDDED else backbone_source(config["features"]["backbone"])
 REPORT_OUTPUTS = [f"{REPORT}/{name}" for name in ("training_curves.png", "top1_vs_baselines.png", "metrics_table.html",
                                                   "top1_by_people.png", "rejected_clips.html", "ablations.png",
                                                   "ablations.html", "gallery.png", "top1_by_category.png",

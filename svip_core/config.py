@@ -7,19 +7,22 @@ typo never costs a traceback or a dump of the schema. Three layers, cheapest fir
 - values that only make sense together: widths their heads must divide, ablations that differ from the full
   model and from each other, distinct seeds, a data folder (``stages`` says when it holds no clips: it lists
   them anyway);
-- assets (``asset_problems``): the backbone must be a model folder, a cached hub id or one the hub can serve now
+- assets (``asset_problems``): the backbone must be a model folder, a cached hub id or one the hub lists now
   (offline is detected in about a second, never waited out), and the frames must tile into its patches.
+  Checking a hub id fetches its listing and small config files, never its weights (the extract job's download).
 """
 from __future__ import annotations
 
 import datetime
 import difflib
+import functools
 import json
 import math
 import os
 import socket
 import threading
 from pathlib import Path
+from typing import NamedTuple
 from urllib.parse import urlsplit
 from urllib.request import getproxies, proxy_bypass
 
@@ -29,7 +32,8 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = PROJECT_ROOT / "config.schema.yaml"
 SYNTHETIC = "synthetic"
 EMBEDDED = "embedded"
-BACKBONE_FILES = (".safetensors", ".bin", ".pt", ".pth", ".json")
+WEIGHT_FILES = (".safetensors", ".bin", ".pt", ".pth")
+BACKBONE_FILES = (*WEIGHT_FILES, ".json")
 # How long the hub may take to accept a connection before we call the machine offline.
 HUB_PROBE_SECONDS = 0.8
 
@@ -74,8 +78,8 @@ def load_config(base: str | os.PathLike | None = None, configfiles=(), assets: b
 def validate_config(config: dict, assets: bool = True) -> dict:
     """Check ``config`` and fill in the schema's defaults, in place. Raises ConfigError with every problem found
     (schema first: the value checks need a well-formed config). ``assets``: also check the backbone
-    (``check_assets``), which may download a hub id that is reachable but not cached. The Snakefile calls this
-    too, so `svip` and the workflow resolve a config the same way."""
+    (``asset_problems``), which asks the hub about a hub id that is not cached (its listing and configs, not
+    its weights). The Snakefile calls this too, so `svip` and the workflow resolve a config the same way."""
     from snakemake.utils import validate
 
     problems = schema_problems(config)
@@ -379,46 +383,136 @@ def asset_problems(config: dict) -> list[str]:
     return []
 
 
+class BackboneFiles(NamedTuple):
+    folder: Path                # the model folder, or a hub id's snapshot folder in the Hugging Face cache
+    listed: dict[str, str]      # a hub id's weights not downloaded yet: {path in the repo: sha256 the hub lists}
+
+
 def backbone_folder(source: str) -> Path | None:
-    """The local folder a backbone is loaded from: the folder itself, or a hub id's snapshot (None: embedded,
-    which the workflow builds)."""
+    """The local folder a backbone's configs are read from (None: embedded, which the workflow builds)."""
+    files = backbone_files(source)
+    return None if files is None else files.folder
+
+
+def backbone_files(source: str) -> BackboneFiles | None:
+    """Where a backbone's files are, for planning (None: embedded): a model folder, or a hub id's snapshot, which
+    may hold only the small files until the extract job downloads the weights (``hub_snapshot``)."""
     if source == EMBEDDED:
         return None
+    folder = _model_folder(source)
+    return BackboneFiles(folder, {}) if folder is not None else hub_snapshot(source)
+
+
+def backbone_source(source: str) -> str:
+    """What a job loads the (non-embedded) backbone from: a model folder's absolute path, or the hub id itself,
+    whose weights the job downloads if planning found them not cached (``features.backbone.fetch_backbone``)."""
+    folder = _model_folder(source)
+    return str(folder) if folder is not None else source
+
+
+def _model_folder(source: str) -> Path | None:
+    """``source`` as a local model folder, None for what can only be a hub id ("namespace/name")."""
     if Path(source).expanduser().is_dir() and source.strip():
         folder = Path(source).expanduser().resolve()
         if not (folder / "config.json").is_file():
             raise ConfigError(f"features.backbone = {_show(source)}: no config.json in that folder. Fix: give a "
                               f"model folder saved with save_pretrained")
         return folder
-    if source.startswith(("/", ".", "~")) or source.count("/") != 1:     # hub ids are "namespace/name"
+    if not is_hub_id(source):
         raise ConfigError(f"features.backbone = {_show(source)}: folder not found. Fix: give an existing model "
                           f"folder (saved with save_pretrained), a hub id such as facebook/dinov2-base, or embedded")
-    return Path(_hub_folder(source))
+    return None
 
 
-def _hub_folder(repo_id: str) -> str:
-    """A hub id's local snapshot: from the Hugging Face cache, else downloaded now (weights and configs only),
-    so the identity is always the weights' content, never "not downloaded yet". Offline (HF_HUB_OFFLINE, or
-    the hub not answering within HUB_PROBE_SECONDS) fails at once instead of through the client's retries."""
-    from huggingface_hub import constants, snapshot_download
+def is_hub_id(source: str) -> bool:
+    """Whether ``source`` has a hub id's shape ("namespace/name"), not a path's."""
+    return not source.startswith(("/", ".", "~")) and source.count("/") == 1
 
-    patterns = [f"*{s}" for s in BACKBONE_FILES]
+
+def hub_patterns() -> list[str]:
+    """The files of a hub repo that make a backbone, as ``allow_patterns``: what planning identifies is what
+    the extract job downloads."""
+    return [f"*{suffix}" for suffix in BACKBONE_FILES]
+
+
+def cached_snapshot(repo_id: str) -> Path | None:
+    """A hub id's snapshot in the local Hugging Face cache, if it holds the backbone's files (the client checks
+    that against the listing it kept when a download was cut short; a snapshot without any weights, as a
+    config-only download leaves, is no backbone either)."""
+    from huggingface_hub import snapshot_download
+
     try:
-        return snapshot_download(repo_id, local_files_only=True, allow_patterns=patterns)
+        folder = Path(snapshot_download(repo_id, local_files_only=True, allow_patterns=hub_patterns()))
     except Exception:
-        pass
-    what = f"features.backbone = {_show(repo_id)}: no such folder, and as a hub id not in the local Hugging Face cache"
-    fix = (f"Fix: give the model's folder, or download it where there is network (`hf download {repo_id} "
-           f"--local-dir /models/{repo_id.split('/')[-1]}`) and set features.backbone to that folder")
-    endpoint = constants.ENDPOINT
-    if constants.HF_HUB_OFFLINE or not _reachable(endpoint):
-        why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else f"{endpoint} cannot be reached (offline)"
-        raise ConfigError(f"{what}, and {why}. {fix}")
+        return None
+    return folder if any(p.suffix in WEIGHT_FILES for p in folder.rglob("*")) else None
+
+
+def hub_offline() -> str | None:
+    """Why the hub cannot be asked now (None: it can), found within HUB_PROBE_SECONDS instead of through the
+    client's retries."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    if not _reachable(constants.ENDPOINT):
+        return f"{constants.ENDPOINT} cannot be reached (offline)"
+    return None
+
+
+def hub_snapshot(repo_id: str) -> BackboneFiles:
+    """A hub id's backbone files, for planning: the cached snapshot when the weights are there, else the hub's
+    listing. Planning downloads no weights (gigabytes, and the extract job's business): it fetches the small
+    files (configs, read by the checks and hashed here) and takes each weight's sha256 from the listing, which
+    for an LFS file is the sha256 of its content, so the identity is the same before and after the download.
+    Offline (HF_HUB_OFFLINE, or the hub not answering within HUB_PROBE_SECONDS) fails at once instead of
+    through the client's retries."""
+    cached = cached_snapshot(repo_id)
+    if cached is not None:
+        return BackboneFiles(cached, {})
+    offline = hub_offline()
+    if offline:
+        raise ConfigError(_not_cached(repo_id, f"and {offline}"))
+    return _listed_snapshot(repo_id)
+
+
+def _not_cached(repo_id: str, why: str) -> str:
+    return (f"features.backbone = {_show(repo_id)}: no such folder, and as a hub id not in the local Hugging Face "
+            f"cache, {why}. Fix: give the model's folder, or download it where there is network (`hf download "
+            f"{repo_id} --local-dir /models/{repo_id.split('/')[-1]}`) and set features.backbone to that folder")
+
+
+@functools.lru_cache(maxsize=None)
+def _listed_snapshot(repo_id: str) -> BackboneFiles:
+    """Once per process: planning asks for the backbone several times (checks, identity, the job's source)."""
+    from huggingface_hub import HfApi, hf_hub_download
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+    from huggingface_hub.utils import filter_repo_objects
+
     try:
-        return snapshot_download(repo_id, allow_patterns=patterns)
+        info = HfApi().model_info(repo_id, files_metadata=True)
+        files = list(filter_repo_objects(info.siblings or [], allow_patterns=hub_patterns(), key=lambda s: s.rfilename))
+        # The hub gives no sha256 for a file outside LFS (configs: kilobytes), and config.json is read at once.
+        for s in files:
+            if s.lfs is None or s.rfilename == "config.json":
+                hf_hub_download(repo_id, s.rfilename, revision=info.sha)
+    except (RepositoryNotFoundError, GatedRepoError):
+        raise ConfigError(f"features.backbone = {_show(repo_id)}: no such folder, and the hub has no model {repo_id} "
+                          f"(or it is private or gated and no token is set). Fix: correct the id (such as "
+                          f"facebook/dinov2-base), log in with `hf auth login`, or give a model folder") from None
     except Exception as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ConfigError(f"{what}, and it could not be downloaded ({first}). {fix}") from None
+        raise ConfigError(_not_cached(repo_id, f"and the hub could not list it ({first})")) from None
+    return BackboneFiles(_snapshot_folder(repo_id, info.sha), {s.rfilename: s.lfs.sha256 for s in files if s.lfs})
+
+
+def _snapshot_folder(repo_id: str, commit: str) -> Path:
+    """Where the client puts a commit's files (the path its downloads return)."""
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+
+    cache = Path(constants.HF_HUB_CACHE).expanduser().resolve()
+    return cache / repo_folder_name(repo_id=repo_id, repo_type="model") / "snapshots" / commit
 
 
 def _reachable(url: str, seconds: float = HUB_PROBE_SECONDS) -> bool:

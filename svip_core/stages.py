@@ -21,7 +21,7 @@ import importlib.metadata
 import os
 from pathlib import Path
 
-from svip_core.config import BACKBONE_FILES, EMBEDDED, PROJECT_ROOT, SYNTHETIC, ConfigError, backbone_folder
+from svip_core.config import BACKBONE_FILES, EMBEDDED, PROJECT_ROOT, SYNTHETIC, ConfigError, backbone_files
 from svip_core.dataset.content import data_content
 from svip_core.hashing import ContentHashes, code_digest, digest, file_hashes, imported_modules
 
@@ -203,14 +203,17 @@ def dataset_identity(config: dict, memo: dict | None = None) -> dict:
 
 def backbone_identity(features: dict, cache: ContentHashes | None = None) -> dict:
     """What the features depend on besides the code: the embedded recipe and the libraries that build it, or
-    the content of every weight and config file of the model folder (preprocessor_config.json included)."""
+    the content of every weight and config file of the model folder (preprocessor_config.json included). A hub
+    id's weights not downloaded yet count by the sha256 the hub lists for them, the hash of the same content,
+    so planning before the extract job's download and after it gives one identity."""
     source = features["backbone"]
     if source == EMBEDDED:
         return {"kind": "embedded", "recipe": features["embedded"]}   # built by the stage's libraries
-    folder = backbone_folder(source)
+    folder, listed = backbone_files(source)
     files = sorted(p for p in folder.rglob("*") if p.suffix in BACKBONE_FILES and p.is_file())
     hashes = file_hashes(files, cache or ContentHashes())
-    return {"kind": "weights", "files": {str(p.relative_to(folder)): hashes[str(p)] for p in files}}
+    local = {str(p.relative_to(folder)): hashes[str(p)] for p in files}
+    return {"kind": "weights", "files": dict(sorted({**listed, **local}.items()))}
 
 
 # ---- identities and hashes ---------------------------------------------------------------------------------

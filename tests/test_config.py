@@ -3,15 +3,18 @@ the value and the fix, and no traceback; data-level stops (duplicates, leaks) en
 from __future__ import annotations
 
 import copy
+import hashlib
 import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 from conftest import ROOT, TINY, copy_workflow, snakemake, svip, write_config
+from fake_hub import LFS_SUFFIXES, FakeHub
 
 from svip_core.config import ConfigError, load_config, validate_config
 from svip_core.synthetic.generate import write_dataset
@@ -215,6 +218,76 @@ def test_a_hub_id_offline_fails_at_once_in_one_line(tmp_path, endpoint):
     # the probe gives up within a second, where one request waited out would take the client's 10 s.
     assert elapsed < typo_svip + 3.0, (elapsed, typo_svip)
     assert workflow_elapsed < typo_elapsed + 3.0, (workflow_elapsed, typo_elapsed)
+
+
+HUB_REPO = "svip-tests/tiny-dinov2"
+
+
+@pytest.fixture(scope="module")
+def fake_hub(tmp_path_factory):
+    """The hub serving a tiny random DINOv2 (saved with save_pretrained, patch size 8 as TINY's frames need), with
+    a preprocessor config and a file no backbone needs."""
+    from svip_core.features.backbone import build_embedded
+
+    repo = build_embedded(TINY["features"]["embedded"], tmp_path_factory.mktemp("hub") / "tiny-dinov2")
+    (repo / "preprocessor_config.json").write_text('{"image_mean": [0.5, 0.5, 0.5], "image_std": [0.2, 0.2, 0.2]}')
+    (repo / "README.md").write_text("a tiny random DINOv2\n")
+    with FakeHub({HUB_REPO: repo}) as hub:
+        yield hub
+
+
+def hub_env(hub: FakeHub, hf_home: Path) -> dict:
+    """This process's environment with the hub client pointed at ``hub`` and a Hugging Face cache of its own."""
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_HUB_CACHE", "HF_TOKEN", "HF_XET_CACHE")}
+    return {**env, "HF_ENDPOINT": hub.url, "HF_HOME": str(hf_home), "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
+
+
+def contents(folder: Path) -> set[str]:
+    """The sha256 of every file under ``folder`` (the cache names blobs by etag, so content is what tells)."""
+    return {hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_planning_a_hub_id_downloads_no_weights_and_its_hash_survives_the_download(tmp_path, fake_hub):
+    """`svip hash` and `snakemake -n` read the hub's listing and small configs, never the weights; the extract
+    job's download then leaves the planned extract hash as it was, so nothing re-runs for it."""
+    config = copy.deepcopy(TINY)
+    config["features"]["backbone"] = HUB_REPO
+    wd = copy_workflow(tmp_path / "wf", config)
+    hf_home = tmp_path / "hf"
+    env = hub_env(fake_hub, hf_home)
+    weights = {name: hashlib.sha256(data).hexdigest() for name, data in fake_hub.repos[HUB_REPO].items()
+               if Path(name).suffix in LFS_SUFFIXES}
+    assert weights
+    fake_hub.requests.clear()
+
+    planned = svip("hash", "extract", cwd=wd, env=env, timeout=60)
+    dry_run = snakemake(wd, "-n", env=env)
+    assert planned.returncode == 0 and dry_run.returncode == 0, planned.stderr + dry_run.stderr[-3000:]
+    fetched = fake_hub.fetched()
+    assert "config.json" in fetched and not set(fetched) & set(weights), fetched
+    assert not any(Path(path).suffix in LFS_SUFFIXES for _, path in fake_hub.requests), fake_hub.requests
+    assert not contents(hf_home) & set(weights.values())
+
+    fetch = "from svip_core.features.backbone import fetch_backbone; print(fetch_backbone(%r))" % HUB_REPO
+    job = subprocess.run([sys.executable, "-c", fetch], cwd=wd, env=env, capture_output=True, text=True, timeout=60)
+    assert job.returncode == 0, job.stderr
+    assert set(weights) <= set(fake_hub.fetched()) and set(weights.values()) <= contents(hf_home)
+    assert (Path(job.stdout.strip()) / "preprocessor_config.json").is_file()
+
+    asked = len(fake_hub.requests)
+    again = svip("hash", "extract", cwd=wd, env=env, timeout=60)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == planned.stdout
+    assert fake_hub.requests[asked:] == []          # planned from the downloaded files alone, as offline
+
+
+def test_a_hub_id_the_hub_does_not_have_fails_at_planning_in_one_line(tmp_path, fake_hub):
+    config = copy.deepcopy(TINY)
+    config["features"]["backbone"] = "svip-tests/no-such-model"
+    wd = copy_workflow(tmp_path / "wf", config)
+    result = svip_hash(wd, env=hub_env(fake_hub, tmp_path / "hf"))
+    assert_one_line(result, 'features.backbone = "svip-tests/no-such-model"', "correct the id")
+    assert "the hub has no model svip-tests/no-such-model" in result.stderr
 
 
 def test_a_leaking_clip_stops_prepare_with_one_line_per_problem(tmp_path):

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 import svip_core
 from svip_core.dataset.clip import inspect_clip
 from svip_core.dataset.containers import clip_hashes
-from svip_core.features.backbone import BackboneError, leading_tokens, load_backbone, normalisation
+from svip_core.features.backbone import BackboneError, fetch_backbone, leading_tokens, load_backbone, normalisation
 from svip_core.features.geometry import GEOMETRY_FIELDS, box_geometry
 from svip_core.features.precision import autocast, set_matmul_precision
 from svip_core.features.roi_pooling import crop_boxes, roi_pool
@@ -165,6 +165,7 @@ def extract_shard(members: list[dict], out_path, features_cfg: dict, max_persons
     against their content hashes first (through ``cache`` when given)."""
     check_members(members, cache, max_array_bytes)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    backbone_path = fetch_backbone(backbone_path)       # a hub id's weights are downloaded here, not at planning
     backbone = load_backbone(backbone_path, device)
     set_matmul_precision(features_cfg["precision"])
     mean, std = (torch.tensor(v, device=device).view(1, 3, 1, 1) for v in normalisation(backbone_path))
@@ -177,7 +178,7 @@ def extract_shard(members: list[dict], out_path, features_cfg: dict, max_persons
     D, G = backbone.config.hidden_size, len(GEOMETRY_FIELDS)
     versions = {name: importlib.metadata.version(name) for name in ("torch", "transformers", "zarr", "numpy")}
     # How these features were made: enough for `svip predict` to make the same ones from a raw video.
-    backbone_source = str(Path(backbone_path).resolve()) if Path(backbone_path).is_dir() else str(backbone_path)
+    backbone_source = str(backbone_path.resolve())
     attrs = {**attrs, "features": features_cfg, "backbone": backbone_source, "max_persons": max_persons, "feature_dim": D, "geometry_fields": list(GEOMETRY_FIELDS), "versions": versions,
              "svip": svip_core.__version__, "device": device.type}
     start, batch_done, strides = time.perf_counter(), [], []
