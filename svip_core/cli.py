@@ -95,7 +95,7 @@ def cmd_predict(args) -> int:
             print(f"\n{video} (tracks: {tracks or 'detected and tracked'})", flush=True)
         try:
             result = predict_video(video, out, checkpoint, tracks, args.detect_every, args.detector,
-                                   backbone=args.backbone)
+                                   backbone=args.backbone, draw=not args.no_video)
         except (OSError, ValueError, RuntimeError) as e:   # one unreadable video does not stop the others
             if len(jobs) == 1:
                 raise
@@ -106,7 +106,8 @@ def cmd_predict(args) -> int:
             score = f"score {row['score']:.2f}x chance" if row["score"] is not None else row["note"]
             print(f"rank {row['rank']:2d}  track {row['track_id']:4d}  {score}  visible in {row['frames_visible']} frames")
         vip = f"track {result['vip_track_id']}" if result["vip_track_id"] is not None else "none (no track was scored)"
-        print(f"VIP: {vip}. Wrote {out}/ranking.csv, ranking.json and annotated.mp4")
+        written = "ranking.csv and ranking.json" if args.no_video else "ranking.csv, ranking.json and annotated.mp4"
+        print(f"VIP: {vip}. Wrote {out}/{written}")
     if failed:
         print(f"svip predict: {len(failed)} of {len(jobs)} videos failed: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0
@@ -205,6 +206,9 @@ def main(argv=None) -> int:
                    help="auto: the SSDLite pedestrian detector when installed, else OpenCV HOG")
     p.add_argument("--backbone", help="the backbone folder, when it moved since the model's features were made "
                                       "(checked against the weights recorded with them)")
+    p.add_argument("--no-video", action="store_true",
+                   help="skip annotated.mp4: ranking decodes each frame once, drawing the ranking reads the video "
+                        "again")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("import", help="turn a video and its tracks into a clip of the MSG_VIP format")

@@ -155,38 +155,105 @@ def test_a_track_no_window_sampled_is_listed_last_as_not_scored():
     assert (table.note.iloc[:2] == "").all()
 
 
-def test_each_sampled_frame_goes_through_the_backbone_once(tmp_path):
-    """Windows overlap by half, so most frames are in two of them: the backbone still sees each sampled frame
-    once, and the features it gives are those of every visible track in that frame."""
-    from svip_core.config import validate_config
-    from svip_core.features.backbone import build_embedded, load_backbone
-    from svip_core.features.extract import person_features
-    from svip_core.predict.scoring import frame_features
+class CountingCapture:
+    """OpenCV's VideoCapture, counting the frames it decodes over all its instances."""
+
+    decoded, opencv = 0, None        # opencv: the class it stands in for
+
+    def __init__(self, *args):
+        self.capture = CountingCapture.opencv(*args)
+
+    def read(self, *args):
+        ok, frame = self.capture.read(*args)
+        CountingCapture.decoded += ok
+        return ok, frame
+
+    def grab(self):
+        ok = self.capture.grab()
+        CountingCapture.decoded += ok
+        return ok
+
+    def __getattr__(self, name):
+        return getattr(self.capture, name)
+
+
+def test_each_frame_is_decoded_once_and_each_sampled_frame_goes_through_the_backbone_once(checkpoint, tmp_path,
+                                                                                          monkeypatch):
+    """Windows overlap by half, so most frames are in two of them: the video is still decoded once for the
+    ranking (drawing it reads it again), the backbone sees each sampled frame once, and the features it gives
+    are those of every visible track in that frame, at the final track's box."""
+    import cv2
+
+    from svip_core.features.extract import person_features, resize_frames
+    from svip_core.predict.footage import GivenTracks
+    from svip_core.predict.model_choice import checked_backbone
+    from svip_core.predict.pipeline import predict_video
+    from svip_core.predict.scoring import _networks, rank_people
+    from svip_core.predict.windows import training_stride, window_indices
+
+    meta = json.loads((checkpoint / "model.json").read_text())
+    cfg = meta["features"]["features"]
+    source = str(checked_backbone(meta["features"], None))
+    backbone, mean, std, _ = _networks(source, str(checkpoint.resolve()), torch.device("cpu"))   # as rank_people
+    backbone_frames = []
+    hook = backbone.register_forward_pre_hook(
+        lambda module, args, kwargs: backbone_frames.append(len(kwargs["pixel_values"])), with_kwargs=True)
+    CountingCapture.decoded, CountingCapture.opencv = 0, cv2.VideoCapture
+    monkeypatch.setattr(cv2, "VideoCapture", CountingCapture)
+    tracks_file = MOT15 / "TUD-Campus" / "gt" / "gt.txt"
+    try:
+        footage, _ = rank_people(VIDEO, GivenTracks(tracks_file), checkpoint, device="cpu")
+        decoded_to_rank, backbone_frames_to_rank = CountingCapture.decoded, sum(backbone_frames)
+        CountingCapture.decoded = 0
+        predict_video(VIDEO, tmp_path / "pred", checkpoint, tracks_file, device="cpu")
+    finally:
+        hook.remove()
+    monkeypatch.undo()
+    assert decoded_to_rank == FRAMES and CountingCapture.decoded == 2 * FRAMES      # ranking once, drawing once
+    windows = window_indices(FRAMES, cfg["num_frames"], training_stride(meta))
+    sampled = np.unique(windows[windows >= 0])
+    assert backbone_frames_to_rank == len(sampled) < (windows >= 0).sum()
+    tracks, K = footage.tracks, len(footage.tracks.ids)
+    assert list(footage.keys) == [t * K + k for t in sampled for k in range(K) if tracks.valid[t, k]]
+
+    t = int(sampled[len(sampled) // 2])
+    video = cv2.VideoCapture(str(VIDEO))
+    video.set(cv2.CAP_PROP_POS_FRAMES, t)
+    frame = torch.from_numpy(video.read()[1][..., ::-1].copy()).permute(2, 0, 1)[None]
+    size = np.array([frame.shape[-1], frame.shape[-2]] * 2, np.float32)
+    boxes = torch.from_numpy((tracks.boxes[t:t + 1] / size).clip(0, 1).astype(np.float32))
+    alone = person_features(backbone, resize_frames(frame, cfg["frame_size"]), boxes, cfg["mode"],
+                            cfg.get("roi_samples"), cfg.get("crop_size"), mean, std, "fp32")[0]
+    for k in np.flatnonzero(tracks.valid[t]):
+        torch.testing.assert_close(footage.features[int(np.searchsorted(footage.keys, t * K + k))].float(), alone[k],
+                                   atol=2e-3, rtol=0)
+
+
+@pytest.mark.slow
+def test_tracked_people_get_their_features_at_their_final_boxes_in_one_pass():
+    """Detection and tracking run in the same pass as the features, though a tracked box is final only later (a
+    gap filled when the person reappears, a track joined to its continuation): every sampled frame of every
+    final track has its features, computed at the final box. TUD-Stadtmitte has both (people pass each other)."""
+    from svip_core.predict.footage import DetectedTracks, read_footage
     from svip_core.predict.windows import window_indices
 
-    cfg = validate_config(json.loads(json.dumps(TINY)))["features"]
-    backbone = load_backbone(build_embedded(cfg["embedded"], tmp_path / "backbone"))
-    seen_frames = []
-    backbone.register_forward_pre_hook(lambda module, args, kwargs: seen_frames.append(len(kwargs["pixel_values"])),
-                                       with_kwargs=True)
-    T, K = 40, 3
-    rng = np.random.default_rng(0)
-    valid = rng.random((T, K)) < 0.7
-    corner = rng.uniform(0, 0.5, (T, K, 2))
-    boxes = np.concatenate([corner, corner + 0.4], -1) * valid[..., None]
-    windows = window_indices(T, cfg["num_frames"], 2.0)
-    sampled = np.unique(windows[windows >= 0])
-    frames = torch.randint(0, 256, (T, 3, 48, 80), dtype=torch.uint8)
-    mean, std = torch.full((1, 3, 1, 1), 0.45), torch.full((1, 3, 1, 1), 0.225)
-    batches = [(sampled[i:i + 8], frames[torch.from_numpy(sampled[i:i + 8])]) for i in range(0, len(sampled), 8)]
-    keys, table = frame_features(backbone, batches, boxes, valid, cfg, mean, std)
-    assert sum(seen_frames) == len(sampled) < (windows >= 0).sum()
-    assert list(keys) == sorted(t * K + k for t in sampled for k in range(K) if valid[t, k])
-    t = int(sampled[3])
-    alone = person_features(backbone, frames[t:t + 1], torch.from_numpy(boxes[t:t + 1].astype(np.float32)), "roi",
-                            cfg["roi_samples"], None, mean, std, "fp32")[0]
-    for k in np.flatnonzero(valid[t]):
-        torch.testing.assert_close(table[int(np.searchsorted(keys, t * K + k))].float(), alone[k], atol=1e-3, rtol=0)
+    video = MOT15 / "TUD-Stadtmitte" / "TUD-Stadtmitte.mp4"
+    used = []
+
+    def featurize(frames, boxes, visible):     # the boxes each (frame, person) is computed at, as its features
+        used.append(boxes[visible])
+        return torch.from_numpy(boxes[visible])
+
+    people = DetectedTracks("auto", 3)
+    footage = read_footage(video, people, featurize, (48, 64), 16, 1.0)
+    T, K = footage.tracks.valid.shape
+    windows = window_indices(T, 16, 1.0)
+    wanted = [t * K + k for t in np.unique(windows[windows >= 0]) for k in range(K) if footage.tracks.valid[t, k]]
+    assert list(footage.keys) == wanted
+    t, k = np.divmod(footage.keys, K)
+    final = footage.tracks.boxes[t, k] / np.array([640, 480, 640, 480], np.float32)
+    np.testing.assert_allclose(footage.features.float().numpy(), final, atol=2e-3)
+    assert len(people.tracker._links(sorted(people.tracker.confirmed))) > 0       # a track was joined over a gap
 
 
 def test_predict_with_a_bad_tracks_file_says_which_line(finished_workflow, checkpoint, tmp_path):

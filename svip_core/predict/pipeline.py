@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 
 from svip_core.predict.drawing import annotate
-from svip_core.predict.footage import track_people
+from svip_core.predict.footage import DetectedTracks, GivenTracks
 from svip_core.predict.model_choice import newest_checkpoint
-from svip_core.predict.scoring import score_tracks
+from svip_core.predict.scoring import rank_people
 from svip_core.predict.windows import training_stride, window_indices
 from svip_core.video.tracks import write_mot
 
@@ -30,21 +30,25 @@ def ranking_table(track_ids: np.ndarray, scores: np.ndarray, frames_visible: np.
 
 
 def predict_video(video, out_dir, checkpoint=None, tracks_path=None, detect_every: int = 3, detector: str = "auto",
-                  device=None, backbone=None) -> dict:
-    """Rank the people of ``video``; writes ranking.csv, ranking.json, tracks.txt and annotated.mp4."""
+                  device=None, backbone=None, draw: bool = True) -> dict:
+    """Rank the people of ``video``; writes ranking.csv, ranking.json, tracks.txt and (``draw``) annotated.mp4.
+    Ranking decodes each frame once; drawing the ranking on the video needs the final scores, so it reads the
+    video a second time."""
     checkpoint = Path(checkpoint) if checkpoint else newest_checkpoint()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = json.loads((checkpoint / "model.json").read_text())
-    tracks, info = track_people(video, tracks_path, detect_every, detector)
+    people = GivenTracks(tracks_path) if tracks_path else DetectedTracks(detector, detect_every)
+    footage, scores = rank_people(video, people, checkpoint, device, backbone=backbone)
+    tracks, info = footage.tracks, footage.info
     if len(tracks.ids) == 0:
         raise RuntimeError(f"{video}: no person was detected or tracked. Fix: pass --tracks with a MOT file")
-    scores = score_tracks(video, tracks, (info["width"], info["height"]), checkpoint, device, backbone=backbone)
     stride = training_stride(meta)
     ranking = ranking_table(tracks.ids, scores, tracks.valid.sum(0))
     ranking.to_csv(out_dir / "ranking.csv", index=False)
     write_mot(tracks, out_dir / "tracks.txt")
-    written = annotate(video, out_dir / "annotated.mp4", tracks, scores, info["fps"], info["width"], info["height"])
+    written = (annotate(video, out_dir / "annotated.mp4", tracks, scores, info["fps"], info["width"], info["height"])
+               if draw else None)
     result = {"video": str(video), "checkpoint": str(checkpoint), "frames": info["frames"], "frames_written": written,
               "tracks_source": info["tracks_source"],
               "frame_stride": stride,

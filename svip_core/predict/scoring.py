@@ -19,11 +19,9 @@ from svip_core.features.backbone import load_backbone, normalisation
 from svip_core.features.extract import person_features, person_slots
 from svip_core.features.geometry import box_geometry
 from svip_core.features.precision import autocast, set_matmul_precision
-from svip_core.logs import progress
-from svip_core.predict.footage import sampled_frames
+from svip_core.predict.footage import Footage, read_footage
 from svip_core.predict.model_choice import checked_backbone
 from svip_core.predict.windows import training_stride, window_indices
-from svip_core.video.tracks import Tracks
 
 PRIOR_WINDOWS = 1.0
 
@@ -36,38 +34,28 @@ def _networks(source: str, checkpoint: str, device: torch.device):
 
 
 @torch.no_grad()
-def frame_features(backbone, batches, norm_boxes: np.ndarray, valid: np.ndarray, cfg: dict, mean: torch.Tensor,
-                   std: torch.Tensor):
-    """Person features of every track in every sampled frame, each frame through the backbone once (windows
-    overlap, so a frame is in about two of them). batches: (frame indices (F,), frames (F, 3, h, w) uint8) as
-    ``footage.sampled_frames`` streams them; norm_boxes (T, K, 4), valid (T, K) -> (keys (P,) = frame * K + track,
-    sorted; features (P, D) float16 on the CPU) for the P visible (frame, track) pairs: a few KB per frame, where
-    the frame itself is hundreds."""
-    K = valid.shape[1]
-    device, precision = mean.device, cfg.get("precision", "fp32")        # stores made before it was a setting: fp32
-    set_matmul_precision(precision)
-    keys, feats = [np.zeros(0, np.int64)], [torch.zeros(0, backbone.config.hidden_size, dtype=torch.float16)]
-    for chunk, frames in progress(batches, desc="features", unit="batch"):
-        seen = valid[chunk]                                                                # (F, K)
-        width = max(int(seen.sum(1).max(initial=0)), 1)
-        order = np.argsort(~seen, axis=1, kind="stable")[:, :width]                        # visible tracks first
-        present = np.take_along_axis(seen, order, 1)                                       # (F, width)
-        boxes = np.take_along_axis(norm_boxes[chunk], order[..., None], 1) * present[..., None]
-        visual = person_features(backbone, frames.to(device), torch.from_numpy(boxes.astype(np.float32)).to(device),
-                                 cfg["mode"], cfg.get("roi_samples"), cfg.get("crop_size"), mean, std, precision)
-        keys.append((chunk[:, None] * K + order)[present])
-        feats.append(visual.cpu()[torch.from_numpy(present)].half())
-    keys, feats = np.concatenate(keys), torch.cat(feats)
-    order = np.argsort(keys, kind="stable")
-    return keys[order], feats[torch.from_numpy(order)]
+def visible_features(backbone, frames: torch.Tensor, boxes: np.ndarray, visible: np.ndarray, cfg: dict,
+                     mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """frames (F, 3, h, w) uint8, boxes (F, M, 4) in [0, 1], visible (F, M) -> (P, D) float16 on the CPU: the
+    features of the P visible (frame, person) pairs in np.nonzero(visible) order, each frame through the
+    backbone once (windows overlap, so a frame is in about two of them): a few KB per frame, where the frame
+    itself is hundreds."""
+    width = max(int(visible.sum(1).max(initial=0)), 1)
+    order = np.argsort(~visible, axis=1, kind="stable")[:, :width]                      # visible people first
+    present = np.take_along_axis(visible, order, 1)                                     # (F, width)
+    packed = np.take_along_axis(boxes, order[..., None], 1) * present[..., None]
+    precision = cfg.get("precision", "fp32")                 # stores made before it was a setting: fp32
+    features = person_features(backbone, frames.to(mean.device), torch.from_numpy(packed.astype(np.float32)).to(
+        mean.device), cfg["mode"], cfg.get("roi_samples"), cfg.get("crop_size"), mean, std, precision)
+    return features.cpu()[torch.from_numpy(present)].half()
 
 
 @torch.no_grad()
-def score_tracks(video, tracks: Tracks, size: tuple[int, int], checkpoint, device=None, batch_windows: int = 8,
-                 backbone=None) -> np.ndarray:
-    """Every track's score (K,): its visibility-weighted lift over chance (module docstring); NaN for a track
-    seen in no sampled frame. Windows follow ``window_indices`` at the model's training stride; the frames they
-    sample are decoded from ``video`` in one streaming pass."""
+def rank_people(video, people, checkpoint, device=None, batch_windows: int = 8, backbone=None
+                ) -> tuple[Footage, np.ndarray]:
+    """The video read once (``footage.read_footage``) with ``people`` (``GivenTracks`` or ``DetectedTracks``),
+    and every track's score (K,): its visibility-weighted lift over chance (module docstring); NaN for a track
+    seen in no sampled frame. Windows follow ``window_indices`` at the model's training stride."""
     meta = json.loads((Path(checkpoint) / "model.json").read_text())
     feats = meta["features"]
     cfg, max_persons = feats["features"], feats["max_persons"]
@@ -75,18 +63,25 @@ def score_tracks(video, tracks: Tracks, size: tuple[int, int], checkpoint, devic
     device = torch.device(device) if device else best_device()
     source = checked_backbone(feats, backbone)
     backbone, mean, std, model = _networks(str(source), str(Path(checkpoint).resolve()), device)
-    W_px, H_px = size
-    norm = np.where(tracks.valid[..., None], np.clip(tracks.boxes / np.array([W_px, H_px, W_px, H_px]), 0, 1), 0)
+    set_matmul_precision(cfg.get("precision", "fp32"))
+    featurize = functools.partial(visible_features, backbone, cfg=cfg, mean=mean, std=std)
+    footage = read_footage(video, people, featurize, cfg["frame_size"], T_win, stride)
+    precision = meta.get("precision", "fp32")                        # models trained before it was a setting: fp32
+    set_matmul_precision(precision)
+    windows = window_indices(len(footage.tracks.valid), T_win, stride)                 # (W, T_win)
+    return footage, track_scores(model, footage, windows, max_persons, precision, device, batch_windows)
 
-    T, K = tracks.valid.shape
-    windows = window_indices(T, T_win, stride)                                         # (W, T_win)
-    batches = sampled_frames(video, np.unique(windows[windows >= 0]), cfg["frame_size"])
-    keys, table = frame_features(backbone, batches, norm, tracks.valid, cfg, mean, std)
+
+def track_scores(model, footage: Footage, windows: np.ndarray, max_persons: int, precision: str,
+                 device: torch.device, batch_windows: int = 8) -> np.ndarray:
+    """(K,) every track's score over ``windows`` (W, T_win) (module docstring); NaN for a track no window saw."""
+    tracks, keys, table = footage.tracks, footage.keys, footage.features
+    W_px, H_px = footage.info["width"], footage.info["height"]
+    norm = np.where(tracks.valid[..., None], np.clip(tracks.boxes / np.array([W_px, H_px, W_px, H_px]), 0, 1), 0)
+    K = tracks.valid.shape[1]
     if len(keys) == 0:                     # nobody is seen in any sampled frame: nobody can be scored
         return np.full(K, np.nan)
     lift_sum, seen_sum = np.zeros(K), np.zeros(K)
-    precision = meta.get("precision", "fp32")                        # models trained before it was a setting: fp32
-    set_matmul_precision(precision)
     for chunk in np.array_split(windows, np.arange(batch_windows, len(windows), batch_windows)):
         inside = chunk >= 0
         idx = chunk.clip(0)                                                               # (B, T_win)
@@ -96,7 +91,7 @@ def score_tracks(video, tracks: Tracks, size: tuple[int, int], checkpoint, devic
         boxes = np.take_along_axis(norm[idx], slots.clip(0)[:, None, :, None], 2)
         wanted = idx[..., None] * K + slots.clip(0)[:, None, :]                           # (B, T_win, N)
         rows = np.searchsorted(keys, wanted).clip(0, len(keys) - 1)
-        valid &= keys[rows] == wanted                                 # a frame the decoder never gave: not seen
+        valid &= keys[rows] == wanted       # no features (a frame never decoded, a gap only a link closed): unseen
         boxes_t, valid_t = torch.from_numpy((boxes * valid[..., None]).astype(np.float32)), torch.from_numpy(valid)
         visual = table[torch.from_numpy(rows)].float() * valid_t[..., None]
         geometry = box_geometry(boxes_t, valid_t).to(device)

