@@ -229,33 +229,6 @@ def test_each_frame_is_decoded_once_and_each_sampled_frame_goes_through_the_back
                                    atol=2e-3, rtol=0)
 
 
-@pytest.mark.slow
-def test_tracked_people_get_their_features_at_their_final_boxes_in_one_pass():
-    """Detection and tracking run in the same pass as the features, though a tracked box is final only later (a
-    gap filled when the person reappears, a track joined to its continuation): every sampled frame of every
-    final track has its features, computed at the final box. TUD-Stadtmitte has both (people pass each other)."""
-    from svip_core.predict.footage import DetectedTracks, read_footage
-    from svip_core.predict.windows import window_indices
-
-    video = MOT15 / "TUD-Stadtmitte" / "TUD-Stadtmitte.mp4"
-    used = []
-
-    def featurize(frames, boxes, visible):     # the boxes each (frame, person) is computed at, as its features
-        used.append(boxes[visible])
-        return torch.from_numpy(boxes[visible])
-
-    people = DetectedTracks("auto", 3)
-    footage = read_footage(video, people, featurize, (48, 64), 16, 1.0)
-    T, K = footage.tracks.valid.shape
-    windows = window_indices(T, 16, 1.0)
-    wanted = [t * K + k for t in np.unique(windows[windows >= 0]) for k in range(K) if footage.tracks.valid[t, k]]
-    assert list(footage.keys) == wanted
-    t, k = np.divmod(footage.keys, K)
-    final = footage.tracks.boxes[t, k] / np.array([640, 480, 640, 480], np.float32)
-    np.testing.assert_allclose(footage.features.float().numpy(), final, atol=2e-3)
-    assert len(people.tracker._links(sorted(people.tracker.confirmed))) > 0       # a track was joined over a gap
-
-
 def test_predict_with_a_bad_tracks_file_says_which_line(finished_workflow, checkpoint, tmp_path):
     bad = tmp_path / "bad.txt"
     bad.write_text("1,1,10,10,50,80,1,-1,-1,-1\n2,1,10,10,-5,80,1,-1,-1,-1\n")

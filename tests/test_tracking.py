@@ -71,20 +71,28 @@ def test_a_shot_cut_ends_every_track(detector):
     assert len(set(tracks.ids)) == len(tracks.ids)
 
 
-@pytest.mark.slow
-def test_linking_over_gaps_keeps_identities_and_frames_between_detections_are_filled(campus, detector):
-    """Offline linking joins the tracks DeepSORT split (a person lost, then found again) on TUD-Campus."""
-    frames, truth = campus
-    found = [detector(f) if t % 2 == 0 else None for t, f in enumerate(frames)]
+@pytest.fixture(scope="module")
+def replayed(campus, detector):
+    """A detector that replays TUD-Campus's detections on every 2nd frame (each costs the real one once)."""
+    found = [detector(f) if t % 2 == 0 else None for t, f in enumerate(campus[0])]
 
     def replay(frame):
         replay.t += 2
         return found[replay.t]
 
+    def fresh():
+        replay.t = -2
+        return replay
+    return fresh
+
+
+@pytest.mark.slow
+def test_linking_over_gaps_keeps_identities_and_frames_between_detections_are_filled(campus, replayed):
+    """Offline linking joins the tracks DeepSORT split (a person lost, then found again) on TUD-Campus."""
+    frames, truth = campus
     results = {}
     for name, link_distance in [("linked", 1.0), ("unlinked", 0.0)]:
-        replay.t = -2
-        tracker = PeopleTracker(replay, detect_every=2, link_distance=link_distance)
+        tracker = PeopleTracker(replayed(), detect_every=2, link_distance=link_distance)
         for frame in frames:
             tracker.step(frame)
         tracks = tracker.tracks()
@@ -94,6 +102,27 @@ def test_linking_over_gaps_keeps_identities_and_frames_between_detections_are_fi
     (linked, ours), (unlinked, theirs) = results["linked"], results["unlinked"]
     assert linked < unlinked and ours["idf1"] > theirs["idf1"] + 0.1, results
     assert ours["id_switches"] < theirs["id_switches"], results
+
+
+@pytest.mark.slow
+def test_a_frames_boxes_are_final_once_settled_though_tracks_are_joined_later(campus, replayed):
+    """svip predict computes a frame's features while the video streams on, ``settle_frames`` after it: by then
+    every box the finished tracks give that frame is known, gaps filled and split tracks joined (a short
+    ``max_gap`` here, so that most of TUD-Campus's 71 frames settle before the end)."""
+    frames, _ = campus
+    tracker = PeopleTracker(replayed(), detect_every=2, max_gap=10)
+    settled = {}
+    for t, frame in enumerate(frames):
+        tracker.step(frame)
+        if t >= tracker.settle_frames:
+            settled[t - tracker.settle_frames] = tracker.boxes_at(np.array([t - tracker.settle_frames]))
+    tracks = tracker.tracks()
+    assert len(settled) >= 40 and len(tracker._links(sorted(tracker.confirmed))) >= 2
+    for t, (keys, boxes, valid) in settled.items():
+        slots = np.array([tracker.slots.get(int(k), -1) for k in keys])
+        kept = valid[0] & (slots >= 0)
+        assert sorted(slots[kept]) == list(np.flatnonzero(tracks.valid[t])), t
+        np.testing.assert_allclose(boxes[0, kept], tracks.boxes[t, slots[kept]], atol=1e-3)
 
 
 def test_import_of_tud_campus_with_its_ground_truth_makes_a_valid_clip(tmp_path):
