@@ -22,6 +22,12 @@ include: "rules/evaluate.smk"
 include: "rules/report.smk"
 
 
+onsuccess:
+    note = rejected_note()
+    if note:
+        print(note)
+
+
 rule all:
     input:
         REPORT_OUTPUTS,

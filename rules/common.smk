@@ -77,6 +77,23 @@ def workflow_description() -> str:
     return str(out.resolve())
 
 
+def rejected_note() -> str:
+    """The line a finished run ends with when prepare rejected clips (a run that exits 0 can still have left
+    clips out), naming where their reasons are; '' when none was."""
+    manifest = Path(PREPARE) / "manifest.parquet"
+    if not manifest.is_file():
+        return ""
+    import pandas as pd
+
+    from svip_core.dataset.manifest import rejected_summary
+
+    summary = rejected_summary(pd.read_parquet(manifest))
+    if not summary:
+        return ""
+    return (f"svip: {summary}: the reasons are in {PREPARE}/logs/prepare.log and the report's rejected_clips.html "
+            f"(`svip validate {config['data']['source']}` lists them)")
+
+
 def canonical(obj):
     """Params as sorted JSON: Snakemake compares param strings, and key order must never look like a change."""
     return json.dumps(obj, sort_keys=True)

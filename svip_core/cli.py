@@ -42,32 +42,38 @@ def cmd_synth(args) -> int:
 
 
 def cmd_validate(args) -> int:
+    from svip_core.config import missing_dataset, no_clips
     from svip_core.dataset.containers import container_clips, list_clips
-    from svip_core.dataset.manifest import resolve_duplicates, validate_files
+    from svip_core.dataset.manifest import resolve_duplicates, unlisted_files, validate_files, verdict_counts
 
     path = Path(args.path)
+    if not path.exists():
+        print(missing_dataset(path), file=sys.stderr)
+        return 1
     files = [("", a) for a in container_clips(path)] if path.is_file() else list_clips(path)
     if not files:
-        print(f"{path}: no clips found (expected {path}/train/*.npz or {path}/train.h5, ...)", file=sys.stderr)
+        print(no_clips(path), file=sys.stderr)
         return 1
     manifest = resolve_duplicates(validate_files(files, _config(args, assets=False)["data"]["max_array_bytes"]), "drop")
     rejected = manifest[manifest.verdict == "rejected"]
     if args.json:
         import json
 
-        print(json.dumps({"clips": len(manifest), "accepted": len(manifest) - len(rejected), "rejected": len(rejected),
+        files = unlisted_files(manifest)
+        print(json.dumps({"clips": int((~files).sum()), "accepted": len(manifest) - len(rejected),
+                          "rejected": int((~files[rejected.index]).sum()), "unreadable_files": int(files.sum()),
                           "rejections": [{"path": r.path, "reason": r.reason} for r in rejected.itertuples()]},
                          indent=1))
         return 1 if len(rejected) else 0
     # At 10,000 clips a line per accepted clip would drown the rejections: those only, unless --verbose.
     for row in (manifest if args.verbose else rejected).itertuples():
         print(f"{row.verdict:9s} {row.path}" + (f"  {row.reason}" if row.reason else ""))
-    print(f"{len(manifest)} clips: {len(manifest) - len(rejected)} accepted, {len(rejected)} rejected")
+    print(verdict_counts(manifest))
     return 1 if len(rejected) else 0
 
 
 def cmd_predict(args) -> int:
-    from svip_core.predict.model_choice import describe_model, newest_checkpoint
+    from svip_core.predict.model_choice import describe_model, model_caveat, newest_checkpoint
 
     checkpoint = args.checkpoint
     if checkpoint is None:
@@ -87,6 +93,9 @@ def cmd_predict(args) -> int:
         if tracks:
             parse_mot(tracks)
     print(describe_model(checkpoint), flush=True)
+    caveat = model_caveat(checkpoint)
+    if caveat:
+        print(caveat, flush=True)
     from svip_core.predict.pipeline import predict_video  # the model's libraries: seconds to import
 
     failed = []
@@ -160,37 +169,73 @@ def cmd_torchrun(args) -> int:
     return subprocess.run(torchrun_command(args.nproc, script)).returncode
 
 
+CONFIGFILE_HELP = ("config YAML layered over ./config.yaml as `snakemake --configfile FILE` does (repeatable, "
+                   "before or after the command; default: ./config.yaml alone)")
+
+
+def _synthetic_settings() -> str:
+    """The synthetic benchmark's settings, for `svip synth --help`: each key, its value in ./config.yaml (the
+    schema's default without one) and, where the schema says it, its meaning."""
+    import yaml
+
+    from svip_core.config import SCHEMA_PATH
+
+    section = yaml.safe_load(SCHEMA_PATH.read_text())["properties"]["synthetic"]["properties"]
+    try:
+        values, source = load_config(None, [], assets=False)["synthetic"], "./config.yaml"
+    except (OSError, ValueError):
+        values, source = {}, "defaults: no usable ./config.yaml here"
+    lines = [f"settings (config.yaml's synthetic section, or a --configfile layered over it; {source}):"]
+    for key, spec in section.items():
+        value = values.get(key, spec["default"])
+        if "properties" in spec:          # in the schema's order, each part defaulted
+            value = {k: value.get(k, v["default"]) for k, v in spec["properties"].items()}
+        shown = yaml.safe_dump(value, default_flow_style=True, sort_keys=False).strip().removesuffix("\n...")
+        lines.append(f"  {key}: {shown}" + (f"  ({spec['description']})" if "description" in spec else ""))
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
+    words = sys.argv[1:] if argv is None else list(map(str, argv))
     parser = argparse.ArgumentParser(prog="svip", description=__doc__)
     parser.add_argument("--version", action="version", version=f"svip {svip_core.__version__}")
-    parser.add_argument("--configfile", action="append", default=[], metavar="FILE",
-                        help="config YAML layered over ./config.yaml as `snakemake --configfile FILE` does "
-                             "(repeatable; default: ./config.yaml alone)")
+    parser.add_argument("--configfile", action="append", default=[], metavar="FILE", help=CONFIGFILE_HELP)
+    # Every command takes the global options after its name too (`svip synth OUT --configfile FILE`): they
+    # land in a dest of their own and are layered after those given before it.
+    after = argparse.ArgumentParser(add_help=False)
+    after.add_argument("--configfile", action="append", dest="configfile_after", default=[], metavar="FILE",
+                       help=CONFIGFILE_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("hash", help="print the hash a stage gets from the current config")
+    def command(name: str, **kwargs) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[after], **kwargs)
+
+    p = command("hash", help="print the hash a stage gets from the current config")
     p.add_argument("stage", choices=STAGES)
     p.add_argument("--path", action="store_true", help="print the stage's results folder instead")
     p.set_defaults(func=cmd_hash)
 
-    p = sub.add_parser("synth", help="write the synthetic benchmark (config's synthetic section)")
+    p = command("synth", help="write the synthetic benchmark (config's synthetic section)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       # Reading the config costs a second: only for the help that shows it.
+                       epilog=_synthetic_settings() if {"-h", "--help"} & set(words) else None)
     p.add_argument("out")
     p.add_argument("--seed", type=int, default=None)
     p.set_defaults(func=cmd_synth)
 
-    p = sub.add_parser("validate", help="check clips against the MSG_VIP contract; exit 1 if any is rejected")
+    p = command("validate", help="check clips against the MSG_VIP contract; exit 1 if any is rejected")
     p.add_argument("path", help="a dataset folder (train/ val/ test/ or train.h5 ...), one .npz or one .h5 file")
     p.add_argument("--verbose", action="store_true", help="list every clip, not only the rejected ones")
     p.add_argument("--json", action="store_true", help="print the counts and rejections as JSON")
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("convert", help="copy a dataset between the .npz and HDF5 layouts, losslessly")
+    p = command("convert", help="copy a dataset between the .npz and HDF5 layouts, losslessly")
     p.add_argument("src", help="dataset folder: <split>/*.npz, or <split>.h5 / <split>/*.h5")
     p.add_argument("dst", help="folder to write; clips keep their names (file stem <-> HDF5 group)")
     p.add_argument("--to", choices=["h5", "npz"], help="layout to write (default: the one SRC does not use)")
     p.set_defaults(func=cmd_convert)
 
-    p = sub.add_parser("predict", help="rank the people of a video with a trained model",
+    p = command("predict", help="rank the people of a video with a trained model",
                        formatter_class=_ShowDefaults)
     p.add_argument("videos", nargs="+", metavar="VIDEO", help="video files OpenCV reads (.mp4, .avi, ...) or folders "
                                                               "of them")
@@ -211,7 +256,7 @@ def main(argv=None) -> int:
                         "again")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("import", help="turn a video and its tracks into a clip of the MSG_VIP format")
+    p = command("import", help="turn a video and its tracks into a clip of the MSG_VIP format")
     p.add_argument("video")
     p.add_argument("tracks", help="MOTChallenge tracks of the video")
     p.add_argument("out", help="dataset folder; the clip goes to OUT/SPLIT/VIDEO_ID.npz")
@@ -223,19 +268,20 @@ def main(argv=None) -> int:
     p.add_argument("--max-side", type=int, default=384)
     p.set_defaults(func=cmd_import)
 
-    p = sub.add_parser("with-gpus", help="run a command on N GPUs of its own (sets CUDA_VISIBLE_DEVICES)")
+    p = command("with-gpus", help="run a command on N GPUs of its own (sets CUDA_VISIBLE_DEVICES)")
     p.add_argument("count", type=int)
     p.add_argument("--lock-dir", help="folder of the machine's GPU lock files (default: $SVIP_GPU_LOCK_DIR, else "
                                       "/tmp/svip-gpu-slots)")
     p.add_argument("command_line", nargs=argparse.REMAINDER, metavar="-- CMD")
     p.set_defaults(func=cmd_with_gpus)
 
-    p = sub.add_parser("torchrun", help="run a training script under torchrun, across SLURM nodes when allocated")
+    p = command("torchrun", help="run a training script under torchrun, across SLURM nodes when allocated")
     p.add_argument("--nproc", type=int, required=True, help="processes per node")
     p.add_argument("command_line", nargs=argparse.REMAINDER, metavar="-- SCRIPT ARGS")
     p.set_defaults(func=cmd_torchrun)
 
     args = parser.parse_args(argv)
+    args.configfile += args.configfile_after
     try:
         return args.func(args)
     except ConfigError as e:        # every problem of the config, a line each

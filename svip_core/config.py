@@ -250,7 +250,39 @@ def _default(schema: dict) -> str:
     return f" (default {_show(schema['default'])})" if "default" in schema and schema["default"] != {} else ""
 
 
+# What other tools call a key, by meaning where spelling is no help (learning_rate is not close to lr).
+SYNONYMS = {
+    "lr": ("learning_rate", "learningrate", "base_lr", "lr_rate", "init_lr"),
+    "epochs": ("num_epochs", "n_epochs", "max_epochs", "epoch", "num_train_epochs"),
+    "batch_size": ("batch", "bs", "batchsize", "train_batch_size", "per_device_train_batch_size", "mini_batch"),
+    "weight_decay": ("wd", "l2", "decay"),
+    "seeds": ("seed", "random_seed", "random_seeds"),
+    "workers": ("num_workers", "n_workers", "dataloader_workers", "loader_workers"),
+    "nproc": ("gpus", "num_gpus", "n_gpus", "devices", "world_size", "nproc_per_node", "gpus_per_node", "processes"),
+    "nodes": ("num_nodes", "n_nodes", "nnodes"),
+    "warmup_steps": ("warmup", "warmup_iters", "num_warmup_steps"),
+    "grad_clip": ("clip_grad", "max_grad_norm", "gradient_clip", "clip_norm", "gradient_clip_val"),
+    "accumulation_steps": ("grad_accum", "gradient_accumulation_steps", "accumulate_grad_batches", "accum_steps"),
+    "precision": ("amp", "mixed_precision", "dtype", "fp16", "bf16", "half"),
+    "patience": ("early_stopping", "early_stop", "early_stopping_patience"),
+    "d_model": ("hidden_dim", "hidden_size", "dim", "d_hidden", "width", "embed_dim"),
+    "dropout": ("dropout_rate", "drop_rate", "p_dropout", "drop"),
+    "frame_size": ("image_size", "img_size", "resolution", "input_size", "frame_shape"),
+    "backbone": ("model_name", "backbone_name", "pretrained", "encoder", "vision_model"),
+    "source": ("path", "dir", "data_dir", "root", "dataset", "data_path", "folder", "data_root"),
+    "max_persons": ("max_people", "num_persons", "max_person", "people"),
+    "num_frames": ("frames", "clip_len", "clip_length", "num_frame", "sequence_length", "seq_len"),
+    "num_shards": ("shards", "n_shards"),
+    "ks": ("k", "topk", "top_k", "cmc_ks"),
+    "gallery_size": ("gallery", "examples"),
+}
+_MEANING = {alias: key for key, aliases in SYNONYMS.items() for alias in aliases}
+
+
 def _suggest(key: str, known, prefix: str, why: str = "") -> str:
+    meant = _MEANING.get(str(key).lower().replace("-", "_"))
+    if meant in known:
+        return f"did you mean {prefix}{meant}?"
     close = difflib.get_close_matches(str(key), list(known), n=1, cutoff=0.6)
     if close:
         return f"did you mean {prefix}{close[0]}?"
@@ -284,6 +316,21 @@ def _show(value) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+DATASET_LAYOUT = "train/ val/ [test/] folders of .npz clips, or train.h5 val.h5 [test.h5]"
+
+
+def missing_dataset(source) -> str:
+    """What `svip` and the workflow say of a dataset folder that is not there."""
+    return f"{source}: folder not found. Fix: give a dataset folder ({DATASET_LAYOUT})"
+
+
+def no_clips(source) -> str:
+    """What `svip` and the workflow say of a dataset folder without clips."""
+    return (f"{source}: no clips found. Fix: put clips in {source}/train/*.npz, {source}/val/*.npz ... or "
+            f"{source}/train.h5 ... (`svip validate {source}` checks them)")
+
+
+
 # ---- values that depend on each other ----------------------------------------------------------------------
 
 def value_problems(config: dict) -> list[str]:
@@ -292,8 +339,8 @@ def value_problems(config: dict) -> list[str]:
     problems = []
     source = config["data"]["source"]
     if source != SYNTHETIC and not os.path.isdir(source):
-        problems.append(f"data.source = {_show(source)}: folder not found. Fix: give a dataset folder "
-                        f"(train/ val/ [test/] of .npz clips, or train.h5 ...) or \"synthetic\"")
+        # In full: a path shortened in the middle would hide the very part that is wrong.
+        problems.append(f"data.source = {missing_dataset(json.dumps(source))} or \"synthetic\"")
     seeds = config["train"]["seeds"]
     if len(set(seeds)) != len(seeds):
         problems.append(f"train.seeds = {_show(seeds)}: a seed is listed twice. Fix: list each seed once")

@@ -21,7 +21,7 @@ import importlib.metadata
 import os
 from pathlib import Path
 
-from svip_core.config import BACKBONE_FILES, EMBEDDED, PROJECT_ROOT, SYNTHETIC, ConfigError, backbone_files
+from svip_core.config import BACKBONE_FILES, EMBEDDED, PROJECT_ROOT, SYNTHETIC, ConfigError, backbone_files, no_clips
 from svip_core.dataset.content import data_content
 from svip_core.hashing import ContentHashes, code_digest, digest, file_hashes, imported_modules
 
@@ -176,8 +176,7 @@ def _data_content(config: dict, memo: dict) -> dict:
         source = config["data"]["source"]
         memo["data"] = data_content(source, max_array_bytes=config["data"]["max_array_bytes"])
         if not memo["data"]["count"]:
-            raise ConfigError(f"data.source = {source!r}: no clips found. Fix: put clips in {source}/train/*.npz, "
-                              f"{source}/val/*.npz ... or {source}/train.h5 ... (`svip validate {source}` checks them)")
+            raise ConfigError(f"data.source = {no_clips(source)}")
     return memo["data"]
 
 

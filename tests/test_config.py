@@ -306,3 +306,46 @@ def test_a_leaking_clip_stops_prepare_with_one_line_per_problem(tmp_path):
     assert "leak between splits train/val" in problems[0]
     assert "synth_train_00000.npz" in problems[0] and "copy.npz" in problems[0]
     assert problems[0].endswith("or set data.on_duplicate_id: drop")
+
+
+def test_a_key_named_as_other_tools_name_it_is_pointed_to_ours(tmp_path):
+    """Close misses by meaning, where spelling is no help: learning_rate is not close to lr."""
+    write_config(tmp_path / "config.yaml", TINY)
+    override = {"train": {"learning_rate": 0.001, "num_epochs": 3}, "features": {"image_size": [96, 160]}}
+    result = svip_hash(tmp_path, write_config(tmp_path / "mine.yaml", override))
+    assert result.returncode == 1 and problem_lines(result.stderr) == [
+        "svip hash: features.image_size = [96, 160]: unknown key. Fix: did you mean features.frame_size?",
+        "svip hash: train.learning_rate = 0.001: unknown key. Fix: did you mean train.lr?",
+        "svip hash: train.num_epochs = 3: unknown key. Fix: did you mean train.epochs?"]
+
+
+def test_a_missing_data_folder_is_said_alike_by_svip_validate_and_the_workflow(tmp_path):
+    missing = tmp_path / "nowhere"
+    fix = "folder not found. Fix: give a dataset folder (train/ val/ [test/] folders of .npz clips, or train.h5 " \
+          "val.h5 [test.h5])"
+    validated = svip("validate", missing)
+    assert validated.returncode == 1 and validated.stderr.strip() == f"{missing}: {fix}"
+    wd = copy_workflow(tmp_path / "wf", {**TINY, "data": {**TINY["data"], "source": str(missing)}})
+    planned = snakemake(wd, "-n")
+    assert planned.returncode == 1 and problem_lines(planned.stderr) == [
+        f'data.source = "{missing}": {fix} or "synthetic"']
+
+
+def test_every_command_takes_the_configfile_after_its_name_and_synth_shows_its_settings(tmp_path):
+    write_config(tmp_path / "config.yaml", TINY)
+    small = write_config(tmp_path / "small.yaml", {"synthetic": {"clips": {"train": 2, "val": 1, "test": 1}}})
+    made = svip("synth", tmp_path / "out", "--configfile", small, cwd=tmp_path)
+    assert made.returncode == 0 and made.stdout.strip() == f"wrote 4 clips under {tmp_path / 'out'}", made.stderr
+    before = svip("--configfile", small, "hash", "prepare", cwd=tmp_path)
+    after = svip("hash", "prepare", "--configfile", small, cwd=tmp_path)
+    assert after.returncode == 0 and after.stdout == before.stdout != svip("hash", "prepare", cwd=tmp_path).stdout
+    shown = svip("synth", "--help", cwd=tmp_path).stdout.splitlines()
+    settings = shown[shown.index("settings (config.yaml's synthetic section, or a --configfile layered over it; "
+                                 "./config.yaml):") + 1:]
+    assert settings[:2] == ["  clips: {train: 12, val: 4, test: 4}", "  frames: 6"]        # TINY's, not defaults
+    assert settings[-1].startswith("  scene: social  (scene family: social")
+
+
+def test_the_configs_comment_names_both_dataset_layouts():
+    line = next(line for line in (ROOT / "config.yaml").read_text().splitlines() if line.strip().startswith("source:"))
+    assert "*.npz" in line and "train.h5" in line

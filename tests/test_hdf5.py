@@ -159,6 +159,12 @@ def test_hostile_hdf5_is_refused_clip_by_clip_and_the_good_clips_run(npz_data, t
     rejected = [line for line in result.stdout.splitlines() if line.startswith("rejected")]
     named = [f"train.h5::{name} " for name in cases] + [f"{data / 'test.h5'} ", f"{truncated} "]
     assert all(any(n in line for line in rejected) for n in named)
+    # An unreadable file may hold many clips: it is counted apart from them (and from duplicates, which validate
+    # drops as a run would).
+    clips_rejected = len(rejected) - 2
+    assert result.stdout.splitlines()[-1] == (f"{len(cases) + 3} clips: {len(cases) + 3 - clips_rejected} accepted, "
+                                             f"{clips_rejected} rejected; 2 files could not be read, their clips "
+                                             f"not counted")
     # svip convert copies the good clips and names every refused one.
     out = tmp_path / "converted"
     result = svip("convert", data, out)

@@ -83,10 +83,12 @@ def test_duplicate_ids_under_the_drop_policy_keep_the_first_copy(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_workflow_trains_on_the_good_clips_and_reports_the_bad(corpus, workflow_dir, tiny_config, tmp_path):
+def test_the_workflow_trains_on_the_good_clips_and_reports_the_bad(corpus, workflow_dir, tiny_config, tmp_path,
+                                                                     finished_workflow):
     """The verdicts travel through a real run up to the model (one epoch, on 2 ranks: `svip torchrun` under
-    Snakemake); the report stage's table of them names every bad file. The run is also the reduced-precision
-    one: the backbone under bf16, the ranker under fp16 with loss scaling, as on GPUs."""
+    Snakemake); the run, though it succeeds, ends by saying how many clips it left out and where the reasons
+    are, the headline says it too, and the report stage's table of them names every bad file. The run is also
+    the reduced-precision one: the backbone under bf16, the ranker under fp16 with loss scaling, as on GPUs."""
     folder, expected, good = corpus
     tiny_config["data"].update(source=str(folder), num_shards=1)
     tiny_config["features"]["precision"] = "bf16"
@@ -101,6 +103,14 @@ def test_the_workflow_trains_on_the_good_clips_and_reports_the_bad(corpus, workf
     meta = json.loads((workflow_dir / model).with_name("model.json").read_text())
     assert meta["world_size"] == 2 and meta["precision"] == "fp16" and meta["features"]["features"]["precision"] == "bf16"
     assert pd.read_csv((workflow_dir / model).with_name("metrics.csv"))[["train_loss", "val_loss"]].notna().all().all()
+    total, prepare = len(expected) + len(good), stage_dir(config, "prepare")
+    assert result.stdout.splitlines()[-1] == (
+        f"svip: {len(expected)} of {total} clips rejected: the reasons are in {prepare}/logs/prepare.log and the "
+        f"report's rejected_clips.html (`svip validate {folder}` lists them)")
+    metrics = str(next(finished_workflow.glob("results/evaluate/*/metrics.json")))
+    headline = figures.headline(metrics, {"full/seed0": metrics}, manifest, "results/report/h/rejected_clips.html")
+    assert headline["text"].endswith(f"; {len(expected)} of {total} clips rejected, see "
+                                     f"results/report/h/rejected_clips.html")
     figures.rejected_table(manifest, tmp_path / "rejected_clips.html")
     html = (tmp_path / "rejected_clips.html").read_text()
     for path in expected:
@@ -122,3 +132,18 @@ def test_the_same_clip_under_another_id_is_a_leak(tmp_path):
     assert manifest.loc[str(tmp_path / "train" / "a.npz"), "verdict"] == "accepted"
     assert manifest.loc[str(tmp_path / "val" / "renamed.npz"), "reason"].startswith("payload_hash: leak of")
     assert manifest.loc[str(tmp_path / "val" / "d.npz"), "verdict"] == "accepted"
+
+
+def test_a_box_outside_the_frame_is_named_by_frame_slot_and_box_with_the_count(tmp_path):
+    clip = hostile_corpus.good(5, "astray")
+    slot = int(clip["target_index"])
+    clip["person_mask"][[2, 4], slot] = True
+    clip["frame_mask"][[2, 4]] = True
+    clip["bboxes"][[2, 4], slot] = [500, 5, 600, 20]
+    (tmp_path / "train").mkdir()
+    np.savez(tmp_path / "train" / "astray.npz", **clip)
+    result = svip("validate", tmp_path / "train" / "astray.npz")
+    assert result.returncode == 1 and result.stdout.splitlines()[0] == (
+        f"rejected  {tmp_path / 'train' / 'astray.npz'}  bboxes: a valid person's box lies outside the 80x48 frame "
+        f"(first at frame 2, slot {slot}: [500, 5, 600, 20]; 2 such boxes in all). Fix: boxes must be pixels of the "
+        f"clip's own frame size")

@@ -15,6 +15,7 @@ from mot15 import MOT15
 
 from svip_core.config import load_config
 from svip_core.stages import stage_dir
+from svip_core.video.tracks import read_mot
 
 VIDEO = MOT15 / "TUD-Campus" / "TUD-Campus.mp4"
 FRAMES = 71
@@ -100,9 +101,14 @@ def test_predict_uses_given_tracks_and_import_makes_a_valid_clip(given_tracks_ru
 
 def test_predict_says_why_it_does_not_use_the_configs_model(given_tracks_run):
     """A config whose model cannot be named here falls back to the newest model, and says so: the user sees which
-    model ranks and why it is not the configured one."""
+    model ranks and why it is not the configured one, and that a model on the random embedded backbone ranks
+    real people meaninglessly. No loading bar cuts into the table."""
     _, result = given_tracks_run
-    assert result.stdout.splitlines()[0] == "model: results/train/h0 (run full/seed0)"
+    assert result.stdout.splitlines()[:2] == [
+        "model: results/train/h0 (run full/seed0)",
+        "note: its features come from the embedded backbone, which is random; its ranking of real people means "
+        "little (train on labelled footage with a real DINOv2, features.backbone)"]
+    assert "Loading weights" not in result.stdout + result.stderr
     assert "svip predict: the config's model cannot be named (data.source = \"/elsewhere/data\": folder not found." \
         in result.stderr and "using the newest trained model" in result.stderr
 
@@ -144,6 +150,21 @@ def test_the_videos_of_a_call_and_their_tracks_and_folders(tmp_path):
         video_jobs([tmp_path / "a"], tmp_path / "tracks" / "two.txt")
     with pytest.raises(ValueError, match="no video in that folder"):
         video_jobs([tmp_path / "tracks"])
+
+
+def test_labels_of_people_standing_close_never_cover_each_other():
+    """TUD-Stadtmitte's frame 90 has people side by side, whose labels shared a row: every frame's labels, at
+    the video's real sizes, are now apart."""
+    from svip_core.predict.drawing import frame_labels
+
+    tracks = read_mot(MOT15 / "TUD-Stadtmitte" / "gt" / "gt.txt", 179)
+    scores = np.linspace(0.5, 2.0, len(tracks.ids))
+    for t in range(179):
+        _, texts, rects = frame_labels(tracks, scores, int(np.argmax(scores)), t, 480)
+        for a in range(len(rects)):
+            for b in range(a + 1, len(rects)):
+                ra, rb = rects[a], rects[b]
+                assert not (ra[0] < rb[2] and rb[0] < ra[2] and ra[1] < rb[3] and rb[1] < ra[3]), (t, texts[a], texts[b])
 
 
 def test_a_track_no_window_sampled_is_listed_last_as_not_scored():

@@ -32,5 +32,6 @@ figures.gallery(primary["predictions"], args.manifest, args.stores, out / "galle
 figures.ablations({name: r["metrics"] for name, r in runs.items()}, out / "ablations.png", out / "ablations.html")
 figures.variant_curves({name: r["curves"] for name, r in runs.items()}, out / "variant_curves.png")
 # Last: the workflow reads it to put the result on the report's first screen, and `make demo` prints it.
-headline = figures.headline(primary["metrics"], {name: r["metrics"] for name, r in runs.items()})
+headline = figures.headline(primary["metrics"], {name: r["metrics"] for name, r in runs.items()}, args.manifest,
+                            out / "rejected_clips.html")
 (out / "headline.json").write_text(json.dumps(headline, indent=1))

@@ -102,6 +102,13 @@ def clip_from_arrays(name: str, arrays: dict) -> Clip:
     return _validated(name, {f: (a.shape, a.dtype) for f, a in arr.items()}, arr)
 
 
+def _where(bad: np.ndarray, boxes: np.ndarray) -> str:
+    """Where the first of the ``bad`` (T, N) boxes (T, N, 4) is, and how many there are: the user's way to it."""
+    t, n = np.argwhere(bad)[0]
+    box = ", ".join(f"{v:g}" for v in boxes[t, n])
+    return f"first at frame {t}, slot {n}: [{box}]; {int(bad.sum())} such box{'es' if bad.sum() > 1 else ''} in all"
+
+
 def _validated(path, shapes: dict, arr: dict) -> Clip:
     frame_shape, frame_dtype = shapes["frames"]
     if len(frame_shape) != 4 or frame_shape[-1] != 3:
@@ -129,15 +136,19 @@ def _validated(path, shapes: dict, arr: dict) -> Clip:
         raise ClipError(path, "person_mask", "no person is present in any valid frame", "drop this clip")
     if not np.issubdtype(boxes.dtype, np.number):
         raise ClipError(path, "bboxes", f"dtype {boxes.dtype} is not numeric", "store float pixel coordinates")
-    b = boxes[valid].astype(np.float64)
-    if not np.isfinite(b).all():
-        raise ClipError(path, "bboxes", "a valid person's box holds NaN or inf",
-                        "fix the tracker output or set person_mask False in that frame")
-    if not ((b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])).all():
-        raise ClipError(path, "bboxes", "a valid person's box has x2 <= x1 or y2 <= y1",
-                        "store boxes as x1, y1, x2, y2 in pixels")
-    if not ((b[:, 0] < W) & (b[:, 2] > 0) & (b[:, 1] < H) & (b[:, 3] > 0)).all():
-        raise ClipError(path, "bboxes", f"a valid person's box lies outside the {W}x{H} frame",
+    b = np.where(valid[..., None], boxes.astype(np.float64), 0.0)                     # (T, N, 4)
+    with np.errstate(invalid="ignore"):
+        broken = valid & ~np.isfinite(b).all(-1)
+        if broken.any():
+            raise ClipError(path, "bboxes", f"a valid person's box holds NaN or inf ({_where(broken, b)})",
+                            "fix the tracker output or set person_mask False in that frame")
+        flat = valid & ~((b[..., 2] > b[..., 0]) & (b[..., 3] > b[..., 1]))
+        if flat.any():
+            raise ClipError(path, "bboxes", f"a valid person's box has x2 <= x1 or y2 <= y1 ({_where(flat, b)})",
+                            "store boxes as x1, y1, x2, y2 in pixels")
+        outside = valid & ~((b[..., 0] < W) & (b[..., 2] > 0) & (b[..., 1] < H) & (b[..., 3] > 0))
+    if outside.any():
+        raise ClipError(path, "bboxes", f"a valid person's box lies outside the {W}x{H} frame ({_where(outside, b)})",
                         "boxes must be pixels of the clip's own frame size")
     target = arr["target_index"]
     if not np.issubdtype(target.dtype, np.integer):

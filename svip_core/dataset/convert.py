@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from svip_core.atomic import atomic_path
+from svip_core.config import no_clips
 from svip_core.dataset.clip import inspect_clip
 from svip_core.dataset.containers import (
     REQUIRED_FIELDS,
@@ -74,7 +75,7 @@ def convert_dataset(src, dst, to: str | None = None, max_array_bytes: int = 2_00
     files = scan_containers(src)
     have = {"h5" if is_hdf5(path) else "npz" for _, path, _ in files}
     if not have:
-        raise ValueError(f"{src}: no clips found (expected {src}/train/*.npz or {src}/train.h5, ...)")
+        raise ValueError(no_clips(src))
     if to is None:
         if len(have) > 1:
             raise ValueError(f"{src} holds both .npz and HDF5 clips. Fix: say which layout to write with --to h5|npz")

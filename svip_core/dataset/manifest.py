@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from svip_core.config import no_clips
 from svip_core.dataset.clip import ClipError, inspect_clip
-from svip_core.dataset.containers import SPLITS, clip_digests, clip_hashes, list_clips
+from svip_core.dataset.containers import (SPLITS, clip_digests, clip_hashes, is_hdf5, list_clips,
+                                         split_address)
 from svip_core.dataset.shards import write_shared_shard
 from svip_core.hashing import ContentHashes
 from svip_core.logs import progress
@@ -32,6 +34,36 @@ class DatasetError(RuntimeError):
     def __init__(self, problems: str | list[str]):
         self.problems = [problems] if isinstance(problems, str) else list(problems)
         super().__init__("\n".join(self.problems))
+
+
+def unlisted_files(manifest: pd.DataFrame) -> pd.Series:
+    """Rows that are a whole HDF5 file no clip could be listed from (truncated, not HDF5): a file that may hold
+    many clips, counted apart from them."""
+    return manifest.path.map(lambda p: is_hdf5(p) and split_address(p)[1] is None)
+
+
+def verdict_counts(manifest: pd.DataFrame) -> str:
+    """'41 clips: 38 accepted, 3 rejected', with unreadable HDF5 files said apart ('; 1 file could not be read,
+    its clips are not counted')."""
+    files = unlisted_files(manifest)
+    clips = manifest[~files]
+    rejected = int((clips.verdict == "rejected").sum())
+    line = f"{len(clips)} clips: {len(clips) - rejected} accepted, {rejected} rejected"
+    if files.any():
+        line += (f"; {int(files.sum())} file{'s' if files.sum() > 1 else ''} could not be read, "
+                 f"{'their' if files.sum() > 1 else 'its'} clips not counted")
+    return line
+
+
+def rejected_summary(manifest: pd.DataFrame) -> str:
+    """'3 of 41 clips rejected' (and unreadable HDF5 files apart), or '' when nothing was rejected."""
+    files = unlisted_files(manifest)
+    clips = manifest[~files]
+    rejected = int((clips.verdict == "rejected").sum())
+    parts = [f"{rejected} of {len(clips)} clips rejected"] if rejected else []
+    if files.any():
+        parts.append(f"{int(files.sum())} file{'s' if files.sum() > 1 else ''} unreadable")
+    return " and ".join(parts)
 
 
 def shard_of(video_id: str, num_shards: int) -> int:
@@ -117,8 +149,7 @@ def prepare_dataset(source, out_dir, num_shards: int, max_array_bytes: int, on_d
     out_dir = Path(out_dir)
     files = list_clips(source)
     if not files:
-        raise DatasetError(f"{source}: no clips found. Fix: put MSG_VIP .npz files under {source}/train, "
-                           f"{source}/val and optionally {source}/test, or HDF5 files as {source}/train.h5, ...")
+        raise DatasetError(no_clips(source))
     manifest = resolve_duplicates(validate_files(files, max_array_bytes, cache), on_duplicate_id)
     shards = assign_shards(manifest, num_shards)
     accepted = manifest[manifest.verdict == "accepted"]
@@ -134,6 +165,5 @@ def prepare_dataset(source, out_dir, num_shards: int, max_array_bytes: int, on_d
         if shared_shards is not None:
             write_shared_shard(Path(shared_shards) / f"{key}.json", members)
     manifest.to_parquet(out_dir / "manifest.parquet", index=False)
-    log.info("%d clips: %d accepted in %d shards, %d rejected", len(manifest), len(accepted), len(shards),
-             len(manifest) - len(accepted))
+    log.info("%s; %d shards", verdict_counts(manifest), len(shards))
     return manifest

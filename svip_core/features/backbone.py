@@ -70,8 +70,12 @@ def load_backbone(source, device="cpu"):
     """Load a DINOv2 from a local folder or a hub id (``fetch_backbone``): frozen, eval mode. Fails fast without
     network."""
     from transformers import AutoModel
+    from transformers.utils import logging as transformers_logging
 
     folder = fetch_backbone(source)
+    # Its per-tensor "Loading weights" bar would cut into `svip predict`'s table and the jobs' plain log lines,
+    # for a load of seconds.
+    transformers_logging.disable_progress_bar()
     try:
         model = AutoModel.from_pretrained(str(folder))
     except Exception as e:  # not a model folder, corrupt weights: one clear line

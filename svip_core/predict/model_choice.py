@@ -40,6 +40,34 @@ def describe_model(checkpoint) -> str:
     return f"model: {checkpoint}" + (f" ({', '.join(parts)})" if parts else "")
 
 
+def model_caveat(checkpoint) -> str:
+    """A line saying when the model cannot rank real people meaningfully: its features come from the embedded
+    random backbone, or its training data were only synthetic scenes (the demo's model is both); '' when
+    neither is known to be so."""
+    checkpoint = Path(checkpoint)
+    from svip_core.hashing import digest
+
+    meta = json.loads((checkpoint / "model.json").read_text())
+    random_backbone = meta["features"].get("identity", {}).get("backbone", {}).get("kind") == "embedded"
+    config = checkpoint / "config.json"
+    dataset = json.loads(config.read_text()).get("upstream", {}).get("dataset") if config.is_file() else None
+    scenes = None
+    for prepared in checkpoint.parent.parent.glob("prepare/*/config.json"):
+        identity = json.loads(prepared.read_text()).get("dataset")
+        if identity and digest(identity) == dataset and identity.get("clips") == "synthetic":
+            scenes = json.loads(prepared.read_text())["config"]["synthetic"]["scene"]
+    if random_backbone and scenes:
+        what = f"the demo's kind of model: trained on synthetic {scenes} scenes, with a random backbone"
+    elif random_backbone:
+        what = "its features come from the embedded backbone, which is random"
+    elif scenes:
+        what = f"trained on synthetic {scenes} scenes only"
+    else:
+        return ""
+    return (f"note: {what}; its ranking of real people means little (train on labelled footage with a real DINOv2, "
+            f"features.backbone)")
+
+
 def checked_backbone(feats: dict, override=None) -> str:
     """The folder of the backbone the model's features were made with: the recorded one, or ``override`` (the
     same weights moved elsewhere). Its weights and configs must match the identity recorded at extraction."""

@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from svip_core.dataset.manifest import rejected_summary  # noqa: E402
 from svip_core.evaluate.metrics import format_interval  # noqa: E402
 
 
@@ -155,10 +156,11 @@ def ablation_summary(metrics_by_run: dict[str, str]) -> pd.DataFrame:
     return summary.fillna({"top1_std": 0.0, "mrr_std": 0.0})
 
 
-def headline(primary_metrics, metrics_by_run: dict[str, str]) -> dict:
+def headline(primary_metrics, metrics_by_run: dict[str, str], manifest, rejected_page) -> dict:
     """The run's result in one line, for the report's first screen and `make demo`: the model's top-1 and MRR
-    with 95% intervals, the best box heuristic (random left out), and the ablation that costs most (mean over
-    seeds). Returns {"text", "top1", "mrr", "best_heuristic", "costliest_ablation"}."""
+    with 95% intervals, the best box heuristic (random left out), the ablation that costs most (mean over
+    seeds), and the clips rejected, if any, with where their reasons are. Returns {"text", "top1", "mrr",
+    "best_heuristic", "costliest_ablation", "rejected"}."""
     metrics = json.loads(Path(primary_metrics).read_text())
     overall = metrics["model"]["overall"]
     heuristics = {name: b["top1"]["mean"] for name, b in metrics["baselines"].items() if name != "random"}
@@ -172,7 +174,10 @@ def headline(primary_metrics, metrics_by_run: dict[str, str]) -> dict:
         worst = variants.loc[variants.top1_mean.idxmin()]
         text += f"; costliest ablation ({worst.variant}) {worst.top1_mean:.2f}"
         out["costliest_ablation"] = {"name": worst.variant, "top1": float(worst.top1_mean)}
-    return {"text": text, **out}
+    rejected = rejected_summary(pd.read_parquet(manifest))
+    if rejected:
+        text += f"; {rejected}, see {rejected_page}"
+    return {"text": text, **out, "rejected": rejected}
 
 
 def ablations(metrics_by_run: dict[str, str], out_png, out_html) -> None:
