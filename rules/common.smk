@@ -11,13 +11,20 @@ sys.path.insert(0, workflow.basedir)
 # PATH), so `.venv/bin/snakemake` works without activating the venv. A PYTHONPATH the user set stays behind ours
 # (braces doubled twice: f-string, then Snakemake's formatting). Hugging Face's own progress bars redraw with
 # carriage returns, so jobs (whose stderr is their log file) turn them off; ours write plain lines (logs.progress).
+# SIGTERM to the job's process group (kill -TERM -PGID, SLURM) would end its shell at once, before the job has
+# stopped: the trap makes the shell wait for the job, then exit 143 (svip_core/interrupt.py).
 _DEPLOYED = bool(workflow.deployment_settings and workflow.deployment_settings.deployment_method)
 _PATH = "" if _DEPLOYED else f"export PATH={shlex.quote(os.path.dirname(sys.executable))}:$PATH; "
-shell.prefix(f"{_PATH}export PYTHONPATH={shlex.quote(workflow.basedir)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
+shell.prefix(f"trap 'exit 143' TERM; {_PATH}"
+             f"export PYTHONPATH={shlex.quote(workflow.basedir)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
              "export HF_HUB_DISABLE_PROGRESS_BARS=1; ")
 
 from svip_core.config import EMBEDDED, ConfigError, backbone_source, validate_config  # noqa: E402
 from svip_core.stages import STAGE_DIRS, run_settings, runs, stage_hash, stage_inputs  # noqa: E402
+from svip_core.interrupt import report_stopped_jobs  # noqa: E402
+
+# Ctrl-C (or SIGTERM) during a run: a line per stopped job instead of an error report (svip_core/interrupt.py).
+report_stopped_jobs()
 
 
 def stop(problems):

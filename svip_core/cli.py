@@ -161,12 +161,9 @@ def cmd_with_gpus(args) -> int:
 
 
 def cmd_torchrun(args) -> int:
-    import subprocess
+    from svip_core.launch import run_torchrun
 
-    from svip_core.launch import torchrun_command
-
-    script = _after_dashes(args.command_line)
-    return subprocess.run(torchrun_command(args.nproc, script)).returncode
+    return run_torchrun(args.nproc, _after_dashes(args.command_line))
 
 
 CONFIGFILE_HELP = ("config YAML layered over ./config.yaml as `snakemake --configfile FILE` does (repeatable, "

@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from svip_core.interrupt import exit_like, quiet_sigint, run_through_stops
+
 log = logging.getLogger(__name__)
 # Set inside a batch scheduler's job, whose CUDA_VISIBLE_DEVICES is then that job's allocation.
 SCHEDULER_JOB_VARS = ("SLURM_JOB_ID", "PBS_JOBID", "LSB_JOBID")
@@ -86,7 +88,10 @@ def acquire(count: int, lock_dir, devices: list[str], poll_s: float = 0.5,
 
 
 def run_with_gpus(count: int, command: list[str], lock_dir=None) -> int:
-    """Run ``command`` on ``count`` devices of its own; returns its exit status."""
+    """Run ``command`` on ``count`` devices of its own; returns its exit status. SIGINT or SIGTERM (Ctrl-C, SLURM)
+    ends the wait for slots quietly; once the command runs, they reach it too, and the slots are released when it
+    has stopped (interrupt.run_through_stops); a command killed by one kills this process by the same signal."""
+    quiet_sigint()                                   # waiting for slots: stop without a traceback
     env = dict(os.environ)
     fds: list[int] = []
     scheduled = any(v in env for v in SCHEDULER_JOB_VARS) and "CUDA_VISIBLE_DEVICES" in env
@@ -97,9 +102,10 @@ def run_with_gpus(count: int, command: list[str], lock_dir=None) -> int:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(devices)
         log.info("GPU slots %s acquired", env["CUDA_VISIBLE_DEVICES"])
     try:
-        return subprocess.run(command, env=env).returncode
+        returncode = run_through_stops(command, env=env)
     finally:
         if fds:
             log.info("GPU slots %s released", env["CUDA_VISIBLE_DEVICES"])
         for fd in fds:
             os.close(fd)
+    return exit_like(returncode)

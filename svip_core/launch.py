@@ -3,7 +3,10 @@ SLURM allocation (one torchrun per node, joined by a c10d rendezvous on the allo
 from __future__ import annotations
 
 import os
+import signal
 import socket
+
+from svip_core.interrupt import exit_like, quiet_sigint, run_through_stops
 
 
 def torchrun_command(nproc: int, script: list[str], env=None) -> list[str]:
@@ -20,3 +23,22 @@ def torchrun_command(nproc: int, script: list[str], env=None) -> list[str]:
     return ["srun", "--overlap", f"--nodes={nodes}", "--ntasks-per-node=1", "--kill-on-bad-exit=1",
             "torchrun", f"--nnodes={nodes}", f"--nproc_per_node={nproc}", "--rdzv-backend=c10d",
             f"--rdzv-endpoint={head}:{port}", f"--rdzv-id=svip-{job}", *script]
+
+
+def run_torchrun(nproc: int, script: list[str], env=None) -> int:
+    """Run ``torchrun_command``; returns its exit status. On one node torchrun runs in this process, so a stop
+    (SIGINT, SIGTERM) ends it without its SignalException traceback: it hands the signal to its ranks, waits for
+    them to stop (rank 0 says where a re-run resumes) and this returns 128 + the signal. Across nodes ``srun`` runs
+    the torchruns and passes signals on to them; this waits for it (interrupt.run_through_stops)."""
+    command = torchrun_command(nproc, script, env)
+    if command[0] != "torchrun":
+        return exit_like(run_through_stops(command))
+    quiet_sigint()              # until torchrun's own handlers are in place (importing torch takes a while)
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.run import main
+
+    try:
+        main(command[1:])
+    except SignalException as e:
+        return 128 + signal.Signals(e.sigval)
+    return 0

@@ -10,6 +10,7 @@ from tqdm import tqdm
 
 # Off a terminal, a progress line at most this often (a log file keeps lines, not a redrawn bar).
 LOG_EVERY_SECONDS = 30.0
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def setup_logging(log_file=None, level=logging.INFO) -> None:
@@ -18,8 +19,7 @@ def setup_logging(log_file=None, level=logging.INFO) -> None:
     if log_file:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
         handlers = [logging.FileHandler(log_file, mode="a")]
-    logging.basicConfig(level=level, handlers=handlers, force=True,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=level, handlers=handlers, force=True, format=LOG_FORMAT)
 
 
 class _LogLines(io.TextIOBase):

@@ -72,7 +72,7 @@ STAGE_CODE = {"prepare": ("svip_core.dataset.manifest",), "extract": ("svip_core
 STAGE_LIBRARIES = {"prepare": (), "extract": ("torch", "transformers"), "train": ("torch", "torch_geometric"),
                    "evaluate": ("torch", "torch_geometric", "numpy"), "report": ()}
 NOT_CODE = frozenset({"svip_core", "svip_core.hashing", "svip_core.config", "svip_core.stages", "svip_core.logs", "svip_core.cli",
-                      "svip_core.devices", "svip_core.launch"})
+                      "svip_core.devices", "svip_core.launch", "svip_core.interrupt"})
 
 
 # ---- config ------------------------------------------------------------------------------------------------

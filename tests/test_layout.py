@@ -16,6 +16,7 @@ PACKAGE = ROOT / "svip_core"
 LAYERS = (
     ("hashing", "atomic"),
     ("logs",),
+    ("interrupt",),
     ("config",),
     ("dataset", "synthetic", "video"),
     ("features",),

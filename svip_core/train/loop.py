@@ -21,6 +21,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DistributedSampler
 
 from svip_core.atomic import atomic_path
+from svip_core.interrupt import holding_stops
 from svip_core.logs import progress
 from svip_core.features.precision import autocast, grad_scaler, set_matmul_precision
 from svip_core.model.loss import ranking_loss
@@ -286,35 +287,41 @@ def train(store_paths: list[str], out_dir, model_cfg: dict, cfg: dict, debug: bo
             for k, v in row.items():
                 if k != "epoch":
                     writer.add_scalar(k, v, epoch)
-        save_rng(ckpt, rank, epoch)
-        dist.barrier()                        # every rank's RNG is on disk before state.json names the epoch
-        if rank == 0:
-            save_checkpoint(ckpt, model, optimizer, scheduler, scaler, state)
-        dist.barrier()
+        # A stop (SIGINT, SIGTERM) waits for the checkpoint: weights, trainer state and state.json of one epoch.
+        with holding_stops():
+            save_rng(ckpt, rank, epoch)
+            dist.barrier()                    # every rank's RNG is on disk before state.json names the epoch
+            if rank == 0:
+                save_checkpoint(ckpt, model, optimizer, scheduler, scaler, state)
+            dist.barrier()
 
-    checksums = [None] * world
-    dist.all_gather_object(checksums, weights_checksum(model))
+    # A stop during the final writes takes effect once they are done, before the run is marked finished, so a
+    # re-run resumes it (writing them again) instead of training from scratch.
+    with holding_stops():
+        checksums = [None] * world
+        dist.all_gather_object(checksums, weights_checksum(model))
+        if rank == 0:
+            writer.close()
+            _write_curves(out_dir / "metrics.csv", state["history"])
+            (out_dir / "model.json").write_text(json.dumps(
+                {"model": model_cfg, "visual_dim": visual_dim, "geometry_dim": geometry_dim, "best_epoch": state["best_epoch"],
+                 "best_val_top1": state["best_top1"], "world_size": world, "rank_weight_checksums": checksums,
+                 "identity": identity, "precision": cfg["precision"], "run_settings": settings or {}, "frame_stride": train_set.frame_stride(),
+                 "normalisation": normalisation, "val_chance_top1": chance,
+                 "features": train_set.provenance()},
+                indent=1))
+            if len(set(checksums)) != 1:
+                raise RuntimeError(f"DDP ranks ended with different weights: {checksums}")
+            best = ckpt / "best.safetensors"
+            if best.exists():
+                load_weights(model, best)
+            save_weights(model, out_dir / "model.safetensors")
+        # Release DDP's reducer while the group is alive: freeing it after destroy_process_group can hang gloo.
+        del ddp, loader, val_loader
+        dist.barrier()
+        dist.destroy_process_group()
     if rank == 0:
-        writer.close()
-        _write_curves(out_dir / "metrics.csv", state["history"])
-        (out_dir / "model.json").write_text(json.dumps(
-            {"model": model_cfg, "visual_dim": visual_dim, "geometry_dim": geometry_dim, "best_epoch": state["best_epoch"],
-             "best_val_top1": state["best_top1"], "world_size": world, "rank_weight_checksums": checksums,
-             "identity": identity, "precision": cfg["precision"], "run_settings": settings or {}, "frame_stride": train_set.frame_stride(),
-             "normalisation": normalisation, "val_chance_top1": chance,
-             "features": train_set.provenance()},
-            indent=1))
-        if len(set(checksums)) != 1:
-            raise RuntimeError(f"DDP ranks ended with different weights: {checksums}")
-        best = ckpt / "best.safetensors"
-        if best.exists():
-            load_weights(model, best)
-        save_weights(model, out_dir / "model.safetensors")
         mark_finished(ckpt, state)
-    # Release DDP's reducer while the group is alive: freeing it after destroy_process_group can hang gloo.
-    del ddp, loader, val_loader
-    dist.barrier()
-    dist.destroy_process_group()
     return state
 
 
