@@ -37,6 +37,7 @@ def _left_in(folder) -> list:
     return left
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_train_prints_one_line_and_the_rerun_resumes(finished_workflow, tmp_path):
     """SIGINT to the workflow's process group (Ctrl-C) while 2 ranks train: Snakemake's own lines and the train
     job's one line (the epoch its checkpoint holds), no traceback, no error report, no process left; then the same
