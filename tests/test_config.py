@@ -349,3 +349,18 @@ def test_every_command_takes_the_configfile_after_its_name_and_synth_shows_its_s
 def test_the_configs_comment_names_both_dataset_layouts():
     line = next(line for line in (ROOT / "config.yaml").read_text().splitlines() if line.strip().startswith("source:"))
     assert "*.npz" in line and "train.h5" in line
+
+
+def test_the_first_dry_run_on_new_data_says_extract_jobs_come_after_prepare(tmp_path):
+    """Prepare decides the shards, so before it ran a dry run cannot list the extract jobs: Snakemake says so,
+    in the words the README quotes."""
+    from conftest import folder_dataset
+
+    data = folder_dataset(tmp_path / "data", {"train": 4, "val": 2, "test": 2}, seed=5)
+    wd = copy_workflow(tmp_path / "wf", {**TINY, "data": {**TINY["data"], "source": str(data)}})
+    planned = snakemake(wd, "-n")
+    notice = "The run involves checkpoint jobs, which will result in alteration of the DAG"
+    assert planned.returncode == 0 and notice in planned.stdout + planned.stderr
+    jobs = [line for line in (planned.stdout + planned.stderr).splitlines() if line.startswith("rule extract")]
+    assert jobs == []                                   # listed only once prepare has run
+    assert notice in " ".join((ROOT / "README.md").read_text().split())
