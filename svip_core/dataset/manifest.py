@@ -42,27 +42,30 @@ def unlisted_files(manifest: pd.DataFrame) -> pd.Series:
     return manifest.path.map(lambda p: is_hdf5(p) and split_address(p)[1] is None)
 
 
-def verdict_counts(manifest: pd.DataFrame) -> str:
-    """'41 clips: 38 accepted, 3 rejected', with unreadable HDF5 files said apart ('; 1 file could not be read,
-    its clips are not counted')."""
+def _counted(manifest: pd.DataFrame) -> tuple[int, int, int]:
+    """(clips, rejected clips, unreadable HDF5 files): the files apart, as they may hold many clips."""
     files = unlisted_files(manifest)
     clips = manifest[~files]
-    rejected = int((clips.verdict == "rejected").sum())
-    line = f"{len(clips)} clips: {len(clips) - rejected} accepted, {rejected} rejected"
-    if files.any():
-        line += (f"; {int(files.sum())} file{'s' if files.sum() > 1 else ''} could not be read, "
-                 f"{'their' if files.sum() > 1 else 'its'} clips not counted")
+    return len(clips), int((clips.verdict == "rejected").sum()), int(files.sum())
+
+
+def verdict_counts(manifest: pd.DataFrame) -> str:
+    """'41 clips: 38 accepted, 3 rejected', with unreadable HDF5 files said apart ('; 1 file could not be read,
+    its clips not counted')."""
+    clips, rejected, files = _counted(manifest)
+    line = f"{clips} clips: {clips - rejected} accepted, {rejected} rejected"
+    if files:
+        several = files > 1
+        line += f"; {files} file{'s' if several else ''} could not be read, {'their' if several else 'its'} clips not counted"
     return line
 
 
 def rejected_summary(manifest: pd.DataFrame) -> str:
     """'3 of 41 clips rejected' (and unreadable HDF5 files apart), or '' when nothing was rejected."""
-    files = unlisted_files(manifest)
-    clips = manifest[~files]
-    rejected = int((clips.verdict == "rejected").sum())
-    parts = [f"{rejected} of {len(clips)} clips rejected"] if rejected else []
-    if files.any():
-        parts.append(f"{int(files.sum())} file{'s' if files.sum() > 1 else ''} unreadable")
+    clips, rejected, files = _counted(manifest)
+    parts = [f"{rejected} of {clips} clips rejected"] if rejected else []
+    if files:
+        parts.append(f"{files} file{'s' if files > 1 else ''} unreadable")
     return " and ".join(parts)
 
 

@@ -53,9 +53,10 @@ def model_caveat(checkpoint) -> str:
     dataset = json.loads(config.read_text()).get("upstream", {}).get("dataset") if config.is_file() else None
     scenes = None
     for prepared in checkpoint.parent.parent.glob("prepare/*/config.json"):
-        identity = json.loads(prepared.read_text()).get("dataset")
+        prepare = json.loads(prepared.read_text())
+        identity = prepare.get("dataset")
         if identity and digest(identity) == dataset and identity.get("clips") == "synthetic":
-            scenes = json.loads(prepared.read_text())["config"]["synthetic"]["scene"]
+            scenes = prepare["config"]["synthetic"]["scene"]
     if random_backbone and scenes:
         what = f"the demo's kind of model: trained on synthetic {scenes} scenes, with a random backbone"
     elif random_backbone:
