@@ -25,12 +25,29 @@ def torchrun_command(nproc: int, script: list[str], env=None) -> list[str]:
             f"--rdzv-endpoint={head}:{port}", f"--rdzv-id=svip-{job}", *script]
 
 
+# What Snakemake sets to a job's `threads` (snakemake/shell.py), each read by one of the libraries a rank loads.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS",
+                    "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
+def rank_threads(nproc: int, env) -> dict[str, str]:
+    """The thread variables for each of a node's ``nproc`` ranks: the job's threads (OMP_NUM_THREADS, which
+    Snakemake sets to the rule's `threads`; else the cores this process may use) shared out among them. torchrun
+    passes a set OMP_NUM_THREADS to every rank unchanged, so under Snakemake each rank would run the whole job's
+    threads: on CPU, ranks that wait for each other's all-reduce with their threads spinning on shared cores ran
+    steps 3 to 10 times slower."""
+    budget = int(env.get("OMP_NUM_THREADS") or len(os.sched_getaffinity(0)))
+    per_rank = str(max(1, budget // nproc))
+    return {name: per_rank for name in THREAD_VARIABLES if name == "OMP_NUM_THREADS" or name in env}
+
+
 def run_torchrun(nproc: int, script: list[str], env=None) -> int:
     """Run ``torchrun_command``; returns its exit status. On one node torchrun runs in this process, so a stop
     (SIGINT, SIGTERM) ends it without its SignalException traceback: it hands the signal to its ranks, waits for
     them to stop (rank 0 says where a re-run resumes) and this returns 128 + the signal. Across nodes ``srun`` runs
     the torchruns and passes signals on to them; this waits for it (interrupt.run_through_stops)."""
     command = torchrun_command(nproc, script, env)
+    os.environ.update(rank_threads(nproc, os.environ if env is None else env))
     if command[0] != "torchrun":
         return exit_like(run_through_stops(command))
     quiet_sigint()              # until torchrun's own handlers are in place (importing torch takes a while)

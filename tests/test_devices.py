@@ -137,3 +137,17 @@ def test_torchrun_spans_the_nodes_of_a_slurm_allocation():
     assert {"--nnodes=2", "--nproc_per_node=4", "--rdzv-backend=c10d", "--rdzv-endpoint=gpu01:29734",
             "--rdzv-id=svip-1234"} <= set(cmd)
     assert cmd[-len(script):] == script
+
+
+def test_a_jobs_threads_are_shared_out_among_its_ranks():
+    """Under Snakemake (which sets OMP_NUM_THREADS and its kin to the rule's `threads`) each rank gets its share;
+    never fewer than one; without a setting, the cores this process may use are the budget."""
+    import os
+
+    from svip_core.launch import rank_threads
+
+    snakemake_job = {"OMP_NUM_THREADS": "8", "MKL_NUM_THREADS": "8", "OPENBLAS_NUM_THREADS": "8"}
+    assert rank_threads(4, snakemake_job) == {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2",
+                                              "OPENBLAS_NUM_THREADS": "2"}
+    assert rank_threads(4, {"OMP_NUM_THREADS": "2"}) == {"OMP_NUM_THREADS": "1"}
+    assert rank_threads(1, {}) == {"OMP_NUM_THREADS": str(len(os.sched_getaffinity(0)))}

@@ -103,6 +103,9 @@ def test_the_workflow_trains_on_the_good_clips_and_reports_the_bad(corpus, workf
     meta = json.loads((workflow_dir / model).with_name("model.json").read_text())
     assert meta["world_size"] == 2 and meta["precision"] == "fp16" and meta["features"]["features"]["precision"] == "bf16"
     assert pd.read_csv((workflow_dir / model).with_name("metrics.csv"))[["train_loss", "val_loss"]].notna().all().all()
+    # The job's 2 threads (Snakemake's OMP_NUM_THREADS) shared by its 2 ranks: each spinning 2 threads on 2 cores
+    # made a step several times slower.
+    assert "1 thread(s) per process" in (workflow_dir / model).parent.joinpath("logs", "train.log").read_text()
     total, prepare = len(expected) + len(good), stage_dir(config, "prepare")
     assert result.stdout.splitlines()[-1] == (
         f"svip: {len(expected)} of {total} clips rejected: the reasons are in {prepare}/logs/prepare.log and the "

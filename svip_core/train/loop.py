@@ -210,8 +210,8 @@ def train(store_paths: list[str], out_dir, model_cfg: dict, cfg: dict, debug: bo
     if state["epoch"] and rank == 0:
         log.info("resuming after epoch %d from %s (same run identity %s)", state["epoch"], ckpt, identity)
     if rank == 0:
-        log.info("%d clips to train on, %d to validate on; %d loader worker(s) per process, device %s",
-                 len(train_set), len(val_set), workers, device)
+        log.info("%d clips to train on, %d to validate on; %d loader worker(s) and %d thread(s) per process, device %s",
+                 len(train_set), len(val_set), workers, torch.get_num_threads(), device)
     writer = None
     if rank == 0:
         from torch.utils.tensorboard import SummaryWriter
