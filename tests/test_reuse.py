@@ -266,14 +266,15 @@ def test_a_changed_preprocessor_config_reextracts_and_a_moved_backbone_does_not(
 
 
 @pytest.mark.slow
-def test_a_data_edit_reruns_what_it_touches_and_going_back_runs_nothing(finished_workflow, tmp_path):
+def test_a_data_edit_reruns_what_it_touches_and_going_back_finds_the_old_results(finished_workflow, tmp_path):
     """Adding and changing clips re-runs prepare, exactly the shards whose clips changed, and training; the
     new model is trained on the new data (not resumed from the old one); the old data finds the old results."""
     wd = clone_workflow(finished_workflow, tmp_path / "wf", with_data=True)
     data = wd / "data"
-    moved = snakemake(wd)                 # the copied data: only its manifest and the report naming it are new
-    assert moved.returncode == 0 and ran_jobs(moved) == {"prepare": 1, "report": 1}, moved.stderr[-3000:]
     old = {s: wd / stage_dir(load_config(wd / "config.yaml"), s) for s in STAGES}
+    # The copied data: only its manifest is new, its stores are found (test_hdf5 runs the whole workflow after such
+    # a move: the report naming the data is new too).
+    assert until_extract(wd) == {"prepare": 1}
     old_keys = {p.stem for p in (old["prepare"] / "shards").glob("*.json")}
     old_weights = load_file(old["train"] / "model.safetensors")
     old_curves = pd.read_csv(old["train"] / "metrics.csv")
@@ -307,7 +308,10 @@ def test_a_data_edit_reruns_what_it_touches_and_going_back_runs_nothing(finished
         path.unlink()
     changed.write_bytes(original)
     back = snakemake(wd, "-n")
-    assert "Nothing to be done" in back.stdout + back.stderr, back.stdout[-2000:]
+    planned = planned_jobs(back)
+    planned.pop("all", None)
+    # The old data finds its manifest, stores, model and evaluation: only its report, never made in this copy, is due.
+    assert planned == {"report": 1}, back.stdout[-2000:]
 
 
 @pytest.mark.slow
