@@ -10,7 +10,7 @@ import zarr
 
 from svip_core.atomic import stale_partials
 from svip_core.dataset.containers import clip_digests
-from svip_core.features.backbone import BackboneError, build_embedded, load_backbone
+from svip_core.features.backbone import IMAGENET_MEAN, IMAGENET_STD, BackboneError, build_embedded, load_backbone
 from svip_core.features.extract import extract_shard, frame_indices, person_slots
 from svip_core.features.geometry import GEOMETRY_FIELDS, box_geometry
 from svip_core.features.roi_pooling import crop_boxes, roi_pool
@@ -219,3 +219,28 @@ def test_extract_refuses_clips_changed_since_prepare(tmp_path):
     np.savez(paths[1], **arrays)
     with pytest.raises(RuntimeError, match="changed since prepare"):
         check_members(members)
+
+
+@pytest.mark.parametrize("mode", ["roi", "crop"])
+def test_the_split_backbone_gives_the_whole_backbones_features_and_only_its_head_learns(tmp_path, mode):
+    """Trunk tokens (what a store keeps for train.finetune_blocks = 1) through the tuned head give the features
+    the whole backbone gives at extract; a loss on them reaches the head's block and layer norm, never the trunk."""
+    from svip_core.features.extract import person_features
+    from svip_core.features.split_backbone import TunedHead, trunk_inputs
+
+    backbone = load_backbone(build_embedded({**EMBEDDED, "num_layers": 3}, tmp_path / "bb"))
+    torch.manual_seed(0)
+    frames = torch.randint(0, 256, (3, 3, 48, 80), dtype=torch.uint8)
+    corner = torch.rand(3, 4, 2) * 0.5
+    boxes = torch.cat([corner, corner + 0.2 + torch.rand(3, 4, 2) * 0.3], -1)          # (F, N, 4) xyxy in [0, 1]
+    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    whole = person_features(backbone, frames, boxes, mode, 2, 16, mean, std, "fp32")
+    pixels = (frames.float() / 255.0 - mean) / std
+    tokens = trunk_inputs(backbone, pixels, boxes, mode, 16, k=1)
+    head = TunedHead(backbone, 1, mode, patch_size=8, roi_samples=2)
+    split = head(tokens, boxes, grid=(6, 10))
+    torch.testing.assert_close(split, whole, rtol=1e-5, atol=1e-6)
+
+    (split * torch.randn_like(split)).sum().backward()              # any loss of the features
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in head.parameters())
+    assert not tokens.requires_grad and all(p.grad is None for p in backbone.parameters())

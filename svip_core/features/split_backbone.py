@@ -1,0 +1,92 @@
+"""The backbone split at block L-k for fine-tuning its last k blocks (``train.finetune_blocks``).
+
+The frozen trunk (patch embedding and blocks 0 .. L-k-1) runs once, at extract, and its output tokens are what a
+store keeps; the tuned head (blocks L-k .. L-1 and the final layer norm, copied from the backbone) runs in
+training, and person features are pooled from its output as ``extract.person_features`` pools them from the whole
+backbone's, so with the head's weights unchanged the two give the same features. DINOv2 and DINOv2 with
+registers are split this way (``backbone.encoder.layer``, ``backbone.layernorm``).
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from svip_core.features.backbone import BackboneError, leading_tokens
+from svip_core.features.roi_pooling import crop_boxes, roi_pool
+
+
+def backbone_layers(backbone) -> int:
+    """How many transformer blocks the backbone has (L)."""
+    return int(backbone.config.num_hidden_layers)
+
+
+def _blocks(backbone) -> nn.ModuleList:
+    encoder = getattr(backbone, "encoder", None)
+    if encoder is None or not hasattr(encoder, "layer") or not hasattr(backbone, "layernorm"):
+        raise BackboneError(f"cannot split {type(backbone).__name__} for fine-tuning (no encoder.layer and "
+                            "layernorm). Fix: use a DINOv2 backbone, or set train.finetune_blocks: 0")
+    return encoder.layer
+
+
+@torch.no_grad()
+def trunk_tokens(backbone, pixels: torch.Tensor, k: int) -> torch.Tensor:
+    """pixels (F, 3, H, W) normalised -> (F, S, D): the hidden states entering block L-k (S = leading tokens +
+    patches), through Hugging Face's ``output_hidden_states`` (entry i is the input of block i)."""
+    _blocks(backbone)
+    L = backbone_layers(backbone)
+    if not 0 < k <= L:
+        raise BackboneError(f"train.finetune_blocks = {k}, but the backbone has {L} blocks. "
+                            f"Fix: set train.finetune_blocks between 0 and {L}")
+    return backbone(pixel_values=pixels, output_hidden_states=True).hidden_states[L - k]
+
+
+class TunedHead(nn.Module):
+    """The backbone's last k blocks and its final layer norm, trainable, with the person pooling of
+    ``extract.person_features`` after them."""
+
+    def __init__(self, backbone, k: int, mode: str, patch_size: int, roi_samples: int | None):
+        super().__init__()
+        blocks = _blocks(backbone)
+        self.blocks = nn.ModuleList(copy.deepcopy(blocks[len(blocks) - k:]))
+        self.layernorm = copy.deepcopy(backbone.layernorm)
+        self.requires_grad_(True)
+        self.mode, self.patch_size, self.roi_samples = mode, patch_size, roi_samples
+        self.lead = leading_tokens(backbone.config)
+        self.checkpointing = False          # activation checkpointing of each block: memory for recomputation
+
+    def hidden(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens (F, S, D) entering block L-k -> (F, S, D) the backbone's last hidden state."""
+        for block in self.blocks:
+            if self.checkpointing and self.training:
+                tokens = torch.utils.checkpoint.checkpoint(block, tokens, use_reentrant=False)
+            else:
+                tokens = block(tokens)
+        return self.layernorm(tokens)
+
+    def forward(self, tokens: torch.Tensor, boxes: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
+        """L2-normalised person features (F, N, D) float32.
+
+        roi mode: tokens (F, S, D) of whole frames whose patch grid is ``grid`` = (h, w), boxes (F, N, 4)
+        normalised xyxy; the patch tokens are pooled inside each box.
+        crop mode: tokens (F*N, S, D) of each person's crop (frame-major), boxes (F, N, 4); the CLS token of each.
+        """
+        hidden = self.hidden(tokens)
+        if self.mode == "roi":
+            h, w = grid
+            patches = hidden[:, self.lead:].transpose(1, 2).reshape(len(hidden), -1, h, w)
+            feats = roi_pool(patches.float(), boxes, self.roi_samples)
+        else:
+            feats = hidden[:, 0].float().view(*boxes.shape[:2], -1)
+        return F.normalize(feats, dim=-1)
+
+
+def trunk_inputs(backbone, pixels: torch.Tensor, boxes: torch.Tensor, mode: str, crop_size: int | None,
+                 k: int) -> torch.Tensor:
+    """What a store keeps for the tuned head: pixels (F, 3, H, W) normalised, boxes (F, N, 4) -> roi mode
+    (F, S, D) tokens of each frame; crop mode (F*N, S, D) tokens of each person's crop."""
+    if mode == "roi":
+        return trunk_tokens(backbone, pixels, k)
+    return trunk_tokens(backbone, crop_boxes(pixels, boxes, crop_size).flatten(0, 1), k)
