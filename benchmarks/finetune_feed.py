@@ -8,7 +8,7 @@ online frames: extract keeps the sampled frames (uint8) and a train step runs th
     without gradients and the tuned blocks with them.
 
 Per clip it reports the bytes each way stores (raw, and as a Zarr chunk compressed with zstd: tokens barely
-shrink), and the time of one clip's forward+backward through the backbone part of a step (the ranker's own share
+shrink; the frames here are random pixels, which do not shrink at all, where real video frames would), and the time of one clip's forward+backward through the backbone part of a step (the ranker's own share
 is the same either way; benchmarks/train_step.py measures it). On CUDA it runs under bf16 autocast and reports
 peak memory, with and without activation checkpointing of the tuned blocks. Weights are random: a backbone is
 built from its config (no download), which is all that timing and storage depend on.
@@ -25,7 +25,9 @@ import torch
 import zarr
 from timing import device_name, timed
 
-from svip_core.features.split_backbone import TunedHead, trunk_inputs
+from svip_core.features.extract import person_features_and_tokens
+from svip_core.features.roi_pooling import crop_boxes
+from svip_core.features.split_backbone import TunedHead
 
 # name: (DINOv2 config, mode, frames sampled, people, frame (H, W) in roi mode or crop side in crop mode)
 SHAPES = {
@@ -46,14 +48,24 @@ def build(config: dict):
     return Dinov2Model(Dinov2Config(image_size=224, **config)).eval().requires_grad_(False)
 
 
-def clip_inputs(backbone, mode: str, T: int, N: int, size, device):
-    """One clip's normalised pixels (T, 3, H, W) and boxes (T, N, 4); in crop mode the frames are 4x the crop."""
+def clip_inputs(mode: str, T: int, N: int, size, device):
+    """One clip's frames (T, 3, H, W) uint8 and boxes (T, N, 4); in crop mode the frames are 4x the crop."""
     H, W = size if mode == "roi" else (4 * size, 4 * size)
     g = torch.Generator().manual_seed(1)
-    pixels = torch.randn(T, 3, H, W, generator=g).to(device)
+    frames = torch.randint(0, 256, (T, 3, H, W), generator=g, dtype=torch.uint8).to(device)
     corner = torch.rand(T, N, 2, generator=g) * 0.6
     boxes = torch.cat([corner, corner + 0.1 + torch.rand(T, N, 2, generator=g) * 0.3], -1).to(device)
-    return pixels, boxes
+    return frames, boxes
+
+
+@torch.no_grad()
+def trunk_only(backbone, pixels: torch.Tensor, boxes: torch.Tensor, mode: str, crop_size, k: int) -> torch.Tensor:
+    """The online way's frozen part: patch embedding and blocks 0 .. L-k-1 only (the stored way's extract pass
+    runs them all once, for the frozen features too)."""
+    hidden = backbone.embeddings(pixels if mode == "roi" else crop_boxes(pixels, boxes, crop_size).flatten(0, 1))
+    for block in backbone.encoder.layer[: backbone.config.num_hidden_layers - k]:
+        hidden = block(hidden)
+    return hidden
 
 
 def stored_bytes(array: np.ndarray) -> tuple[int, int]:
@@ -66,32 +78,34 @@ def stored_bytes(array: np.ndarray) -> tuple[int, int]:
     return array.nbytes, on_disk
 
 
-def measure(name: str, k: int, device, repeats: int) -> dict:
+def measure(name: str, k: int, device, repeats: int, timing: bool = True) -> dict:
     config, mode, T, N, size = SHAPES[name]
     backbone = build(config).to(device)
     patch = backbone.config.patch_size
-    pixels, boxes = clip_inputs(backbone, mode, T, N, size, device)
+    frames, boxes = clip_inputs(mode, T, N, size, device)
+    mean = torch.tensor([0.485, 0.456, 0.406], device=device).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225], device=device).view(1, 3, 1, 1)
     head = TunedHead(backbone, k, mode, patch, roi_samples=4).to(device).train()
-    grid = (pixels.shape[-2] // patch, pixels.shape[-1] // patch)
+    grid = (frames.shape[-2] // patch, frames.shape[-1] // patch)
     crop = size if mode == "crop" else None
     use_bf16 = device.type == "cuda"
-    with torch.autocast(device.type, torch.bfloat16, enabled=use_bf16):
-        tokens = trunk_inputs(backbone, pixels, boxes, mode, crop, k)
-    frames_uint8 = np.zeros((T, 3, *pixels.shape[-2:]), np.uint8)
+    precision = "bf16" if use_bf16 else "fp32"
+    _, tokens = person_features_and_tokens(backbone, frames, boxes, mode, 4, crop, mean, std, precision, k)
+    frames_uint8 = frames.cpu().numpy()
     tokens_fp16 = tokens.to(torch.float16).cpu().numpy()
     probe = torch.randn(T, N, backbone.config.hidden_size, device=device)
 
     def step(online: bool):
         with torch.autocast(device.type, torch.bfloat16, enabled=use_bf16):
-            x = trunk_inputs(backbone, pixels, boxes, mode, crop, k) if online else tokens
+            x = trunk_only(backbone, (frames.float() / 255 - mean) / std, boxes, mode, crop, k) if online else tokens
             (head(x, boxes, grid) * probe).sum().backward()
 
     out = {"shape": name, "mode": mode, "k": k, "layers": backbone.config.num_hidden_layers,
            "hidden_size": backbone.config.hidden_size, "tokens_per_input": int(tokens.shape[1]),
            "inputs_per_clip": int(tokens.shape[0])}
     out["stored_tokens_bytes"], out["stored_tokens_zstd_bytes"] = stored_bytes(tokens_fp16)
-    out["online_frames_bytes"], _ = stored_bytes(frames_uint8)
-    for checkpointing in ((False, True) if device.type == "cuda" else (False,)):
+    out["online_frames_bytes"], out["online_frames_zstd_bytes"] = stored_bytes(frames_uint8)
+    for checkpointing in ((False, True) if device.type == "cuda" else (False,)) if timing else ():
         head.checkpointing = checkpointing
         for online in (False, True):
             key = ("online_frames" if online else "stored_tokens") + ("_checkpointed" if checkpointing else "")
@@ -108,13 +122,15 @@ def main():
     p.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     p.add_argument("--k", nargs="+", type=int, default=[1, 2])
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--no-timing", action="store_true", help="bytes only (the reference shapes take minutes per step "
+                   "on a CPU)")
     p.add_argument("--out", default="results/benchmarks/finetune_feed.json")
     args = p.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     rows = []
     for name in args.shapes:
         for k in args.k:
-            rows.append(measure(name, k, device, args.repeats))
+            rows.append(measure(name, k, device, args.repeats, timing=not args.no_timing))
             print(json.dumps(rows[-1]), flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"device": device_name(device), "rows": rows}, indent=1))

@@ -225,8 +225,8 @@ def test_extract_refuses_clips_changed_since_prepare(tmp_path):
 def test_the_split_backbone_gives_the_whole_backbones_features_and_only_its_head_learns(tmp_path, mode):
     """Trunk tokens (what a store keeps for train.finetune_blocks = 1) through the tuned head give the features
     the whole backbone gives at extract; a loss on them reaches the head's block and layer norm, never the trunk."""
-    from svip_core.features.extract import person_features
-    from svip_core.features.split_backbone import TunedHead, trunk_inputs
+    from svip_core.features.extract import person_features_and_tokens
+    from svip_core.features.split_backbone import TunedHead
 
     backbone = load_backbone(build_embedded({**EMBEDDED, "num_layers": 3}, tmp_path / "bb"))
     torch.manual_seed(0)
@@ -234,13 +234,48 @@ def test_the_split_backbone_gives_the_whole_backbones_features_and_only_its_head
     corner = torch.rand(3, 4, 2) * 0.5
     boxes = torch.cat([corner, corner + 0.2 + torch.rand(3, 4, 2) * 0.3], -1)          # (F, N, 4) xyxy in [0, 1]
     mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    whole = person_features(backbone, frames, boxes, mode, 2, 16, mean, std, "fp32")
-    pixels = (frames.float() / 255.0 - mean) / std
-    tokens = trunk_inputs(backbone, pixels, boxes, mode, 16, k=1)
+    whole, tokens = person_features_and_tokens(backbone, frames, boxes, mode, 2, 16, mean, std, "fp32", 1)
+    assert tokens.shape == ((3, 1 + 6 * 10, 16) if mode == "roi" else (3 * 4, 1 + 2 * 2, 16))
     head = TunedHead(backbone, 1, mode, patch_size=8, roi_samples=2)
     split = head(tokens, boxes, grid=(6, 10))
     torch.testing.assert_close(split, whole, rtol=1e-5, atol=1e-6)
+    with pytest.raises(BackboneError, match="has 3 blocks"):
+        person_features_and_tokens(backbone, frames, boxes, mode, 2, 16, mean, std, "fp32", 4)
 
     (split * torch.randn_like(split)).sum().backward()              # any loss of the features
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in head.parameters())
     assert not tokens.requires_grad and all(p.grad is None for p in backbone.parameters())
+
+
+@pytest.mark.parametrize("mode", ["roi", "crop"])
+def test_a_store_for_tuned_blocks_holds_the_tokens_that_give_its_features_back(tmp_path, members, mode):
+    """extract_shard with tuned_blocks = 1 stores, beside the usual arrays (unchanged), the compressed tokens
+    entering the last block; the tuned head on them gives the stored features (to fp16's precision)."""
+    from svip_core.features.split_backbone import TunedHead
+
+    backbone_dir = build_embedded({**EMBEDDED, "num_layers": 2}, tmp_path / "bb")
+    cfg = {**FEATURES, "mode": mode}
+    extract_shard(members, tmp_path / "frozen.zarr", cfg, 4, backbone_dir, {})
+    extract_shard(members, tmp_path / "tuned.zarr", cfg, 4, backbone_dir, {}, tuned_blocks=1)
+    frozen, tuned = open_store(tmp_path / "frozen.zarr"), open_store(tmp_path / "tuned.zarr")
+    assert tuned.attrs["tuned_blocks"] == 1 and "tokens" not in frozen
+    for name in ("visual", "geometry", "person_mask", "frame_mask", "target_index"):
+        np.testing.assert_array_equal(frozen[name][:], tuned[name][:])
+    tokens = tuned["tokens"]
+    assert tokens.dtype == np.float16 and tokens.compressors
+    assert tokens.shape == ((3, 6, 1 + 6 * 10, 16) if mode == "roi" else (3, 6, 4, 1 + 2 * 2, 16))
+
+    head = TunedHead(load_backbone(backbone_dir), 1, mode, patch_size=8, roi_samples=2).eval()
+    for clip in range(3):
+        valid = torch.from_numpy(tuned["person_mask"][clip])                            # (T, N)
+        frame_ok = torch.from_numpy(tuned["frame_mask"][clip])
+        # The boxes the features were pooled at, from the stored geometry (normalised corners).
+        geometry = torch.from_numpy(tuned["geometry"][clip])
+        corners = geometry[..., [GEOMETRY_FIELDS.index(f) for f in ("x1", "y1", "x2", "y2")]]
+        x = torch.from_numpy(tokens[clip]).float()[frame_ok]
+        if mode == "crop":
+            x = x.flatten(0, 1)
+        with torch.no_grad():
+            again = head(x, corners[frame_ok], grid=(6, 10)) * valid[frame_ok][..., None]
+        stored = torch.from_numpy(tuned["visual"][clip]).float()[frame_ok]
+        torch.testing.assert_close(again, stored, atol=2e-3, rtol=0)

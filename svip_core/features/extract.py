@@ -23,7 +23,8 @@ from svip_core.features.backbone import BackboneError, fetch_backbone, leading_t
 from svip_core.features.geometry import GEOMETRY_FIELDS, box_geometry
 from svip_core.features.precision import autocast, set_matmul_precision
 from svip_core.features.roi_pooling import crop_boxes, roi_pool
-from svip_core.features.store import create_arrays, writing_store
+from svip_core.features.split_backbone import check_tuned_blocks
+from svip_core.features.store import create_arrays, create_tokens, writing_store
 from svip_core.hashing import ContentHashes
 from svip_core.logs import progress
 
@@ -121,30 +122,52 @@ class ShardClips(Dataset):
                 "scene": clip.scene_category, "frame_stride": frame_stride(t_idx)}
 
 
-@torch.no_grad()
 def person_features(backbone, frames: torch.Tensor, boxes: torch.Tensor, mode: str, roi_samples: int | None,
                     crop_size: int | None, mean: torch.Tensor, std: torch.Tensor, precision: str) -> torch.Tensor:
     """frames (F, 3, H, W) uint8, boxes (F, N, 4) -> L2-normalised person features (F, N, D) float32.
     ``roi_samples`` is read in roi mode only, ``crop_size`` in crop mode only; ``precision``: the backbone's
     numeric mode (``features.precision``)."""
+    return person_features_and_tokens(backbone, frames, boxes, mode, roi_samples, crop_size, mean, std, precision)[0]
+
+
+@torch.no_grad()
+def person_features_and_tokens(backbone, frames: torch.Tensor, boxes: torch.Tensor, mode: str,
+                               roi_samples: int | None, crop_size: int | None, mean: torch.Tensor, std: torch.Tensor,
+                               precision: str, tuned_blocks: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``person_features``, and from the same backbone pass the tokens entering block L-k for k =
+    ``tuned_blocks`` > 0 (``split_backbone``: what the tuned head is fed): roi mode (F, S, D) per frame, crop mode
+    (F*N, S, D) per person's crop, frame-major; None for k = 0."""
     pixels = (frames.float() / 255.0 - mean) / std
     patch = backbone.config.patch_size
+    inputs = pixels if mode == "roi" else crop_boxes(pixels, boxes, crop_size).flatten(0, 1)   # crops (F*N, 3, S, S)
+    if tuned_blocks:
+        check_tuned_blocks(backbone, tuned_blocks)
     with autocast(precision, pixels.device):
+        out = backbone(pixel_values=inputs, output_hidden_states=bool(tuned_blocks))
+        hidden = out.last_hidden_state                                                # (F or F*N, lead + h*w, D)
+        tokens = out.hidden_states[backbone.config.num_hidden_layers - tuned_blocks] if tuned_blocks else None
         if mode == "roi":
-            hidden = backbone(pixel_values=pixels).last_hidden_state                  # (F, lead + h*w, D)
             h, w = pixels.shape[-2] // patch, pixels.shape[-1] // patch
             lead = leading_tokens(backbone.config)
             if hidden.shape[1] != lead + h * w:
                 raise BackboneError(f"the backbone ({type(backbone).__name__}) gives {hidden.shape[1]} tokens for a "
                                     f"{h}x{w} patch grid, not {lead} (CLS and registers) + {h * w}: not a DINOv2-like "
                                     "model. Fix: set features.backbone to a DINOv2 or DINOv3 model")
-            tokens = hidden[:, lead:].transpose(1, 2).reshape(len(pixels), -1, h, w)
-            feats = roi_pool(tokens.float(), boxes, roi_samples)
+            patches = hidden[:, lead:].transpose(1, 2).reshape(len(pixels), -1, h, w)
+            feats = roi_pool(patches.float(), boxes, roi_samples)
         else:
-            crops = crop_boxes(pixels, boxes, crop_size).flatten(0, 1)                # (F*N, 3, S, S)
-            cls = backbone(pixel_values=crops).last_hidden_state[:, 0]
-            feats = cls.float().view(*boxes.shape[:2], -1)
-    return F.normalize(feats.float(), dim=-1)
+            feats = hidden[:, 0].float().view(*boxes.shape[:2], -1)
+    return F.normalize(feats.float(), dim=-1), tokens
+
+
+def token_shape(config, features_cfg: dict, T: int, N: int) -> tuple[int, ...]:
+    """A clip's tokens for the tuned blocks: (T, S, D) in roi mode, (T, N, S, D) in crop mode, S = leading
+    tokens + patches of a frame or crop (the patch embedding's stride drops a partial patch)."""
+    patch, lead = config.patch_size, leading_tokens(config)
+    if features_cfg["mode"] == "roi":
+        H, W = features_cfg["frame_size"]
+        return T, lead + (H // patch) * (W // patch), config.hidden_size
+    return T, N, lead + (features_cfg["crop_size"] // patch) ** 2, config.hidden_size
 
 
 def check_members(members: list[dict], cache: ContentHashes | None = None,
@@ -160,9 +183,10 @@ def check_members(members: list[dict], cache: ContentHashes | None = None,
 
 def extract_shard(members: list[dict], out_path, features_cfg: dict, max_persons: int, backbone_path,
                   attrs: dict, max_array_bytes: int = 2_000_000_000, device: str | None = None,
-                  cache: ContentHashes | None = None) -> dict:
+                  cache: ContentHashes | None = None, tuned_blocks: int = 0) -> dict:
     """Write the feature store of one shard to ``out_path``; returns timing figures. Members' files are checked
-    against their content hashes first (through ``cache`` when given)."""
+    against their content hashes first (through ``cache`` when given). ``tuned_blocks`` = k > 0 also stores the
+    tokens entering block L-k (``store.create_tokens``), from the same backbone pass."""
     check_members(members, cache, max_array_bytes)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     backbone_path = fetch_backbone(backbone_path)       # a hub id's weights are downloaded here, not at planning
@@ -181,11 +205,16 @@ def extract_shard(members: list[dict], out_path, features_cfg: dict, max_persons
     backbone_source = str(backbone_path.resolve())
     attrs = {**attrs, "features": features_cfg, "backbone": backbone_source, "max_persons": max_persons, "feature_dim": D, "geometry_fields": list(GEOMETRY_FIELDS), "versions": versions,
              "svip": svip_core.__version__, "device": device.type}
+    if tuned_blocks:
+        check_tuned_blocks(backbone, tuned_blocks)
+        attrs["tuned_blocks"] = tuned_blocks
     start, batch_done, strides = time.perf_counter(), [], []
     # One writer thread compresses and writes batch i while the backbone runs on batch i+1; waiting for the
     # previous write before queueing the next keeps at most two batches in memory.
     with writing_store(out_path, attrs) as store, ThreadPoolExecutor(max_workers=1) as writer:
         create_arrays(store, V, T, N, D, G)
+        if tuned_blocks:
+            create_tokens(store, V, token_shape(backbone.config, features_cfg, T, N))
         store["video_id"][:] = np.array([m["video_id"] for m in members], dtype=str)
         store["split"][:] = np.array([m["split"] for m in members], dtype=str)
         pending = None
@@ -197,14 +226,23 @@ def extract_shard(members: list[dict], out_path, features_cfg: dict, max_persons
             frame_ok = batch["frame_mask"].flatten().to(device)
             feats = torch.zeros(B * T, N, D, device=device)
             # Padded and invalid frames never reach the backbone.
-            feats[frame_ok] = person_features(backbone, frames[frame_ok], boxes[frame_ok], features_cfg["mode"],
-                                              features_cfg.get("roi_samples"), features_cfg.get("crop_size"), mean, std,
-                                              features_cfg["precision"])
-            visual = (feats.view(B, T, N, D) * batch["valid"].to(device)[..., None]).half().cpu()
+            feats[frame_ok], found = person_features_and_tokens(
+                backbone, frames[frame_ok], boxes[frame_ok], features_cfg["mode"], features_cfg.get("roi_samples"),
+                features_cfg.get("crop_size"), mean, std, features_cfg["precision"], tuned_blocks)
+            valid = batch["valid"].to(device)
+            visual = (feats.view(B, T, N, D) * valid[..., None]).half().cpu()
+            tokens = None
+            if tuned_blocks:
+                tokens = found.new_zeros((B * T, *found.shape[1:]) if features_cfg["mode"] == "roi" else
+                                         (B * T, N, *found.shape[1:]))
+                tokens[frame_ok] = found.view(-1, *tokens.shape[1:])
+                if features_cfg["mode"] == "crop":
+                    tokens = tokens * valid.flatten(0, 1)[..., None, None]
+                tokens = tokens.view(B, T, *tokens.shape[1:]).half().cpu()
             if pending is not None:
                 pending.result()
             batch_done.append(time.perf_counter())
-            pending = writer.submit(_write_batch, store, batch, visual)
+            pending = writer.submit(_write_batch, store, batch, visual, tokens)
             strides.append(batch["frame_stride"].numpy())
         if pending is not None:
             pending.result()
@@ -218,10 +256,12 @@ def extract_shard(members: list[dict], out_path, features_cfg: dict, max_persons
     return {"clips": V, "seconds": time.perf_counter() - start, "steady_frames_per_s": steady, "frame_stride": stride}
 
 
-def _write_batch(store, batch: dict, visual: torch.Tensor) -> None:
+def _write_batch(store, batch: dict, visual: torch.Tensor, tokens: torch.Tensor | None) -> None:
     rows = slice(int(batch["index"][0]), int(batch["index"][-1]) + 1)
     valid = batch["valid"]
     store["visual"][rows] = visual.numpy()
+    if tokens is not None:
+        store["tokens"][rows] = tokens.numpy()
     store["geometry"][rows] = box_geometry(batch["boxes"], valid).numpy()
     store["person_mask"][rows] = valid.numpy()
     store["frame_mask"][rows] = batch["frame_mask"].numpy()

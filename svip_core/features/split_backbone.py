@@ -1,9 +1,10 @@
 """The backbone split at block L-k for fine-tuning its last k blocks (``train.finetune_blocks``).
 
 The frozen trunk (patch embedding and blocks 0 .. L-k-1) runs once, at extract, and its output tokens are what a
-store keeps; the tuned head (blocks L-k .. L-1 and the final layer norm, copied from the backbone) runs in
-training, and person features are pooled from its output as ``extract.person_features`` pools them from the whole
-backbone's, so with the head's weights unchanged the two give the same features. DINOv2 and DINOv2 with
+store keeps (``extract.person_features_and_tokens`` takes them from the backbone's pass, through Hugging Face's
+``output_hidden_states``); the tuned head (blocks L-k .. L-1 and the final layer norm, copied from the backbone)
+runs in training, and person features are pooled from its output as ``extract.person_features`` pools them from
+the whole backbone's, so with the head's weights unchanged the two give the same features. DINOv2 and DINOv2 with
 registers are split this way (``backbone.encoder.layer``, ``backbone.layernorm``).
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from svip_core.features.backbone import BackboneError, leading_tokens
-from svip_core.features.roi_pooling import crop_boxes, roi_pool
+from svip_core.features.roi_pooling import roi_pool
 
 
 def backbone_layers(backbone) -> int:
@@ -31,16 +32,14 @@ def _blocks(backbone) -> nn.ModuleList:
     return encoder.layer
 
 
-@torch.no_grad()
-def trunk_tokens(backbone, pixels: torch.Tensor, k: int) -> torch.Tensor:
-    """pixels (F, 3, H, W) normalised -> (F, S, D): the hidden states entering block L-k (S = leading tokens +
-    patches), through Hugging Face's ``output_hidden_states`` (entry i is the input of block i)."""
+def check_tuned_blocks(backbone, k: int) -> None:
+    """Refuse a backbone that cannot be split, or a k it cannot be split at (0 < k <= L), in the config's one-line
+    form."""
     _blocks(backbone)
     L = backbone_layers(backbone)
     if not 0 < k <= L:
         raise BackboneError(f"train.finetune_blocks = {k}, but the backbone has {L} blocks. "
                             f"Fix: set train.finetune_blocks between 0 and {L}")
-    return backbone(pixel_values=pixels, output_hidden_states=True).hidden_states[L - k]
 
 
 class TunedHead(nn.Module):
@@ -81,12 +80,3 @@ class TunedHead(nn.Module):
         else:
             feats = hidden[:, 0].float().view(*boxes.shape[:2], -1)
         return F.normalize(feats, dim=-1)
-
-
-def trunk_inputs(backbone, pixels: torch.Tensor, boxes: torch.Tensor, mode: str, crop_size: int | None,
-                 k: int) -> torch.Tensor:
-    """What a store keeps for the tuned head: pixels (F, 3, H, W) normalised, boxes (F, N, 4) -> roi mode
-    (F, S, D) tokens of each frame; crop mode (F*N, S, D) tokens of each person's crop."""
-    if mode == "roi":
-        return trunk_tokens(backbone, pixels, k)
-    return trunk_tokens(backbone, crop_boxes(pixels, boxes, crop_size).flatten(0, 1), k)

@@ -4,6 +4,9 @@ Arrays (V clips, T frames, N person slots): visual (V,T,N,D) float16, geometry (
 person_mask (V,T,N) bool (already ANDed with frame_mask), frame_mask (V,T) bool, target_index (V,) int64,
 frame_stride (V,) float32 (source frames between consecutive samples of the clip, on average), video_id,
 scene_category, split (V,) str; attrs["frame_stride"] is the shard's median stride. One clip is one chunk.
+A store made for fine-tuning the backbone's last k blocks (attrs["tuned_blocks"] = k > 0) also holds tokens: what
+enters block L-k, float16, zstd-compressed, (V,T,S,D) per frame in roi mode or (V,T,N,S,D) per person's crop in
+crop mode (S: leading tokens and patches; zeros where a frame or person is absent).
 Stores written before frame_stride existed lack both; ``frame_strides`` reads them as 1.0. A store is
 written under a temporary name and renamed when complete, so a killed job never leaves a store that looks
 finished.
@@ -50,6 +53,15 @@ def create_arrays(group, V: int, T: int, N: int, D: int, G: int) -> None:
         compressors = None if name == "visual" else "auto"
         group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, dimension_names=dims,
                            compressors=compressors)
+
+
+def create_tokens(group, V: int, token_shape: tuple[int, ...]) -> None:
+    """The tokens array for the tuned blocks: (V, *token_shape), one clip per chunk. Compressed, unlike visual:
+    at 30 to 80 times visual's size per clip, disk is what they cost (zstd keeps about 0.9 of them)."""
+    dims = ("clip", "frame", "token", "feature") if len(token_shape) == 3 else \
+        ("clip", "frame", "person", "token", "feature")
+    group.create_array("tokens", shape=(V, *token_shape), chunks=(1, *token_shape), dtype="float16",
+                       dimension_names=dims, compressors=zarr.codecs.ZstdCodec(level=3))
 
 
 def open_store(path):
