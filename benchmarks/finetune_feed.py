@@ -25,6 +25,7 @@ import torch
 import zarr
 from timing import device_name, timed
 
+from svip_core.features.backbone import IMAGENET_MEAN, IMAGENET_STD
 from svip_core.features.extract import person_features_and_tokens
 from svip_core.features.roi_pooling import crop_boxes
 from svip_core.features.split_backbone import TunedHead
@@ -83,9 +84,8 @@ def measure(name: str, k: int, device, repeats: int, timing: bool = True) -> dic
     backbone = build(config).to(device)
     patch = backbone.config.patch_size
     frames, boxes = clip_inputs(mode, T, N, size, device)
-    mean = torch.tensor([0.485, 0.456, 0.406], device=device).view(1, 3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225], device=device).view(1, 3, 1, 1)
-    head = TunedHead(backbone, k, mode, patch, roi_samples=4).to(device).train()
+    mean, std = (torch.tensor(v, device=device).view(1, 3, 1, 1) for v in (IMAGENET_MEAN, IMAGENET_STD))
+    head = TunedHead(backbone, k, mode, roi_samples=4).to(device).train()
     grid = (frames.shape[-2] // patch, frames.shape[-1] // patch)
     crop = size if mode == "crop" else None
     use_bf16 = device.type == "cuda"

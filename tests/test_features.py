@@ -236,7 +236,7 @@ def test_the_split_backbone_gives_the_whole_backbones_features_and_only_its_head
     mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     whole, tokens = person_features_and_tokens(backbone, frames, boxes, mode, 2, 16, mean, std, "fp32", 1)
     assert tokens.shape == ((3, 1 + 6 * 10, 16) if mode == "roi" else (3 * 4, 1 + 2 * 2, 16))
-    head = TunedHead(backbone, 1, mode, patch_size=8, roi_samples=2)
+    head = TunedHead(backbone, 1, mode, roi_samples=2)
     split = head(tokens, boxes, grid=(6, 10))
     torch.testing.assert_close(split, whole, rtol=1e-5, atol=1e-6)
     with pytest.raises(BackboneError, match="has 3 blocks"):
@@ -265,7 +265,7 @@ def test_a_store_for_tuned_blocks_holds_the_tokens_that_give_its_features_back(t
     assert tokens.dtype == np.float16 and tokens.compressors
     assert tokens.shape == ((3, 6, 1 + 6 * 10, 16) if mode == "roi" else (3, 6, 4, 1 + 2 * 2, 16))
 
-    head = TunedHead(load_backbone(backbone_dir), 1, mode, patch_size=8, roi_samples=2).eval()
+    head = TunedHead(load_backbone(backbone_dir), 1, mode, roi_samples=2).eval()
     for clip in range(3):
         valid = torch.from_numpy(tuned["person_mask"][clip])                            # (T, N)
         frame_ok = torch.from_numpy(tuned["frame_mask"][clip])

@@ -206,8 +206,7 @@ def extract_shard(members: list[dict], out_path, features_cfg: dict, max_persons
     attrs = {**attrs, "features": features_cfg, "backbone": backbone_source, "max_persons": max_persons, "feature_dim": D, "geometry_fields": list(GEOMETRY_FIELDS), "versions": versions,
              "svip": svip_core.__version__, "device": device.type}
     if tuned_blocks:
-        check_tuned_blocks(backbone, tuned_blocks)
-        attrs["tuned_blocks"] = tuned_blocks
+        attrs["tuned_blocks"] = tuned_blocks        # checked with the first batch (person_features_and_tokens)
     start, batch_done, strides = time.perf_counter(), [], []
     # One writer thread compresses and writes batch i while the backbone runs on batch i+1; waiting for the
     # previous write before queueing the next keeps at most two batches in memory.

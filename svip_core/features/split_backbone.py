@@ -19,11 +19,6 @@ from svip_core.features.backbone import BackboneError, leading_tokens
 from svip_core.features.roi_pooling import roi_pool
 
 
-def backbone_layers(backbone) -> int:
-    """How many transformer blocks the backbone has (L)."""
-    return int(backbone.config.num_hidden_layers)
-
-
 def _blocks(backbone) -> nn.ModuleList:
     encoder = getattr(backbone, "encoder", None)
     if encoder is None or not hasattr(encoder, "layer") or not hasattr(backbone, "layernorm"):
@@ -36,7 +31,7 @@ def check_tuned_blocks(backbone, k: int) -> None:
     """Refuse a backbone that cannot be split, or a k it cannot be split at (0 < k <= L), in the config's one-line
     form."""
     _blocks(backbone)
-    L = backbone_layers(backbone)
+    L = backbone.config.num_hidden_layers
     if not 0 < k <= L:
         raise BackboneError(f"train.finetune_blocks = {k}, but the backbone has {L} blocks. "
                             f"Fix: set train.finetune_blocks between 0 and {L}")
@@ -46,13 +41,13 @@ class TunedHead(nn.Module):
     """The backbone's last k blocks and its final layer norm, trainable, with the person pooling of
     ``extract.person_features`` after them."""
 
-    def __init__(self, backbone, k: int, mode: str, patch_size: int, roi_samples: int | None):
+    def __init__(self, backbone, k: int, mode: str, roi_samples: int | None):
         super().__init__()
         blocks = _blocks(backbone)
         self.blocks = nn.ModuleList(copy.deepcopy(blocks[len(blocks) - k:]))
         self.layernorm = copy.deepcopy(backbone.layernorm)
         self.requires_grad_(True)
-        self.mode, self.patch_size, self.roi_samples = mode, patch_size, roi_samples
+        self.mode, self.roi_samples = mode, roi_samples
         self.lead = leading_tokens(backbone.config)
         self.checkpointing = False          # activation checkpointing of each block: memory for recomputation
 
