@@ -158,8 +158,14 @@ def _key_problems(node, path: str = "") -> list[str]:
     return problems
 
 
+# The one train key an ablation may set, and only to 0: the frozen-backbone ablation of a fine-tuned model (the
+# stores hold the tokens for the full model's train.finetune_blocks, and the frozen features, nothing else).
+ABLATION_TRAIN_KEYS = ("finetune_blocks",)
+
+
 def _ablation_problems(ablations: dict, model_schema: dict) -> list[str]:
-    """An ablation overrides model keys, so each override is checked as that model key would be."""
+    """An ablation overrides model keys, so each override is checked as that model key would be; it may also
+    freeze the backbone (``finetune_blocks: 0``)."""
     known = model_schema["properties"]
     problems = []
     for name in sorted(ablations):
@@ -173,6 +179,11 @@ def _ablation_problems(ablations: dict, model_schema: dict) -> list[str]:
                             f"(run names are variant/seed). Fix: rename the ablation")
         for key, value in overrides.items():
             dotted = f"{where}.{_key(key)}"
+            if key in ABLATION_TRAIN_KEYS:
+                if value != 0 or isinstance(value, bool):
+                    problems.append(f"{dotted} = {_show(value)}: an ablation can only freeze the backbone (the stores "
+                                    f"hold the tokens of train.finetune_blocks, no others). Fix: set it to 0")
+                continue
             if key not in known:
                 problems.append(f"{dotted} = {_show(value)}: unknown model key. Fix: "
                                 + _suggest(key, known, f"{where}.", "an ablation overrides model keys"))
@@ -351,9 +362,10 @@ def value_problems(config: dict) -> list[str]:
                         f"{_multiples(embedded['hidden_size'], embedded['num_heads'])}")
     ablations = config["ablations"]
     problems += _width_problems(config["model"])
-    variants = {"full": config["model"]}
+    # A variant is its model and whether it tunes the backbone.
+    variants = {"full": {**config["model"], "finetune_blocks": config["train"]["finetune_blocks"]}}
     for name in sorted(ablations):
-        model = {**config["model"], **ablations[name]}
+        model = {**variants["full"], **ablations[name]}
         problems += _width_problems(model, f"ablations.{_key(name)}.", ablations[name], config["model"])
         same = next((other for other, m in variants.items() if m == model), None)
         if same is not None:    # the same model trains under one hash: it would appear under one name only
@@ -418,6 +430,11 @@ def asset_problems(config: dict) -> list[str]:
         except (OSError, ValueError, KeyError, TypeError) as e:
             return [f"features.backbone = {_show(features['backbone'])}: {_show(str(folder / 'config.json'))} has no "
                     f"usable patch_size ({type(e).__name__}: {e}). Fix: give a DINOv2 folder saved with save_pretrained"]
+    layers = features["embedded"]["num_layers"] if folder is None else \
+        json.loads((folder / "config.json").read_text()).get("num_hidden_layers")
+    k = config["train"]["finetune_blocks"]
+    if isinstance(layers, int) and k > layers:
+        return [f"train.finetune_blocks = {k}: the backbone has {layers} blocks. Fix: set it between 0 and {layers}"]
     if features["mode"] == "roi":
         bad = [side for side in features["frame_size"] if side % patch]
         if bad:

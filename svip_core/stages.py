@@ -21,7 +21,7 @@ import importlib.metadata
 import os
 from pathlib import Path
 
-from svip_core.config import BACKBONE_FILES, EMBEDDED, PROJECT_ROOT, SYNTHETIC, ConfigError, backbone_files, no_clips
+from svip_core.config import ABLATION_TRAIN_KEYS, BACKBONE_FILES, EMBEDDED, PROJECT_ROOT, SYNTHETIC, ConfigError, backbone_files, no_clips
 from svip_core.dataset.content import data_content
 from svip_core.hashing import ContentHashes, code_digest, digest, file_hashes, imported_modules
 
@@ -45,19 +45,21 @@ _MODEL = ("model.fused_dim", "model.geometry_dim", "model.gat_hidden", "model.ga
 _TRAIN = ("train.seeds", "train.nproc", "train.nodes", "train.epochs", "train.batch_size", "train.accumulation_steps",
           "train.lr", "train.weight_decay", "train.warmup_steps", "train.min_lr_ratio", "train.grad_clip",
           "train.patience", "train.min_epochs", "train.preference_weight", "train.pairwise_weight", "train.pairwise_margin",
-          "train.deterministic", "train.precision")
+          "train.deterministic", "train.precision", "train.finetune_blocks", "train.backbone_lr_scale")
 STAGE_KEYS = {
     # data.source is read as a location and as content (see prepare's identity), never as a string.
     "prepare": ("data.source", "data.num_shards", "data.max_array_bytes", "data.on_duplicate_id", *_SYNTH),
     "extract": ("features.backbone", *_EMBEDDED, "features.mode", "features.frame_size", "features.crop_size",
-                "features.roi_samples", "features.num_frames", "features.precision", "data.max_persons"),
+                "features.roi_samples", "features.num_frames", "features.precision", "data.max_persons",
+                "train.finetune_blocks"),   # the stores then hold the tokens of the tuned blocks (token_blocks)
     # A run (model variant x seed) reads one seed of train.seeds and its variant's overrides from ablations.
     "train": (*_MODEL, *_TRAIN, "ablations"),
     "evaluate": ("evaluate.split", "evaluate.ks"),
     "report": ("report.gallery_size",),
 }
 # How fast and with what resources, never what: recorded in each result's provenance, not hashed.
-RUN_SETTINGS = {"extract": ("features.batch_clips", "features.workers"), "train": ("train.workers",)}
+RUN_SETTINGS = {"extract": ("features.batch_clips", "features.workers"),
+                "train": ("train.workers", "train.checkpoint_blocks")}
 STAGE_UPSTREAM = {"prepare": (), "extract": (), "train": ("dataset", "extract"), "evaluate": ("train",),
                   "report": ("evaluate", "prepare")}
 # The code each stage runs: these modules and every svip_core module they import. Modules that only name,
@@ -95,8 +97,18 @@ def _nest(flat: dict) -> dict:
     return out
 
 
-def _reads(config: dict, key: str) -> bool:
+def token_blocks(config: dict) -> int:
+    """The k whose tokens the feature stores hold: the full model's train.finetune_blocks, also in a run of the
+    frozen-backbone ablation (which reads the same stores' frozen features)."""
+    return config["train"].get("token_blocks", config["train"]["finetune_blocks"])
+
+
+def _reads(config: dict, key: str, stage: str | None = None) -> bool:
     """Whether a declared key matters in this configuration (a key the chosen mode ignores is not read)."""
+    if key == "train.finetune_blocks" and stage == "extract":
+        return token_blocks(config) > 0         # frozen stores are the same as before the key existed
+    if key == "train.backbone_lr_scale":
+        return config["train"]["finetune_blocks"] > 0
     if key.startswith("synthetic."):
         return config["data"]["source"] == SYNTHETIC
     if key.startswith("features.embedded."):
@@ -111,7 +123,7 @@ def _reads(config: dict, key: str) -> bool:
 
 
 def keys_read(config: dict, stage: str) -> list[str]:
-    return [k for k in STAGE_KEYS[stage] if _reads(config, k)]
+    return [k for k in STAGE_KEYS[stage] if _reads(config, k, stage)]
 
 
 def run_settings(config: dict, stage: str) -> dict:
@@ -129,7 +141,9 @@ def runs(config: dict) -> dict[str, dict]:
     for variant, overrides in {"full": {}, **{name: ablations[name] for name in sorted(ablations)}}.items():
         for seed in config["train"]["seeds"]:
             run = copy.deepcopy(config)
-            run["model"].update(overrides)
+            run["train"]["token_blocks"] = token_blocks(config)
+            run["model"].update({k: v for k, v in overrides.items() if k not in ABLATION_TRAIN_KEYS})
+            run["train"].update({k: v for k, v in overrides.items() if k in ABLATION_TRAIN_KEYS})
             del run["train"]["seeds"]
             run["train"]["seed"] = seed
             run["ablations"] = {}
@@ -146,6 +160,8 @@ def _stage_config(config: dict, stage: str) -> dict:
     for key in keys_read(config, stage):
         if key == "train.seeds":
             flat["train.seed"] = config["train"]["seed"]
+        elif key == "train.finetune_blocks" and stage == "extract":
+            flat[key] = token_blocks(config)
         elif key != "ablations" and not (stage == "prepare" and key == "data.source"):
             flat[key] = _get(config, key)   # a run's ablation is already applied to its model keys
     return _nest(flat)
@@ -241,10 +257,12 @@ def stage_inputs(config: dict, stage: str, memo: dict | None = None) -> dict:
         if source != SYNTHETIC:     # the manifest names the files, so where they are is part of prepare's output
             # abspath, not resolve: the content-hash cache is keyed by it (containers.scan_containers, clip_hashes)
             resolved["location"] = {"source": os.path.abspath(source), "files": _data_content(config, memo)["files"]}
-    if stage == "extract":
+    if stage == "extract" or (stage == "train" and config["train"]["finetune_blocks"]):
+        # Tuned blocks start from the backbone's weights: a fine-tuning run depends on them directly.
         if "backbone" not in memo:
             memo["backbone"] = backbone_identity(config["features"])
         resolved["backbone"] = memo["backbone"]
+    if stage == "extract":
         resolved["config"]["features"]["backbone"] = digest(memo["backbone"])
     return resolved
 

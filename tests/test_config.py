@@ -40,6 +40,12 @@ MISTAKES = {
                        "does not divide model.d_model (16). Fix: use 1, 2, 4"),
     "ablation same as the full model": ({"ablations": {"e": {"gat_layers": 1}}}, "ablations.e",
                                         "the same model as the full model"),
+    "more tuned blocks than the backbone has": ({"train": {"finetune_blocks": 2}}, "train.finetune_blocks = 2",
+                                                "the backbone has 1 blocks. Fix: set it between 0 and 1"),
+    "backbone learning rate not positive": ({"train": {"backbone_lr_scale": 0}}, "train.backbone_lr_scale",
+                                            "give a number > 0"),
+    "ablation tuning other blocks": ({"train": {"finetune_blocks": 1}, "ablations": {"x": {"finetune_blocks": 2}}},
+                                     "ablations.x.finetune_blocks = 2", "Fix: set it to 0"),
 }
 # What Snakemake itself says on starting, before it parses the Snakefile.
 SNAKEMAKE_NOTICES = ("Using workflow specific profile", "Config file config.yaml is extended")

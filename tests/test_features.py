@@ -12,7 +12,7 @@ from svip_core.atomic import stale_partials
 from svip_core.dataset.containers import clip_digests
 from svip_core.features.backbone import IMAGENET_MEAN, IMAGENET_STD, BackboneError, build_embedded, load_backbone
 from svip_core.features.extract import extract_shard, frame_indices, person_slots
-from svip_core.features.geometry import GEOMETRY_FIELDS, box_geometry
+from svip_core.features.geometry import GEOMETRY_FIELDS, box_geometry, corner_boxes
 from svip_core.features.roi_pooling import crop_boxes, roi_pool
 from svip_core.features.store import open_store, writing_store
 from svip_core.synthetic.generate import write_dataset
@@ -236,8 +236,8 @@ def test_the_split_backbone_gives_the_whole_backbones_features_and_only_its_head
     mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     whole, tokens = person_features_and_tokens(backbone, frames, boxes, mode, 2, 16, mean, std, "fp32", 1)
     assert tokens.shape == ((3, 1 + 6 * 10, 16) if mode == "roi" else (3 * 4, 1 + 2 * 2, 16))
-    head = TunedHead(backbone, 1, mode, roi_samples=2)
-    split = head(tokens, boxes, grid=(6, 10))
+    head = TunedHead(backbone, 1, mode, roi_samples=2, grid=(6, 10))
+    split = head(tokens, boxes)
     torch.testing.assert_close(split, whole, rtol=1e-5, atol=1e-6)
     with pytest.raises(BackboneError, match="has 3 blocks"):
         person_features_and_tokens(backbone, frames, boxes, mode, 2, 16, mean, std, "fp32", 4)
@@ -251,7 +251,7 @@ def test_the_split_backbone_gives_the_whole_backbones_features_and_only_its_head
 def test_a_store_for_tuned_blocks_holds_the_tokens_that_give_its_features_back(tmp_path, members, mode):
     """extract_shard with tuned_blocks = 1 stores, beside the usual arrays (unchanged), the compressed tokens
     entering the last block; the tuned head on them gives the stored features (to fp16's precision)."""
-    from svip_core.features.split_backbone import TunedHead
+    from svip_core.features.split_backbone import tuned_head_for
 
     backbone_dir = build_embedded({**EMBEDDED, "num_layers": 2}, tmp_path / "bb")
     cfg = {**FEATURES, "mode": mode}
@@ -265,17 +265,10 @@ def test_a_store_for_tuned_blocks_holds_the_tokens_that_give_its_features_back(t
     assert tokens.dtype == np.float16 and tokens.compressors
     assert tokens.shape == ((3, 6, 1 + 6 * 10, 16) if mode == "roi" else (3, 6, 4, 1 + 2 * 2, 16))
 
-    head = TunedHead(load_backbone(backbone_dir), 1, mode, roi_samples=2).eval()
-    for clip in range(3):
-        valid = torch.from_numpy(tuned["person_mask"][clip])                            # (T, N)
-        frame_ok = torch.from_numpy(tuned["frame_mask"][clip])
-        # The boxes the features were pooled at, from the stored geometry (normalised corners).
-        geometry = torch.from_numpy(tuned["geometry"][clip])
-        corners = geometry[..., [GEOMETRY_FIELDS.index(f) for f in ("x1", "y1", "x2", "y2")]]
-        x = torch.from_numpy(tokens[clip]).float()[frame_ok]
-        if mode == "crop":
-            x = x.flatten(0, 1)
-        with torch.no_grad():
-            again = head(x, corners[frame_ok], grid=(6, 10)) * valid[frame_ok][..., None]
-        stored = torch.from_numpy(tuned["visual"][clip]).float()[frame_ok]
-        torch.testing.assert_close(again, stored, atol=2e-3, rtol=0)
+    head = tuned_head_for(backbone_dir, 1, cfg).eval()
+    # The boxes the features were pooled at come from the stored geometry (normalised corners).
+    with torch.no_grad():
+        again = head.clip_features(torch.from_numpy(tokens[:]), corner_boxes(torch.from_numpy(tuned["geometry"][:])),
+                                   torch.from_numpy(tuned["person_mask"][:]))
+    stored = torch.from_numpy(tuned["visual"][:]).float()
+    torch.testing.assert_close(again, stored, atol=2e-3, rtol=0)

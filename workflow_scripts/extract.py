@@ -32,5 +32,6 @@ attrs = {"identity": stage, "stage_hash": args.stage_hash, "shard_key": Path(arg
 # The identity holds only the keys the chosen mode reads (no crop_size in roi mode, no roi_samples in crop mode).
 features = {**cfg["features"], **settings.get("features", {})}
 stats = extract_shard(read_shard(args.shard), args.out, features, cfg["data"]["max_persons"], settings["backbone"], attrs,
-                      settings.get("max_array_bytes", 2_000_000_000), cache=ContentHashes())
+                      settings.get("max_array_bytes", 2_000_000_000), cache=ContentHashes(),
+                      tuned_blocks=cfg.get("train", {}).get("finetune_blocks", 0))
 logging.getLogger("extract").info("%d clips in %.1f s", stats["clips"], stats["seconds"])

@@ -17,7 +17,7 @@ import torch
 from svip_core.evaluate.baselines import heuristic_scores
 from svip_core.evaluate.metrics import people_buckets, per_clip_hits, summarise
 from svip_core.features.precision import autocast, set_matmul_precision
-from svip_core.model.ranker import build_ranker
+from svip_core.model.ranker import attach_tuned_head, build_ranker
 from svip_core.model.ranking import rank_people
 from svip_core.train.checkpoint import load_weights
 from svip_core.train.data import StoreClips, clip_loader, loader_workers, on_device
@@ -26,10 +26,15 @@ log = logging.getLogger(__name__)
 SELECTION_NOTE = "evaluated on val, the split that selected the checkpoint: figures are optimistic"
 
 
-def load_ranker(train_dir, device="cpu") -> torch.nn.Module:
+def load_ranker(train_dir, device="cpu", backbone=None) -> torch.nn.Module:
+    """The trained ranker of ``train_dir``, with its tuned backbone blocks when it fine-tuned some (their
+    structure from the backbone its features were made with, or ``backbone``: the same weights elsewhere; their
+    weights from the checkpoint)."""
     train_dir = Path(train_dir)
     meta = json.loads((train_dir / "model.json").read_text())
     model = build_ranker(meta["model"], meta["visual_dim"], meta["geometry_dim"])
+    features = meta["features"] if backbone is None else {**meta["features"], "backbone": str(backbone)}
+    attach_tuned_head(model, meta.get("finetune_blocks", 0), features)
     load_weights(model, train_dir / "model.safetensors")
     return model.eval().to(device)
 
@@ -49,7 +54,7 @@ def score_split(model, dataset: StoreClips, batch_size: int = 16, workers: int =
     parts: dict[str, list] = {"scores": [], "target": [], "valid": [], "geometry": []}
     for batch in on_device(clip_loader(dataset, batch_size, workers, device), device):
         with amp:
-            out = model(batch["visual"], batch["geometry"], batch["valid"])
+            out = model(batch.get("visual"), batch["geometry"], batch["valid"], batch.get("tokens"))
         # Kept on the device until the end: a copy per batch would wait for each batch's model run.
         parts["scores"].append(out["logits"].float())
         for k in ("target", "valid", "geometry"):
@@ -67,14 +72,17 @@ def evaluate(store_paths: list[str], train_dir, out_dir, split: str, ks: list[in
     """Write ``metrics.json`` and ``predictions.parquet`` (one row per person of every clip) to ``out_dir``.
     Runs on the GPU when there is one."""
     out_dir = Path(out_dir)
-    dataset = StoreClips(store_paths, split)
+    meta = json.loads((Path(train_dir) / "model.json").read_text())
+    # A fine-tuned model makes its visual features from the trunk's tokens, never from the frozen ones.
+    tuned_blocks = meta.get("finetune_blocks", 0)
+    dataset = StoreClips(store_paths, split, tuned_blocks)
     if len(dataset) == 0 and split == "test":
         log.warning("the dataset has no test split; evaluating on val (the reference's practice), which also "
                     "selected the checkpoint: the figures are optimistic")
-        split, dataset = "val", StoreClips(store_paths, "val")
+        split, dataset = "val", StoreClips(store_paths, "val", tuned_blocks)
     torch.manual_seed(seed)
     device = best_device()
-    precision = json.loads((Path(train_dir) / "model.json").read_text()).get("precision", "fp32")
+    precision = meta.get("precision", "fp32")
     res = score_split(load_ranker(train_dir, device), dataset, workers=loader_workers(workers, device),
                       precision=precision)
     present = res["valid"].any(1)                                                     # (V, N)

@@ -23,7 +23,7 @@ from svip_core.features.backbone import BackboneError, fetch_backbone, leading_t
 from svip_core.features.geometry import GEOMETRY_FIELDS, box_geometry
 from svip_core.features.precision import autocast, set_matmul_precision
 from svip_core.features.roi_pooling import crop_boxes, roi_pool
-from svip_core.features.split_backbone import check_tuned_blocks
+from svip_core.features.split_backbone import check_tuned_blocks, patch_grid
 from svip_core.features.store import create_arrays, create_tokens, writing_store
 from svip_core.hashing import ContentHashes
 from svip_core.logs import progress
@@ -163,11 +163,10 @@ def person_features_and_tokens(backbone, frames: torch.Tensor, boxes: torch.Tens
 def token_shape(config, features_cfg: dict, T: int, N: int) -> tuple[int, ...]:
     """A clip's tokens for the tuned blocks: (T, S, D) in roi mode, (T, N, S, D) in crop mode, S = leading
     tokens + patches of a frame or crop (the patch embedding's stride drops a partial patch)."""
-    patch, lead = config.patch_size, leading_tokens(config)
-    if features_cfg["mode"] == "roi":
-        H, W = features_cfg["frame_size"]
-        return T, lead + (H // patch) * (W // patch), config.hidden_size
-    return T, N, lead + (features_cfg["crop_size"] // patch) ** 2, config.hidden_size
+    lead, grid = leading_tokens(config), patch_grid(config, features_cfg)
+    if grid is not None:
+        return T, lead + grid[0] * grid[1], config.hidden_size
+    return T, N, lead + (features_cfg["crop_size"] // config.patch_size) ** 2, config.hidden_size
 
 
 def check_members(members: list[dict], cache: ContentHashes | None = None,

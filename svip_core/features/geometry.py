@@ -21,3 +21,8 @@ def box_geometry(boxes: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     geom = torch.cat([boxes, centre, w[..., None], h[..., None], (w * h)[..., None], delta,
                       delta.norm(dim=-1, keepdim=True)], -1)
     return geom * valid[..., None]
+
+
+def corner_boxes(geometry: torch.Tensor) -> torch.Tensor:
+    """Raw geometry (..., G) -> the boxes (..., 4) normalised xyxy it was computed from (zero where absent)."""
+    return geometry[..., :4]

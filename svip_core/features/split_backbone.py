@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from svip_core.features.backbone import BackboneError, leading_tokens
+from svip_core.features.backbone import BackboneError, leading_tokens, load_backbone
 from svip_core.features.roi_pooling import roi_pool
 
 
@@ -37,17 +37,26 @@ def check_tuned_blocks(backbone, k: int) -> None:
                             f"Fix: set train.finetune_blocks between 0 and {L}")
 
 
+def patch_grid(config, features_cfg: dict) -> tuple[int, int] | None:
+    """(h, w) patches of a roi-mode frame (the patch embedding drops a partial patch); None in crop mode."""
+    if features_cfg["mode"] != "roi":
+        return None
+    H, W = features_cfg["frame_size"]
+    return H // config.patch_size, W // config.patch_size
+
+
 class TunedHead(nn.Module):
     """The backbone's last k blocks and its final layer norm, trainable, with the person pooling of
-    ``extract.person_features`` after them."""
+    ``extract.person_features`` after them. ``grid``: the patch grid (h, w) of a frame, in roi mode."""
 
-    def __init__(self, backbone, k: int, mode: str, roi_samples: int | None):
+    def __init__(self, backbone, k: int, mode: str, roi_samples: int | None, grid: tuple[int, int] | None = None):
         super().__init__()
+        check_tuned_blocks(backbone, k)
         blocks = _blocks(backbone)
         self.blocks = nn.ModuleList(copy.deepcopy(blocks[len(blocks) - k:]))
         self.layernorm = copy.deepcopy(backbone.layernorm)
         self.requires_grad_(True)
-        self.mode, self.roi_samples = mode, roi_samples
+        self.mode, self.roi_samples, self.grid = mode, roi_samples, grid
         self.lead = leading_tokens(backbone.config)
         self.checkpointing = False          # activation checkpointing of each block: memory for recomputation
 
@@ -60,18 +69,40 @@ class TunedHead(nn.Module):
                 tokens = block(tokens)
         return self.layernorm(tokens)
 
-    def forward(self, tokens: torch.Tensor, boxes: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
         """L2-normalised person features (F, N, D) float32.
 
-        roi mode: tokens (F, S, D) of whole frames whose patch grid is ``grid`` = (h, w), boxes (F, N, 4)
-        normalised xyxy; the patch tokens are pooled inside each box.
-        crop mode: tokens (F*N, S, D) of each person's crop (frame-major), boxes (F, N, 4); the CLS token of each.
+        roi mode: tokens (F, S, D) of whole frames, boxes (F, N, 4) normalised xyxy; the patch tokens are pooled
+        inside each box. crop mode: tokens (F*N, S, D) of each person's crop (frame-major); the CLS token of each.
         """
         hidden = self.hidden(tokens)
         if self.mode == "roi":
-            h, w = grid
+            h, w = self.grid
             patches = hidden[:, self.lead:].transpose(1, 2).reshape(len(hidden), -1, h, w)
             feats = roi_pool(patches.float(), boxes, self.roi_samples)
         else:
             feats = hidden[:, 0].float().view(*boxes.shape[:2], -1)
         return F.normalize(feats, dim=-1)
+
+    def clip_features(self, tokens: torch.Tensor, boxes: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """A batch of clips as a store holds them -> visual (B, T, N, D) float32, zero where a person is absent
+        (as the store's ``visual``). tokens: (B, T, S, D) in roi mode, (B, T, N, S, D) in crop mode; boxes
+        (B, T, N, 4) normalised xyxy; valid (B, T, N). Only frames with someone in them (roi) or present people's
+        crops (crop) run through the blocks."""
+        dtype = self.layernorm.weight.dtype
+        out = boxes.new_zeros((*valid.shape, self.layernorm.normalized_shape[0]), dtype=torch.float32)
+        if self.mode == "roi":
+            frames = valid.any(-1)                                                      # (B, T)
+            out[frames] = self(tokens[frames].to(dtype), boxes[frames])
+        else:
+            hidden = self.hidden(tokens[valid].to(dtype))                               # (P, S, D)
+            out[valid] = F.normalize(hidden[:, 0].float(), dim=-1)
+        return out * valid[..., None]
+
+
+def tuned_head_for(backbone_source, k: int, features_cfg: dict) -> TunedHead:
+    """The tuned head of the backbone at ``backbone_source`` (a folder or hub id), pooling as ``features_cfg``
+    (the features section that made the stores) says."""
+    backbone = load_backbone(backbone_source)
+    return TunedHead(backbone, k, features_cfg["mode"], features_cfg.get("roi_samples"),
+                     patch_grid(backbone.config, features_cfg))

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from svip_core.features.geometry import corner_boxes
+from svip_core.features.split_backbone import TunedHead, tuned_head_for
 from svip_core.model.graph import FrameGAT
 from svip_core.model.normalise import FeatureNorm
 from svip_core.model.relations import pair_mask, pair_relations
@@ -56,6 +58,9 @@ class SVIPRanker(nn.Module):
             self.self_proj = nn.Linear(cfg["fused_dim"], rel_in)
             self.self_score = scoring_head(d, drop)
             self.gate = nn.Sequential(nn.Linear(2 * d, d // 2), nn.ReLU(), nn.Dropout(drop), nn.Linear(d // 2, 1))
+        # The backbone's last blocks when they are fine-tuned (train.finetune_blocks; attached by train, evaluate
+        # and predict): visual features are then made from the stored trunk tokens in the forward pass.
+        self.tuned_head: TunedHead | None = None
 
     @torch.no_grad()
     def fit_normalisation(self, geometry: torch.Tensor, valid: torch.Tensor) -> dict:
@@ -70,8 +75,13 @@ class SVIPRanker(nn.Module):
             out["relations"] = self.gat.relation_norm.stats()
         return out
 
-    def forward(self, visual: torch.Tensor, geometry: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
-        """visual (B,T,N,D), geometry (B,T,N,G) raw, valid (B,T,N) -> logits (B,N) (-inf for absent people)."""
+    def forward(self, visual: torch.Tensor | None, geometry: torch.Tensor, valid: torch.Tensor,
+                tokens: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """visual (B,T,N,D), geometry (B,T,N,G) raw, valid (B,T,N) -> logits (B,N) (-inf for absent people).
+        With a tuned head, ``tokens`` (the trunk's, as a store holds them: ``TunedHead.clip_features``) give the
+        visual features instead."""
+        if tokens is not None:
+            visual = self.tuned_head.clip_features(tokens, corner_boxes(geometry), valid)
         # Stores keep visual features in float16 up to here (half the bytes to read and to copy).
         visual = visual.to(self.fuse[0].weight.dtype)
         m = valid[..., None].to(visual.dtype)
@@ -116,3 +126,11 @@ def pooled_flow(flow: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 
 def build_ranker(cfg: dict, visual_dim: int, geometry_dim: int) -> SVIPRanker:
     return SVIPRanker(visual_dim, geometry_dim, cfg)
+
+
+def attach_tuned_head(model, k: int, features: dict, checkpointing: bool = False) -> None:
+    """Give the ranker the tuned last ``k`` blocks of the backbone the stores were made with (``features``: a
+    store's attributes, whose ``backbone`` is the folder it was loaded from); nothing for k = 0."""
+    if k:
+        model.tuned_head = tuned_head_for(features["backbone"], k, features["features"])
+        model.tuned_head.checkpointing = checkpointing

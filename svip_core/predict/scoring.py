@@ -16,7 +16,7 @@ import torch
 
 from svip_core.evaluate.evaluation import best_device, load_ranker
 from svip_core.features.backbone import load_backbone, normalisation
-from svip_core.features.extract import person_features, person_slots
+from svip_core.features.extract import person_features_and_tokens, person_slots
 from svip_core.features.geometry import box_geometry
 from svip_core.features.precision import autocast, set_matmul_precision
 from svip_core.predict.footage import Footage, read_footage
@@ -30,23 +30,29 @@ PRIOR_WINDOWS = 1.0
 def _networks(source: str, checkpoint: str, device: torch.device):
     """The backbone, its normalisation and the ranker, loaded once for all the videos of a call."""
     mean, std = (torch.tensor(v, device=device).view(1, 3, 1, 1) for v in normalisation(source))
-    return load_backbone(source, device), mean, std, load_ranker(checkpoint, device)
+    return load_backbone(source, device), mean, std, load_ranker(checkpoint, device, backbone=source)
 
 
 @torch.no_grad()
 def visible_features(backbone, frames: torch.Tensor, boxes: np.ndarray, visible: np.ndarray, cfg: dict,
-                     mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+                     mean: torch.Tensor, std: torch.Tensor, tuned_head=None) -> torch.Tensor:
     """frames (F, 3, h, w) uint8, boxes (F, M, 4) in [0, 1], visible (F, M) -> (P, D) float16 on the CPU: the
     features of the P visible (frame, person) pairs in np.nonzero(visible) order, each frame through the
     backbone once (windows overlap, so a frame is in about two of them): a few KB per frame, where the frame
-    itself is hundreds."""
+    itself is hundreds. A model that fine-tuned the backbone's last blocks passes them as ``tuned_head``: the
+    features are then made by its tuned blocks from the trunk's tokens, as in its training."""
     width = max(int(visible.sum(1).max(initial=0)), 1)
     order = np.argsort(~visible, axis=1, kind="stable")[:, :width]                      # visible people first
     present = np.take_along_axis(visible, order, 1)                                     # (F, width)
     packed = np.take_along_axis(boxes, order[..., None], 1) * present[..., None]
     precision = cfg.get("precision", "fp32")                 # stores made before it was a setting: fp32
-    features = person_features(backbone, frames.to(mean.device), torch.from_numpy(packed.astype(np.float32)).to(
-        mean.device), cfg["mode"], cfg.get("roi_samples"), cfg.get("crop_size"), mean, std, precision)
+    packed = torch.from_numpy(packed.astype(np.float32)).to(mean.device)
+    k = len(tuned_head.blocks) if tuned_head is not None else 0
+    features, tokens = person_features_and_tokens(backbone, frames.to(mean.device), packed, cfg["mode"],
+                                                  cfg.get("roi_samples"), cfg.get("crop_size"), mean, std, precision, k)
+    if tuned_head is not None:
+        with autocast(precision, mean.device):
+            features = tuned_head(tokens, packed)
     return features.cpu()[torch.from_numpy(present)].half()
 
 
@@ -64,7 +70,7 @@ def rank_people(video, people, checkpoint, device=None, batch_windows: int = 8, 
     source = checked_backbone(feats, backbone)
     backbone, mean, std, model = _networks(str(source), str(Path(checkpoint).resolve()), device)
     set_matmul_precision(cfg.get("precision", "fp32"))
-    featurize = functools.partial(visible_features, backbone, cfg=cfg, mean=mean, std=std)
+    featurize = functools.partial(visible_features, backbone, cfg=cfg, mean=mean, std=std, tuned_head=model.tuned_head)
     footage = read_footage(video, people, featurize, cfg["frame_size"], T_win, stride)
     precision = meta.get("precision", "fp32")                        # models trained before it was a setting: fp32
     set_matmul_precision(precision)

@@ -19,11 +19,18 @@ from svip_core.features.store import frame_strides, open_store
 
 class StoreClips(Dataset):
     """Every clip of ``split`` across the given stores. An item reads one chunk of visual and of geometry;
-    masks and targets come from memory."""
+    masks and targets come from memory. For a model whose backbone's last k = ``tuned_blocks`` blocks are
+    fine-tuned, an item holds the trunk's tokens in place of visual (the model makes its visual features)."""
 
-    def __init__(self, store_paths: list[str], split: str):
+    def __init__(self, store_paths: list[str], split: str, tuned_blocks: int = 0):
         self.paths = [str(p) for p in store_paths]
         groups = [open_store(path) for path in self.paths]
+        for path, g in zip(self.paths, groups):
+            if tuned_blocks and (g.attrs.get("tuned_blocks") != tuned_blocks or "tokens" not in g):
+                raise ValueError(f"{path}: the store holds no tokens for train.finetune_blocks = {tuned_blocks} "
+                                 f"(it was made for {g.attrs.get('tuned_blocks', 0)}). Fix: extract it again with "
+                                 f"that setting (snakemake does, from the config), or set train.finetune_blocks: 0")
+        self.visual_key = "tokens" if tuned_blocks else "visual"
         self.rows = [np.flatnonzero(g["split"][:] == split) for g in groups]                       # per store
         # (store, row in the store, position in the split's part of that store)
         self.index = [(s, row, k) for s, rows in enumerate(self.rows) for k, row in enumerate(rows)]
@@ -44,7 +51,7 @@ class StoreClips(Dataset):
         arrays = self._arrays[1]
         if s not in arrays:
             g = open_store(self.paths[s])
-            arrays[s] = {name: g[name] for name in ("visual", "geometry", "video_id", "scene_category")}
+            arrays[s] = {name: g[name] for name in (self.visual_key, "geometry", "video_id", "scene_category")}
         return arrays[s]
 
     def __getstate__(self):
@@ -54,7 +61,7 @@ class StoreClips(Dataset):
     def __getitem__(self, i: int) -> dict:
         s, row, k = self.index[i]
         a = self._store_arrays(s)
-        return {"visual": torch.from_numpy(a["visual"][row]),                                    # (T, N, D) fp16
+        return {self.visual_key: torch.from_numpy(a[self.visual_key][row]),          # (T, N, D) or tokens, fp16
                 "geometry": torch.from_numpy(a["geometry"][row]),                                # (T, N, G)
                 "valid": self._valid[s][k],                                                     # (T, N)
                 "target": self._target[s][k],

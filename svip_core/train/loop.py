@@ -22,10 +22,10 @@ from torch.utils.data import DistributedSampler
 
 from svip_core.atomic import atomic_path
 from svip_core.interrupt import holding_stops
-from svip_core.logs import progress
 from svip_core.features.precision import autocast, grad_scaler, set_matmul_precision
+from svip_core.logs import progress
 from svip_core.model.loss import ranking_loss
-from svip_core.model.ranker import build_ranker
+from svip_core.model.ranker import attach_tuned_head, build_ranker
 from svip_core.model.ranking import hit_at_k, target_rank_stats
 from svip_core.train.checkpoint import (
     agreed_checkpoint,
@@ -84,13 +84,21 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on biases, norms and other 1-d parameters (tokens and queries included)."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.ndim >= 2 and p.shape[0] > 1 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def param_groups(model: torch.nn.Module, weight_decay: float, lr: float, backbone_lr_scale: float = 1.0) -> list[dict]:
+    """No weight decay on biases, norms and other 1-d parameters (tokens and queries included). The tuned
+    backbone blocks (``model.tuned_head``) learn at ``backbone_lr_scale`` times the ranker's rate, in groups of
+    their own after the ranker's (one schedule scales every group, warmup included)."""
+    tuned = {id(p) for p in model.tuned_head.parameters()} if model.tuned_head is not None else set()
+    groups = []
+    for scale, part in ((1.0, [p for p in model.parameters() if id(p) not in tuned]),
+                        (backbone_lr_scale, [p for p in model.parameters() if id(p) in tuned])):
+        if not part:
+            continue
+        decay = [p for p in part if p.requires_grad and p.ndim >= 2 and p.shape[0] > 1]
+        no_decay = [p for p in part if p.requires_grad and not (p.ndim >= 2 and p.shape[0] > 1)]
+        groups += [{"params": decay, "weight_decay": weight_decay, "lr": lr * scale},
+                   {"params": no_decay, "weight_decay": 0.0, "lr": lr * scale}]
+    return groups
 
 
 def weights_checksum(model: torch.nn.Module) -> str:
@@ -133,7 +141,7 @@ def _forward(model, batch, cfg, amp):
     """batch: tensors already on the model's device."""
     valid, target = batch["valid"], batch["target"]
     with amp:
-        out = model(batch["visual"], batch["geometry"], valid)
+        out = model(batch.get("visual"), batch["geometry"], valid, batch.get("tokens"))
     logits = out["logits"].float()
     present = valid.any(1)
     losses = ranking_loss(logits, target, present, cfg["preference_weight"], cfg["pairwise_weight"],
@@ -183,9 +191,11 @@ def train(store_paths: list[str], out_dir, model_cfg: dict, cfg: dict, debug: bo
             shutil.rmtree(ckpt)
     dist.barrier()                            # nobody reads the checkpoint folder while rank 0 clears it
     seed_everything(cfg["seed"], cfg.get("deterministic", False))
-    train_set, val_set = StoreClips(store_paths, "train"), StoreClips(store_paths, "val")
+    tuned_blocks = cfg.get("finetune_blocks", 0)
+    train_set, val_set = StoreClips(store_paths, "train", tuned_blocks), StoreClips(store_paths, "val", tuned_blocks)
     visual_dim, geometry_dim = train_set.dims()
     model = build_ranker(model_cfg, visual_dim, geometry_dim)                # same init on every rank
+    attach_tuned_head(model, tuned_blocks, train_set.provenance(), cfg.get("checkpoint_blocks", False))
     normalisation = model.fit_normalisation(*train_set.geometry_sample())    # same statistics on every rank
     model = model.to(device)
     chance = val_set.chance_top1()
@@ -197,7 +207,8 @@ def train(store_paths: list[str], out_dir, model_cfg: dict, cfg: dict, debug: bo
     loader = clip_loader(train_set, cfg["batch_size"], workers, device, sampler)
     val_loader = clip_loader(val_set, cfg["batch_size"], workers, device, range(rank, len(val_set), world))
     steps_per_epoch = math.ceil(len(loader) / cfg["accumulation_steps"])
-    optimizer = torch.optim.AdamW(param_groups(model, cfg["weight_decay"]), lr=cfg["lr"])
+    optimizer = torch.optim.AdamW(param_groups(model, cfg["weight_decay"], cfg["lr"], cfg.get("backbone_lr_scale", 1.0)),
+                                  lr=cfg["lr"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(cfg["warmup_steps"], steps_per_epoch * cfg["epochs"], cfg["min_lr_ratio"]))
     set_matmul_precision(cfg["precision"])
@@ -212,6 +223,9 @@ def train(store_paths: list[str], out_dir, model_cfg: dict, cfg: dict, debug: bo
     if rank == 0:
         log.info("%d clips to train on, %d to validate on; %d loader worker(s) and %d thread(s) per process, device %s",
                  len(train_set), len(val_set), workers, torch.get_num_threads(), device)
+        if tuned_blocks:
+            log.info("fine-tuning the backbone's last %d block(s) (%d parameters) at %g x the ranker's learning rate",
+                     tuned_blocks, sum(p.numel() for p in model.tuned_head.parameters()), cfg["backbone_lr_scale"])
     writer = None
     if rank == 0:
         from torch.utils.tensorboard import SummaryWriter
@@ -304,7 +318,8 @@ def train(store_paths: list[str], out_dir, model_cfg: dict, cfg: dict, debug: bo
             writer.close()
             _write_curves(out_dir / "metrics.csv", state["history"])
             (out_dir / "model.json").write_text(json.dumps(
-                {"model": model_cfg, "visual_dim": visual_dim, "geometry_dim": geometry_dim, "best_epoch": state["best_epoch"],
+                {"model": model_cfg, "visual_dim": visual_dim, "geometry_dim": geometry_dim, "finetune_blocks": tuned_blocks,
+                 "best_epoch": state["best_epoch"],
                  "best_val_top1": state["best_top1"], "world_size": world, "rank_weight_checksums": checksums,
                  "identity": identity, "precision": cfg["precision"], "run_settings": settings or {}, "frame_stride": train_set.frame_stride(),
                  "normalisation": normalisation, "val_chance_top1": chance,
