@@ -85,8 +85,8 @@ def measure(name: str, k: int, device, repeats: int, timing: bool = True) -> dic
     patch = backbone.config.patch_size
     frames, boxes = clip_inputs(mode, T, N, size, device)
     mean, std = (torch.tensor(v, device=device).view(1, 3, 1, 1) for v in (IMAGENET_MEAN, IMAGENET_STD))
-    head = TunedHead(backbone, k, mode, roi_samples=4).to(device).train()
     grid = (frames.shape[-2] // patch, frames.shape[-1] // patch)
+    head = TunedHead(backbone, k, mode, roi_samples=4, grid=grid).to(device).train()
     crop = size if mode == "crop" else None
     use_bf16 = device.type == "cuda"
     precision = "bf16" if use_bf16 else "fp32"
@@ -98,7 +98,7 @@ def measure(name: str, k: int, device, repeats: int, timing: bool = True) -> dic
     def step(online: bool):
         with torch.autocast(device.type, torch.bfloat16, enabled=use_bf16):
             x = trunk_only(backbone, (frames.float() / 255 - mean) / std, boxes, mode, crop, k) if online else tokens
-            (head(x, boxes, grid) * probe).sum().backward()
+            (head(x, boxes) * probe).sum().backward()
 
     out = {"shape": name, "mode": mode, "k": k, "layers": backbone.config.num_hidden_layers,
            "hidden_size": backbone.config.hidden_size, "tokens_per_input": int(tokens.shape[1]),

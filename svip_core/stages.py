@@ -25,6 +25,7 @@ from svip_core.config import ABLATION_TRAIN_KEYS, BACKBONE_FILES, EMBEDDED, PROJ
 from svip_core.dataset.content import data_content
 from svip_core.hashing import ContentHashes, code_digest, digest, file_hashes, imported_modules
 
+FROZEN_BACKBONE = "frozen_backbone"
 STAGES = ("prepare", "extract", "train", "evaluate", "report")
 # The extract stage's results are feature stores, so its folder is named for what it holds.
 STAGE_DIRS = {"prepare": "prepare", "extract": "features", "train": "train", "evaluate": "evaluate",
@@ -132,12 +133,16 @@ def run_settings(config: dict, stage: str) -> dict:
 
 
 def runs(config: dict) -> dict[str, dict]:
-    """Every model the workflow trains: the full model and each named ablation (in name order), once per seed.
+    """Every model the workflow trains: the full model and each named ablation (in name order; with
+    ``frozen_backbone`` when the full model fine-tunes the backbone and no ablation freezes it), once per seed.
     Returns {"<variant>/seed<s>": run config}, the full model's first seed first. A run config has the
     ablation's model overrides applied and ``train.seed`` in place of ``train.seeds``, so adding seeds or
     ablations leaves the hashes of existing runs unchanged."""
     out = {}
-    ablations = config.get("ablations", {})
+    ablations = dict(config.get("ablations", {}))
+    # A model that fine-tunes the backbone is always trained beside the same model with it frozen.
+    if config["train"]["finetune_blocks"] and {"finetune_blocks": 0} not in ablations.values():
+        ablations.setdefault(FROZEN_BACKBONE, {"finetune_blocks": 0})
     for variant, overrides in {"full": {}, **{name: ablations[name] for name in sorted(ablations)}}.items():
         for seed in config["train"]["seeds"]:
             run = copy.deepcopy(config)

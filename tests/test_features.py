@@ -242,9 +242,17 @@ def test_the_split_backbone_gives_the_whole_backbones_features_and_only_its_head
     with pytest.raises(BackboneError, match="has 3 blocks"):
         person_features_and_tokens(backbone, frames, boxes, mode, 2, 16, mean, std, "fp32", 4)
 
-    (split * torch.randn_like(split)).sum().backward()              # any loss of the features
+    probe = torch.randn_like(split)
+    (split * probe).sum().backward()                                # any loss of the features
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in head.parameters())
     assert not tokens.requires_grad and all(p.grad is None for p in backbone.parameters())
+    # Activation checkpointing (train.checkpoint_blocks) recomputes the blocks: the same gradients.
+    grads = [p.grad.clone() for p in head.parameters()]
+    head.zero_grad()
+    head.checkpointing = True
+    (head(tokens, boxes) * probe).sum().backward()
+    for before, p in zip(grads, head.parameters()):
+        torch.testing.assert_close(p.grad, before)
 
 
 @pytest.mark.parametrize("mode", ["roi", "crop"])

@@ -21,12 +21,11 @@ from svip_core.train.data import StoreClips
 
 @pytest.fixture(scope="module")
 def finetuned(finished_workflow, tmp_path_factory):
-    """The shared workflow's copy with train.finetune_blocks: 1 and a frozen-backbone ablation, run: (folder,
-    jobs that ran)."""
+    """The shared workflow's copy with train.finetune_blocks: 1 (so with a frozen-backbone ablation), run:
+    (folder, jobs that ran)."""
     wd = clone_workflow(finished_workflow, tmp_path_factory.mktemp("finetune") / "wd")
     config = yaml.safe_load((wd / "config.yaml").read_text())
-    config["train"]["finetune_blocks"] = 1
-    config["ablations"] = {"frozen_backbone": {"finetune_blocks": 0}}
+    config["train"]["finetune_blocks"] = 1          # the frozen_backbone ablation comes with it
     write_config(wd / "config.yaml", config)
     result = snakemake(wd)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -73,7 +72,7 @@ def test_fine_tuning_stores_the_tokens_and_trains_the_last_block_beside_an_uncha
         return json.loads((evaluated[0].parent / "metrics.json").read_text())["model"]
 
     assert model_metrics(wd, frozen) == model_metrics(finished_workflow, original)
-    report = next((wd / "results" / "report").glob("*/ablations.html"))
+    report = wd / stage_dir(load_config(wd / "config.yaml"), "report") / "ablations.html"
     assert "frozen_backbone" in report.read_text()
 
 

@@ -1,5 +1,5 @@
-"""The synthetic benchmarks defeat the single-frame and single-track box heuristics; the relational one also
-defeats the group heuristics and every single-track cue (a per-track network trained on its train split).
+"""The synthetic benchmarks defeat the single-frame and single-track box heuristics; the relational and visual
+ones also defeat the group heuristics and every single-track cue (a per-track network trained on its train split).
 The clips are scored as generated without their pixels, validated by the contract in memory: drawing, writing and
 reading back frames would prove nothing more here (``svip synth`` and prepare do it in the workflow tests)."""
 from __future__ import annotations
@@ -43,20 +43,21 @@ def test_box_heuristics_stay_at_or_under_half_on_the_default_benchmark():
 
 
 @pytest.mark.slow
-def test_on_the_relational_benchmark_no_box_heuristic_or_single_track_cue_finds_the_vip():
-    s = validate_config({"synthetic": {"scene": "relational", "persons": 8}})["synthetic"]
+@pytest.mark.parametrize("scene, persons", [("relational", 8), ("visual", 6)])
+def test_on_the_relational_and_visual_benchmarks_no_box_heuristic_or_single_track_cue_finds_the_vip(scene, persons):
+    s = validate_config({"synthetic": {"scene": scene, "persons": persons}})["synthetic"]
     clips = benchmark(s, {"train": 200, "test": 200})
     train, test = clip_geometry(clips["train"]), clip_geometry(clips["test"])
     found = {name: top1(scores, test[2], test[1]) for name, scores in heuristic_scores(*test[:2]).items()}
     found["single_track_probe"] = top1(single_track_probe(train, test[:2]), test[2], test[1])
-    print("top-1 on the relational benchmark:", {k: round(v, 3) for k, v in found.items()})
+    print(f"top-1 on the {scene} benchmark:", {k: round(v, 3) for k, v in found.items()})
     assert set(found) == HEURISTICS | {"single_track_probe"}
     assert all(v <= 0.35 for k, v in found.items() if k != "single_track_probe"), found
     # 200 training clips leave the probe noisier than at full size (0.30 on 600/200 clips, README).
     assert found["single_track_probe"] <= 0.4, found
 
 
-@pytest.mark.parametrize("scene", ["social", "relational"])
+@pytest.mark.parametrize("scene", ["social", "relational", "visual"])
 def test_a_clip_without_pixels_is_the_same_clip_with_black_frames(scene):
     for i in range(3):
         painted, blank = (make_clip(np.random.default_rng([0, 0, i]), "v", "meeting", 0, 8, 6, 48, 80, scene, pixels)

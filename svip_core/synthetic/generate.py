@@ -4,7 +4,8 @@ People are drawn as figures (body, head with a face mark showing where they look
 background; each scene family decides where they walk, face and gesture:
 - ``social`` (the default, ``synthetic.social``): the VIP gestures and a group gathers in a ring around it;
 - ``relational`` (``synthetic.relational``): the VIP's own track and pixels look like anyone's; only how the others
-  behave toward it (approach, stand-off, facing) marks it.
+  behave toward it (approach, stand-off, facing) marks it;
+- ``visual`` (``synthetic.visual``): only a few pixels of texture on the VIP's shirt mark it (for fine-tuning).
 Each family is its own module, so its code digest versions its clips in the prepare hash. The same seed
 gives the same bytes.
 """
@@ -18,7 +19,10 @@ import numpy as np
 from svip_core.atomic import atomic_path
 
 # Imported by name so that a family's code counts only for the datasets that use it (stages.stage_code).
-SCENE_MODULES = {"social": "svip_core.synthetic.social", "relational": "svip_core.synthetic.relational"}
+SCENE_MODULES = {"social": "svip_core.synthetic.social", "relational": "svip_core.synthetic.relational",
+                 "visual": "svip_core.synthetic.visual"}
+# How far a badge's stripes stand from the shirt's colour, either way (pixel levels).
+BADGE_CONTRAST = 40
 CATEGORY_TINTS = np.array([[120, 110, 95], [90, 105, 125], [105, 120, 95], [125, 100, 115], [100, 100, 100]])
 
 
@@ -38,8 +42,9 @@ def _body_boxes(centres: np.ndarray, heights: np.ndarray) -> np.ndarray:
     return np.stack([cx - half_w, head_cy - head_r, cx + half_w, foot], -1)[..., 0, 0, :]
 
 
-def _paint(rng, centres, heights, facing, gesture, H, W, tint) -> np.ndarray:
+def _paint(rng, centres, heights, facing, gesture, H, W, tint, look: dict | None = None) -> np.ndarray:
     """Draw figures with a painter's rule (lower foot = nearer = drawn on top), batched over frames and people.
+    ``look`` (a family's own, ``visual``): shirt colours (P, 3) and a badge kind (P,) each, 0 for none.
     Returns frames (T, H, W, 3) uint8."""
     T, P, _ = centres.shape
     yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
@@ -57,6 +62,8 @@ def _paint(rng, centres, heights, facing, gesture, H, W, tint) -> np.ndarray:
     covered = cover.any(1)
     pick = lambda m: np.take_along_axis(m, front[:, None], 1)[:, 0]                   # noqa: E731
     shirt = rng.integers(40, 230, (P, 3))
+    if look is not None:
+        shirt = look["shirt"]
     skin, eye_colour = [224, 180, 150], [30, 30, 30]
 
     background = tint + 25 * np.sin(yy / H * 3.0)[..., None] + rng.normal(0, 6, (H, W, 3))
@@ -66,8 +73,28 @@ def _paint(rng, centres, heights, facing, gesture, H, W, tint) -> np.ndarray:
     colour = np.where(pick(head) | pick(arm), P, front)
     colour[pick(eye)] = P + 1
     frames = np.where(covered[..., None], palette[colour], background)
+    if look is not None:
+        frames = _badges(frames, look["badge"], front, covered, xx, yy, cx, body_top, half_w)
     frames = frames + rng.normal(0, 3, frames.shape)
     return np.clip(frames, 0, 255).astype(np.uint8)
+
+
+def _badges(frames, kind, front, covered, xx, yy, cx, body_top, half_w) -> np.ndarray:
+    """Paint each person's chest badge where the person is in front: a square of 0.6 body widths striped in the
+    shirt's colour, a pixel lighter and a pixel darker in turn (kind 1 across, kind 2 along), counted from the
+    badge's own corner, so that where the stripes fall on the backbone's patch grid varies with where the person
+    stands."""
+    side = 1.2 * half_w                                                               # (T, P, 1, 1)
+    top, left = body_top + 0.2 * side, cx - side / 2
+    inside = (xx >= left) & (xx <= left + side) & (yy >= top) & (yy <= top + side)    # (T, P, H, W)
+    across = np.floor(yy - top).astype(np.int64) % 2 == 0
+    along = np.floor(xx - left).astype(np.int64) % 2 == 0
+    kind = kind[None, :, None, None]
+    light = np.where(kind == 1, across, along)
+    pick = lambda m: np.take_along_axis(m, front[:, None], 1)[:, 0]                   # noqa: E731
+    shown = pick(inside & (kind > 0)) & covered                                        # (T, H, W) front person's
+    stripe = np.where(pick(light), BADGE_CONTRAST, -BADGE_CONTRAST)[..., None]
+    return np.where(shown[..., None], frames + stripe, frames)
 
 
 def _unpainted(rng, T: int, P: int, H: int, W: int) -> np.ndarray:
@@ -79,20 +106,17 @@ def _unpainted(rng, T: int, P: int, H: int, W: int) -> np.ndarray:
     return np.zeros((T, H, W, 3), np.uint8)
 
 
-def scene_family(name: str):
-    """The ``scene(rng, T, P, H, W, category_index)`` function of a scene family."""
-    return importlib.import_module(SCENE_MODULES[name]).scene
-
-
 def make_clip(rng: np.random.Generator, video_id: str, category: str, category_index: int, T: int, N: int,
               H: int, W: int, scene: str = "social", pixels: bool = True) -> dict:
     """One clip as the dict of arrays the contract asks for (N slots, a random number of them used).
     ``pixels=False``: the same clip with black frames, for what needs only its boxes (a fifth of the time)."""
     P = int(rng.integers(max(3, N - 2), N + 1)) if N >= 3 else N
-    centres, heights, facing, gesture, visible, roles = scene_family(scene)(rng, T, P, H, W, category_index)
+    family = importlib.import_module(SCENE_MODULES[scene])
+    centres, heights, facing, gesture, visible, roles = family.scene(rng, T, P, H, W, category_index)
+    look = family.look(rng, roles, category_index) if hasattr(family, "look") else None
     boxes = _body_boxes(centres, heights)
-    frames = (_paint(rng, centres, heights, facing, gesture, H, W, CATEGORY_TINTS[category_index % 5]) if pixels
-              else _unpainted(rng, T, P, H, W))
+    frames = (_paint(rng, centres, heights, facing, gesture, H, W, CATEGORY_TINTS[category_index % 5], look)
+              if pixels else _unpainted(rng, T, P, H, W))
 
     boxes = np.stack([np.clip(boxes[..., 0], 0, W - 1), np.clip(boxes[..., 1], 0, H - 1),
                       np.clip(boxes[..., 2], 1, W), np.clip(boxes[..., 3], 1, H)], -1)
