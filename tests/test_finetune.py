@@ -2,13 +2,14 @@
 ablation, on a copy of the shared workflow's results (whose model is the frozen one, k = 0)."""
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import clone_workflow, planned_jobs, ran_jobs, snakemake, write_config
+from conftest import TINY, clone_workflow, planned_jobs, ran_jobs, snakemake, write_config
 from mot15 import MOT15
 from safetensors.torch import load_file, save_file
 
@@ -116,3 +117,29 @@ def test_predict_scores_people_with_the_tuned_block(finetuned, tmp_path):
     assert seen.sum() >= 3 and np.array_equal(seen, ~np.isnan(zeroed))
     # Float noise is far below 1e-5 here; the tiny model leans little on appearance, so changes are small.
     assert np.abs(scores[seen] - zeroed[seen]).min() > 1e-5
+
+
+def test_the_tuned_blocks_learn_at_their_own_rate_on_the_ranker_schedule(tmp_path):
+    """train.backbone_lr_scale: the tuned blocks' optimizer groups start at lr x scale, and the one schedule (warmup
+    included) scales them with the ranker's."""
+    from svip_core.config import validate_config
+    from svip_core.features.backbone import build_embedded
+    from svip_core.model.ranker import attach_tuned_head, build_ranker
+    from svip_core.train.loop import param_groups, warmup_cosine
+
+    cfg = validate_config(copy.deepcopy(TINY))
+    backbone = build_embedded(cfg["features"]["embedded"], tmp_path / "backbone")
+    model = build_ranker(cfg["model"], 16, 12)
+    attach_tuned_head(model, 1, {"backbone": str(backbone), "features": cfg["features"]})
+    groups = param_groups(model, 5e-4, 1e-3, 0.1)
+    tuned = {id(p) for p in model.tuned_head.parameters()}
+    assert sorted(id(p) for g in groups for p in g["params"]) == sorted(id(p) for p in model.parameters())
+    for g in groups:
+        assert {id(p) in tuned for p in g["params"]} == {g["lr"] == pytest.approx(1e-4)}
+    optimizer = torch.optim.AdamW(groups)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(4, 20, 0.1))
+    for step in range(6):
+        ratios = {round(g["lr"] / g["initial_lr"], 9) for g in optimizer.param_groups}
+        assert len(ratios) == 1 and ratios == {round(warmup_cosine(4, 20, 0.1)(step), 9)}
+        optimizer.step()
+        scheduler.step()
