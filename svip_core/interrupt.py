@@ -85,6 +85,20 @@ def holding_stops():
         raise Stopped(_stop.signum)
 
 
+def pending_stop() -> int:
+    """The stop signal this process received and has not acted on yet (0: none). Inside ``holding_stops`` a stop
+    waits for the code to poll this where all its processes can stop together (train's ranks, at a step)."""
+    return 0 if _stop.raised or _stop.signum is None else int(_stop.signum)
+
+
+def stop_now(signum: int):
+    """Stop as if ``signum`` had arrived here: a rank that learns of another rank's stop stops with it."""
+    if _stop.signum is None:
+        _stop.signum = signum
+    _stop.raised = True
+    raise Stopped(signum)
+
+
 def run_stoppable(main: Callable[[], object], describe: Callable[[signal.Signals], str | None]) -> object:
     """``main()``, stopped quietly by SIGINT or SIGTERM: the stop (or any error after it, as when a rank that
     stopped first breaks a collective) ends the process with status 128 + the signal, after logging and printing

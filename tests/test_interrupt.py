@@ -69,8 +69,11 @@ def test_ctrl_c_during_train_prints_one_line_and_the_rerun_resumes(finished_work
                 job.wait()
     text = output.read_text()
     after = text.splitlines()[before:]
-    epoch = json.loads(state.read_text())["epoch"]
-    line = f"train full/seed0 stopped after epoch {epoch}; run again to resume"
+    checkpoint = json.loads(state.read_text())
+    epoch, batches = checkpoint["epoch"], checkpoint.get("batches", 0)
+    # The ranks stop at the end of a step, where they write a checkpoint (or after the epoch, if it was the last).
+    where = f"at batch {batches} of epoch {epoch + 1}" if batches else f"after epoch {epoch}"
+    line = f"train full/seed0 stopped {where}; run again to resume"
     assert rc != 0 and 1 <= epoch < EPOCHS, text[-3000:]
     assert "Traceback" not in text and "Error in rule" not in text, "\n".join(after)
     assert line in after, "\n".join(after)
@@ -84,7 +87,7 @@ def test_ctrl_c_during_train_prints_one_line_and_the_rerun_resumes(finished_work
 
     again = snakemake(wd, target)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert f"resuming after epoch {epoch} " in (folder / "logs" / "train.log").read_text()
+    assert f"resuming {where} " in (folder / "logs" / "train.log").read_text()
     assert len((folder / "metrics.csv").read_text().splitlines()) == 1 + EPOCHS
 
 

@@ -1,8 +1,10 @@
 """Training under real torchrun (2 gloo processes): ranks stay in sync, seeds reproduce, a killed run resumes."""
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -141,26 +143,38 @@ def test_loader_workers_and_deterministic_kernels_leave_every_number_unchanged(s
     assert json.loads((inline_run / "model.json").read_text())["world_size"] == 1
 
 
+def wait_for_state(job: subprocess.Popen, state: Path, ready) -> dict:
+    """The checkpoint's state once ``ready(state)`` holds, while the run goes on."""
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        assert job.poll() is None, "training ended before the test could stop it"
+        with contextlib.suppress(OSError, ValueError):
+            found = json.loads(state.read_text())
+            if ready(found):
+                return found
+        time.sleep(0.02)
+    raise AssertionError("no such checkpoint in time")
+
+
 @pytest.mark.slow
-def test_a_killed_run_resumes_and_ends_with_the_same_metrics(stores, clean_run, tmp_path):
+def test_a_killed_run_resumes_inside_an_epoch_and_ends_with_the_same_metrics(stores, clean_run, tmp_path):
+    """A checkpoint every 3 steps (8 per epoch): SIGKILL to torchrun and both ranks after one inside epoch 2 or
+    later; the re-run resumes at that batch and ends with the clean run's weights, curves and TensorBoard."""
     killed = tmp_path / "killed"
     killed.mkdir()
-    job = launch(stores, killed, **CLEAN)
+    job = launch(stores, killed, **CLEAN, checkpoint_every=3)
     state = killed / "checkpoints" / "state.json"
-    deadline = time.time() + 300
-    while time.time() < deadline and not (state.exists() and json.loads(state.read_text())["epoch"] >= 2):
-        assert job.poll() is None, "training ended before it could be killed"
-        time.sleep(0.02)
+    wait_for_state(job, state, lambda s: s["epoch"] >= 1 and s.get("batches"))
     kill_tree(job)                               # torchrun and both ranks, mid-run
-    done = json.loads(state.read_text())["epoch"]
-    assert 2 <= done < CLEAN["epochs"] and not (killed / "model.safetensors").exists()
+    done = json.loads(state.read_text())
+    assert 1 <= done["epoch"] < CLEAN["epochs"] and not (killed / "model.safetensors").exists()
     from torch.utils.tensorboard import SummaryWriter
 
     with SummaryWriter(str(killed / "tensorboard")) as writer:   # as if it had logged the next epoch, then died
-        writer.add_scalar("val_top1", -1.0, done + 1)
+        writer.add_scalar("val_top1", -1.0, done["epoch"] + 1)
 
-    assert finish(launch(stores, killed, **CLEAN)) == 0
-    assert "resuming after epoch" in (killed / "train.log").read_text()
+    assert finish(launch(stores, killed, **CLEAN, checkpoint_every=3)) == 0
+    assert "resuming at batch " in (killed / "train.log").read_text()
     same_run(clean_run, killed)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -168,6 +182,26 @@ def test_a_killed_run_resumes_and_ends_with_the_same_metrics(stores, clean_run, 
     events.Reload()
     logged = [(e.step, e.value) for e in events.Scalars("val_top1")]
     assert logged == [(epoch, pytest.approx(top1)) for epoch, top1 in enumerate(curves(clean_run).val_top1, 1)]
+
+
+@pytest.mark.slow
+def test_sigterm_mid_epoch_writes_a_checkpoint_there_and_the_rerun_ends_as_the_clean_run(stores, clean_run, tmp_path):
+    """SIGTERM to torchrun (SLURM's preemption signal reaches the job's processes; torchrun passes it to its ranks)
+    inside epoch 2: the ranks finish their step, agree, write a checkpoint at it and stop; the re-run resumes at that
+    sample and ends with the clean run's weights and curves."""
+    out = tmp_path / "stopped"
+    out.mkdir()
+    job = launch(stores, out, **CLEAN)
+    state = out / "checkpoints" / "state.json"
+    wait_for_state(job, state, lambda s: s["epoch"] >= 1)
+    job.send_signal(signal.SIGTERM)
+    finish(job)
+    stopped = json.loads(state.read_text())
+    assert stopped["stopped_by"] == "SIGTERM", stopped
+    assert "SIGTERM: checkpoint written " in (out / "train.log").read_text()
+    assert finish(launch(stores, out, **CLEAN)) == 0
+    assert "where SIGTERM stopped it" in (out / "train.log").read_text()
+    same_run(clean_run, out)
 
 
 def test_the_same_seed_gives_the_same_run_and_a_finished_run_is_not_resumed(stores, inline_run, tmp_path):

@@ -46,12 +46,12 @@ def stopped(signal) -> str | None:
     if rank != 0:
         return None
     from svip_core.hashing import digest
-    from svip_core.train.checkpoint import read_state, resumable
+    from svip_core.train.checkpoint import position, read_state, resumable
 
     run = f"train {stage['run']}" if stage.get("run") else "train"
     folder = out / "checkpoints"
     if resumable(folder, identity(digest))[0]:
-        return f"{run} stopped after epoch {read_state(folder)['epoch']}; run again to resume"
+        return f"{run} stopped {position(read_state(folder))}; run again to resume"
     return f"{run} stopped before its first epoch ended; run again to start it"
 
 

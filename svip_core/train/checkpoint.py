@@ -27,24 +27,39 @@ def load_weights(model: torch.nn.Module, path) -> None:
     model.load_state_dict(load_file(str(path)))
 
 
-def save_rng(folder, rank: int, epoch: int) -> None:
-    """Each rank's RNG state (dropout differs per rank), so a resumed run draws what the first run would."""
-    rng = {"torch": torch.get_rng_state(), "epoch": torch.tensor(epoch)}
+def position(state: dict) -> str:
+    """Where a checkpoint stands, in words: "after epoch E", or "at batch B of epoch E" inside one."""
+    if state.get("batches"):
+        return f"at batch {state['batches']} of epoch {state['epoch'] + 1}"
+    return f"after epoch {state['epoch']}"
+
+
+def _rank_file(folder, rank: int, epoch: int, batches: int = 0) -> Path:
+    return Path(folder) / (f"rng_rank{rank}_epoch{epoch}.pt" if not batches else
+                           f"rng_rank{rank}_epoch{epoch}_batch{batches}.pt")
+
+
+def save_rng(folder, rank: int, epoch: int, batches: int = 0, partial: dict | None = None) -> None:
+    """Each rank's RNG state (dropout differs per rank), so a resumed run draws what the first run would; inside an
+    epoch (``batches`` of epoch + 1 done) also the rank's ``partial`` sums of that epoch so far (tensors)."""
+    rng = {"torch": torch.get_rng_state(), "epoch": torch.tensor(epoch), "batches": torch.tensor(batches),
+           **(partial or {})}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state()
-    _atomic(Path(folder) / f"rng_rank{rank}_epoch{epoch}.pt", lambda p: torch.save(rng, p))
+    _atomic(_rank_file(folder, rank, epoch, batches), lambda p: torch.save(rng, p))
 
 
 def save_checkpoint(folder, model, optimizer, scheduler, scaler, state: dict) -> None:
-    """One epoch's checkpoint (rank 0, after every rank saved its RNG): weights, then trainer state;
-    ``state.json`` is written last and marks the checkpoint complete."""
+    """A checkpoint at an epoch's end or inside one (rank 0, after every rank saved its RNG): weights, then trainer
+    state; ``state.json`` is written last and marks the checkpoint complete."""
     folder = Path(folder)
     save_weights(model, folder / "last.safetensors")
     trainer = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict()}
     _atomic(folder / "last_trainer.pt", lambda p: torch.save(trainer, p))
     _atomic(folder / "state.json", lambda p: p.write_text(json.dumps(state, indent=1)))
+    current = _rank_file(folder, 0, state["epoch"], state.get("batches", 0)).name.replace("rng_rank0_", "_")
     for old in folder.glob("rng_rank*_epoch*.pt"):
-        if not old.name.endswith(f"_epoch{state['epoch']}.pt"):
+        if not old.name.endswith(current):
             old.unlink(missing_ok=True)
 
 
@@ -73,13 +88,13 @@ def resumable(folder, identity: str | None) -> tuple[bool, str]:
 
 def read_checkpoint(folder, world: int) -> dict:
     """Everything a resume needs, read once: the state, weights, optimiser and scheduler state, and the RNG
-    state of each of the ``world`` ranks at the state's epoch."""
+    state (and inside an epoch, the epoch's partial sums) of each of the ``world`` ranks at the state's place."""
     folder = Path(folder)
     state = read_state(folder)
     return {"state": state, "weights": load_file(str(folder / "last.safetensors")),
             "trainer": torch.load(folder / "last_trainer.pt", weights_only=True, map_location="cpu"),
-            "rng": [torch.load(folder / f"rng_rank{r}_epoch{state['epoch']}.pt", weights_only=True, map_location="cpu")
-                    for r in range(world)]}
+            "rng": [torch.load(_rank_file(folder, r, state["epoch"], state.get("batches", 0)), weights_only=True,
+                               map_location="cpu") for r in range(world)]}
 
 
 def agreed_checkpoint(folder, identity: str | None) -> tuple[dict | None, str]:
@@ -110,6 +125,7 @@ def restore_checkpoint(checkpoint: dict, model, optimizer, scheduler, scaler, ra
     if checkpoint["trainer"]["scaler"]:
         scaler.load_state_dict(checkpoint["trainer"]["scaler"])
     rng = checkpoint["rng"][rank]
+    checkpoint["state"]["partial"] = {k: v for k, v in rng.items() if k not in ("torch", "cuda", "epoch", "batches")}
     torch.set_rng_state(rng["torch"])
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state(rng["cuda"])

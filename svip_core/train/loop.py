@@ -5,11 +5,13 @@ Launch: ``torchrun --nproc_per_node=K workflow_scripts/train.py ...`` (also for 
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import logging
 import math
 import os
 import shutil
+import signal
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -21,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DistributedSampler
 
 from svip_core.atomic import atomic_path
-from svip_core.interrupt import holding_stops
+from svip_core.interrupt import holding_stops, pending_stop, stop_now
 from svip_core.features.precision import autocast, grad_scaler, set_matmul_precision
 from svip_core.logs import progress
 from svip_core.model.loss import ranking_loss
@@ -31,6 +33,7 @@ from svip_core.train.checkpoint import (
     agreed_checkpoint,
     load_weights,
     mark_finished,
+    position,
     restore_checkpoint,
     save_checkpoint,
     save_rng,
@@ -110,6 +113,29 @@ def weights_checksum(model: torch.nn.Module) -> str:
         h.update(name.encode())
         h.update(p.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+class Resumed(torch.utils.data.Sampler):
+    """``sampler``'s order without its first ``skip`` indices: the rest of an epoch a checkpoint stopped inside."""
+
+    def __init__(self, sampler, skip: int):
+        self.sampler, self.skip = sampler, skip
+
+    def __iter__(self):
+        return itertools.islice(iter(self.sampler), self.skip, None)
+
+    def __len__(self):
+        return max(0, len(self.sampler) - self.skip)
+
+
+def agreed_stop(device: torch.device) -> int:
+    """The stop signal any rank has received (0: none), the same on every rank (a collective: all call it at the
+    same step). SLURM and torchrun signal every rank, but not at the same instant."""
+    if dist.get_world_size() == 1:
+        return pending_stop()
+    flag = torch.tensor([pending_stop()], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return int(flag.item())
 
 
 def warmup_cosine(warmup: int, total: int, min_ratio: float):
@@ -218,8 +244,11 @@ def train(store_paths: list[str], out_dir, model_cfg: dict, cfg: dict, debug: bo
         {"epoch": 0, "step": 0, "best_top1": -1.0, "best_epoch": 0, "best_loss": math.inf, "bad_epochs": 0,
          "history": []}
     state["identity"] = identity
-    if state["epoch"] and rank == 0:
-        log.info("resuming after epoch %d from %s (same run identity %s)", state["epoch"], ckpt, identity)
+    partial = state.pop("partial", {})                # this rank's sums of an epoch a checkpoint stopped inside
+    stopped_by = state.pop("stopped_by", None)
+    if (state["epoch"] or state.get("batches")) and rank == 0:
+        log.info("resuming %s (step %d%s) from %s (same run identity %s)", position(state), state["step"],
+                 f", where {stopped_by} stopped it" if stopped_by else "", ckpt, identity)
     if rank == 0:
         log.info("%d clips to train on, %d to validate on; %d loader worker(s) and %d thread(s) per process, device %s",
                  len(train_set), len(val_set), workers, torch.get_num_threads(), device)
@@ -234,80 +263,120 @@ def train(store_paths: list[str], out_dir, model_cfg: dict, cfg: dict, debug: bo
         writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=state["epoch"] + 1)
     timer = PhaseTimer(debug, device)
     model.train()
-    for epoch in range(state["epoch"] + 1, cfg["epochs"] + 1):
-        if state["bad_epochs"] >= cfg["patience"]:
-            if rank == 0:
-                log.info("early stop: %d epochs without a better val top-1 (best %.4g at epoch %d, chance %.3g)",
-                         state["bad_epochs"], state["best_top1"], state["best_epoch"], chance)
-            break
-        sampler.set_epoch(epoch)
-        start, sums = time.perf_counter(), torch.zeros(5, dtype=torch.float64, device=device)
-        bar = progress(total=len(loader), desc=f"epoch {epoch}/{cfg['epochs']}", disable=rank != 0, leave=False)
-        optimizer.zero_grad(set_to_none=True)
-        t = time.perf_counter()
-        waits: dict[str, float] = {}
-        for i, batch in enumerate(waited_for(on_device(loader, device), waits)):
-            t = timer.mark("data", t)
-            last_micro = (i + 1) % cfg["accumulation_steps"] == 0 or i + 1 == len(loader)
-            with (nullcontext() if last_micro or ddp is model else ddp.no_sync()):
-                logits, target, present, losses = _forward(ddp, batch, cfg, amp)
-                t = timer.mark("forward+loss", t)
-                scaler.scale(losses["total"] / cfg["accumulation_steps"]).backward()
-                t = timer.mark("backward", t)
-            if last_micro:
-                scaler.unscale_(optimizer)                # clip the true gradients, not the scaled ones
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
-                scaler.step(optimizer)                    # skipped (fp16) when a gradient overflowed
-                scaler.update()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                state["step"] += 1
-                t = timer.mark("optimizer", t)
-            # Summed on the device and read once per epoch: a .item() per step would stall the GPU each time.
-            above, tied = target_rank_stats(logits.detach(), target, present)
-            n = len(target)
-            sums += torch.stack([losses["total"].detach().double() * n, losses["ce"].detach().double() * n,
-                                 losses["preference"].detach().double() * n, hit_at_k(above, tied, 1).double().sum(),
-                                 torch.full((), n, dtype=torch.float64, device=device)])
-            bar.update()
-            if rank == 0 and (i + 1) % SHOW_LOSS_EVERY == 0:
-                bar.set_postfix(loss=f"{losses['total'].item():.3f}", refresh=False)
-        bar.close()
-        dist.all_reduce(sums)
-        train_seconds = time.perf_counter() - start
-        loss, ce, preference, hits, n = sums.tolist()
-        # The module itself, not its DDP wrapper: DDP's forward broadcasts buffers, a collective that a rank with
-        # fewer validation batches (or none) would never join.
-        val_loss, val_top1 = validate(model, val_loader, device, cfg, amp)
-        row = {"epoch": epoch, "step": state["step"], "lr": scheduler.get_last_lr()[0],
-               "train_loss": loss / n, "train_ce": ce / n, "train_preference": preference / n, "train_top1": hits / n,
-               "val_loss": val_loss, "val_top1": val_top1, "data_wait_seconds": waits["data_wait"],
-               "train_seconds": train_seconds, "seconds": time.perf_counter() - start}
-        # Ties count as improvement for patience (>=), but only a strictly better epoch replaces the best.
-        if val_top1 > state["best_top1"]:
-            state.update(best_top1=val_top1, best_epoch=epoch)
-            if rank == 0:
-                save_weights(model, ckpt / "best.safetensors")
-        state["best_loss"] = min(state.get("best_loss", math.inf), val_loss)
-        state["bad_epochs"] = bad_epochs_after(state["bad_epochs"], val_top1, state["best_top1"], val_loss,
-                                               state["best_loss"], epoch, cfg["min_epochs"], chance)
-        state["epoch"] = epoch
-        state["history"].append(row)
-        if rank == 0:
-            log.info("epoch %d: " + " ".join(f"{k}=%.4g" for k in METRIC_COLUMNS[1:]), epoch,
-                     *[row[k] for k in METRIC_COLUMNS[1:]])
-            if debug:
-                log.info("debug timing (s, cumulative): %s", json.dumps({k: round(v, 4) for k, v in timer.totals.items()}))
-            for k, v in row.items():
-                if k != "epoch":
-                    writer.add_scalar(k, v, epoch)
-        # A stop (SIGINT, SIGTERM) waits for the checkpoint: weights, trainer state and state.json of one epoch.
+    every = cfg.get("checkpoint_every", 0)
+
+    def checkpoint_here(batches: int, sums: torch.Tensor, waits: dict, seconds: float, **note) -> None:
+        """A checkpoint inside the epoch after ``batches`` of its batches: every rank's RNG and partial sums, then
+        the weights, trainer state and state.json (rank 0). Written whole before a stop takes effect."""
         with holding_stops():
-            save_rng(ckpt, rank, epoch)
-            dist.barrier()                    # every rank's RNG is on disk before state.json names the epoch
-            if rank == 0:
-                save_checkpoint(ckpt, model, optimizer, scheduler, scaler, state)
+            save_rng(ckpt, rank, state["epoch"], batches, {"sums": sums.cpu(), "data_wait": torch.tensor(
+                waits.get("data_wait", 0.0)), "seconds": torch.tensor(seconds)})
             dist.barrier()
+            if rank == 0:
+                save_checkpoint(ckpt, model, optimizer, scheduler, scaler, {**state, "batches": batches, **note})
+            dist.barrier()
+
+    def stopping(stop: int, where: dict):
+        if rank == 0:
+            log.info("%s: checkpoint written %s (step %d)", signal.Signals(stop).name, position(where), where["step"])
+        stop_now(stop)
+
+    # Stops wait for a step's end, where every rank agrees to stop and a checkpoint is written (holding_stops).
+    with holding_stops():
+        for epoch in range(state["epoch"] + 1, cfg["epochs"] + 1):
+            if state["bad_epochs"] >= cfg["patience"]:
+                if rank == 0:
+                    log.info("early stop: %d epochs without a better val top-1 (best %.4g at epoch %d, chance %.3g)",
+                             state["bad_epochs"], state["best_top1"], state["best_epoch"], chance)
+                break
+            sampler.set_epoch(epoch)
+            # A resumed epoch starts at the checkpoint's batch: the same samples follow, in the same order.
+            done = state.pop("batches", 0)
+            batches = loader if not done else clip_loader(train_set, cfg["batch_size"], workers, device,
+                                                          Resumed(sampler, done * cfg["batch_size"]))
+            sums = partial.get("sums", torch.zeros(5, dtype=torch.float64)).to(device)
+            waits: dict[str, float] = {"data_wait": float(partial.get("data_wait", 0.0))}
+            start = time.perf_counter() - float(partial.get("seconds", 0.0))
+            partial = {}
+            bar = progress(total=len(loader), initial=done, desc=f"epoch {epoch}/{cfg['epochs']}", disable=rank != 0,
+                           leave=False)
+            optimizer.zero_grad(set_to_none=True)
+            t = time.perf_counter()
+            for i, batch in enumerate(waited_for(on_device(batches, device), waits), start=done):
+                t = timer.mark("data", t)
+                last_micro = (i + 1) % cfg["accumulation_steps"] == 0 or i + 1 == len(loader)
+                with (nullcontext() if last_micro or ddp is model else ddp.no_sync()):
+                    logits, target, present, losses = _forward(ddp, batch, cfg, amp)
+                    t = timer.mark("forward+loss", t)
+                    scaler.scale(losses["total"] / cfg["accumulation_steps"]).backward()
+                    t = timer.mark("backward", t)
+                if last_micro:
+                    scaler.unscale_(optimizer)                # clip the true gradients, not the scaled ones
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
+                    scaler.step(optimizer)                    # skipped (fp16) when a gradient overflowed
+                    scaler.update()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    state["step"] += 1
+                    t = timer.mark("optimizer", t)
+                # Summed on the device and read once per epoch: a .item() per step would stall the GPU each time.
+                above, tied = target_rank_stats(logits.detach(), target, present)
+                n = len(target)
+                sums += torch.stack([losses["total"].detach().double() * n, losses["ce"].detach().double() * n,
+                                     losses["preference"].detach().double() * n, hit_at_k(above, tied, 1).double().sum(),
+                                     torch.full((), n, dtype=torch.float64, device=device)])
+                bar.update()
+                if rank == 0 and (i + 1) % SHOW_LOSS_EVERY == 0:
+                    bar.set_postfix(loss=f"{losses['total'].item():.3f}", refresh=False)
+                if last_micro:
+                    stop = agreed_stop(device)
+                    note = {"stopped_by": signal.Signals(stop).name} if stop else {}
+                    if stop or (every and state["step"] % every == 0 and i + 1 < len(loader)):
+                        checkpoint_here(i + 1, sums, waits, time.perf_counter() - start, **note)
+                    if stop:
+                        stopping(stop, {**state, "batches": i + 1})
+            bar.close()
+            dist.all_reduce(sums)
+            train_seconds = time.perf_counter() - start
+            loss, ce, preference, hits, n = sums.tolist()
+            # The module itself, not its DDP wrapper: DDP's forward broadcasts buffers, a collective that a rank with
+            # fewer validation batches (or none) would never join.
+            val_loss, val_top1 = validate(model, val_loader, device, cfg, amp)
+            row = {"epoch": epoch, "step": state["step"], "lr": scheduler.get_last_lr()[0],
+                   "train_loss": loss / n, "train_ce": ce / n, "train_preference": preference / n,
+                   "train_top1": hits / n, "val_loss": val_loss, "val_top1": val_top1,
+                   "data_wait_seconds": waits["data_wait"], "train_seconds": train_seconds,
+                   "seconds": time.perf_counter() - start}
+            # Ties count as improvement for patience (>=), but only a strictly better epoch replaces the best.
+            if val_top1 > state["best_top1"]:
+                state.update(best_top1=val_top1, best_epoch=epoch)
+                if rank == 0:
+                    save_weights(model, ckpt / "best.safetensors")
+            state["best_loss"] = min(state.get("best_loss", math.inf), val_loss)
+            state["bad_epochs"] = bad_epochs_after(state["bad_epochs"], val_top1, state["best_top1"], val_loss,
+                                                   state["best_loss"], epoch, cfg["min_epochs"], chance)
+            state["epoch"] = epoch
+            state["history"].append(row)
+            if rank == 0:
+                log.info("epoch %d: " + " ".join(f"{k}=%.4g" for k in METRIC_COLUMNS[1:]), epoch,
+                         *[row[k] for k in METRIC_COLUMNS[1:]])
+                if debug:
+                    log.info("debug timing (s, cumulative): %s",
+                             json.dumps({k: round(v, 4) for k, v in timer.totals.items()}))
+                for k, v in row.items():
+                    if k != "epoch":
+                        writer.add_scalar(k, v, epoch)
+            # The epoch's checkpoint: weights, trainer state and state.json, whole before a stop takes effect.
+            stop = agreed_stop(device)
+            with holding_stops():
+                save_rng(ckpt, rank, epoch)
+                dist.barrier()                    # every rank's RNG is on disk before state.json names the epoch
+                if rank == 0:
+                    save_checkpoint(ckpt, model, optimizer, scheduler, scaler,
+                                    {**state, **({"stopped_by": signal.Signals(stop).name} if stop else {})})
+                dist.barrier()
+            if stop:
+                stopping(stop, state)
 
     # A stop during the final writes takes effect once they are done, before the run is marked finished, so a
     # re-run resumes it (writing them again) instead of training from scratch.
