@@ -16,13 +16,16 @@ rule train:
     threads: config["train"]["nproc"]
     resources:
         mem_mb=8000,
+        # GPUs on this machine (svip with-gpus); under SLURM the profile sets gpu to 0 and gres asks for nproc GPUs
+        # on every node (--gres is per node, --gpus would be per job).
         gpu=config["train"]["nproc"],
+        gres=f"gpu:{config['train']['nproc']}",
         nodes=config["train"]["nodes"],
         runtime=720,
     conda:
         ENV
     shell:
-        "python -m svip_core.cli with-gpus {resources.gpu} -- python -m svip_core.cli torchrun --nproc {params.nproc} -- "
+        "python -m svip_core.cli with-gpus {resources.gpu} -- python -m svip_core.cli torchrun --nproc {params.nproc} --nodes {resources.nodes} -- "
         "workflow_scripts/train.py "
         "--config {params.config:q} --settings {params.settings:q} --stores {input.stores} --out-dir {params.out_dir} "
         "--log-file {log} 2>> {log}"

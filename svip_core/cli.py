@@ -161,8 +161,12 @@ def cmd_with_gpus(args) -> int:
 
 
 def cmd_torchrun(args) -> int:
-    from svip_core.launch import run_torchrun
+    from svip_core.launch import nodes_problem, run_torchrun
 
+    problem = nodes_problem(args.nodes)
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
     return run_torchrun(args.nproc, _after_dashes(args.command_line))
 
 
@@ -274,6 +278,7 @@ def main(argv=None) -> int:
 
     p = command("torchrun", help="run a training script under torchrun, across SLURM nodes when allocated")
     p.add_argument("--nproc", type=int, required=True, help="processes per node")
+    p.add_argument("--nodes", type=int, default=1, help="nodes the run must span (train.nodes): a SLURM allocation's")
     p.add_argument("command_line", nargs=argparse.REMAINDER, metavar="-- SCRIPT ARGS")
     p.set_defaults(func=cmd_torchrun)
 

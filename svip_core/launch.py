@@ -13,7 +13,7 @@ def torchrun_command(nproc: int, script: list[str], env=None) -> list[str]:
     """``nproc`` processes per node running ``script``. Under SLURM with several nodes (SLURM_JOB_NUM_NODES),
     ``srun`` starts one torchrun per node and they meet at this node (the batch step runs on the first one)."""
     env = os.environ if env is None else env
-    nodes = int(env.get("SLURM_JOB_NUM_NODES") or env.get("SLURM_NNODES") or 1) if "SLURM_JOB_ID" in env else 1
+    nodes = allocated_nodes(env)
     if nodes <= 1:
         return ["torchrun", "--standalone", f"--nproc_per_node={nproc}", *script]
     job = env["SLURM_JOB_ID"]
@@ -23,6 +23,24 @@ def torchrun_command(nproc: int, script: list[str], env=None) -> list[str]:
     return ["srun", "--overlap", f"--nodes={nodes}", "--ntasks-per-node=1", "--kill-on-bad-exit=1",
             "torchrun", f"--nnodes={nodes}", f"--nproc_per_node={nproc}", "--rdzv-backend=c10d",
             f"--rdzv-endpoint={head}:{port}", f"--rdzv-id=svip-{job}", *script]
+
+
+def allocated_nodes(env=None) -> int:
+    """Nodes of the SLURM allocation this runs in (1 outside SLURM)."""
+    env = os.environ if env is None else env
+    return int(env.get("SLURM_JOB_NUM_NODES") or env.get("SLURM_NNODES") or 1) if "SLURM_JOB_ID" in env else 1
+
+
+def nodes_problem(nodes: int, env=None) -> str:
+    """The one-line config error of a run asked to span ``nodes`` nodes where it cannot ('' when it can): outside
+    SLURM (a local Snakemake run; its planning cannot know the executor), or in an allocation of fewer nodes."""
+    have = allocated_nodes(env)
+    if nodes <= 1 or have >= nodes:
+        return ""
+    where = "on this machine" if have == 1 and "SLURM_JOB_ID" not in (os.environ if env is None else env) else \
+        f"in an allocation of {have} node(s)"
+    return (f"train.nodes = {nodes}: training across nodes runs under SLURM, not {where}. "
+            "Fix: run with --profile profiles/slurm, or set train.nodes: 1")
 
 
 # What Snakemake sets to a job's `threads` (snakemake/shell.py), each read by one of the libraries a rank loads.

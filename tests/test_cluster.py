@@ -57,7 +57,7 @@ def test_the_tiny_workflow_runs_as_slurm_jobs(slurm, tmp_path, tiny_config):
     assert list(tmp_path.glob("results/report/*/gallery.png"))
     train_job = next(k for k, v in new.items() if v.split("|")[2].startswith("rule_train"))
     record = subprocess.run(["scontrol", "show", "job", train_job], capture_output=True, text=True).stdout
-    assert "gpu:2" in record or "gpu=2" in record, record   # sbatch --gpus=2 for train.nproc=2
+    assert "gres:gpu:2" in record or "gres/gpu:2" in record, record   # sbatch --gres=gpu:2: train.nproc=2 per node
 
 
 def test_the_train_jobs_sbatch_line_asks_for_its_gpus_and_nodes(tmp_path, tiny_config):
@@ -70,9 +70,18 @@ def test_the_train_jobs_sbatch_line_asks_for_its_gpus_and_nodes(tmp_path, tiny_c
     plan = subprocess.run([str(BIN / "snakemake"), "--profile", "profiles/slurm", "-n", "--default-resources",
                            "slurm_partition=debug"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert plan.returncode == 0, plan.stderr[-3000:]
-    assert "gpu=2" in plan.stdout + plan.stderr           # train.nproc=2 processes -> 2 GPUs -> sbatch --gpus=2
+    train = plan_of(plan, "train")
+    # train.nproc=2 processes on each node -> sbatch --gres=gpu:2 (per node), and no job-wide --gpus
+    assert "gres=gpu:2" in train and "gpu=0" in train, train
     tiny_config["train"]["nodes"] = 2
     write_config(tmp_path / "config.yaml", tiny_config)
     plan = subprocess.run([str(BIN / "snakemake"), "--profile", "profiles/slurm", "-n", "--default-resources",
                            "slurm_partition=debug"], cwd=tmp_path, env=env, capture_output=True, text=True)
-    assert "nodes=2" in plan.stdout + plan.stderr         # -> sbatch --nodes=2, one torchrun per node
+    assert "nodes=2" in plan_of(plan, "train")            # -> sbatch --nodes=2, one torchrun per node
+
+
+def plan_of(plan: subprocess.CompletedProcess, rule: str) -> str:
+    """The resources line of the first job of ``rule`` in a dry run's plan."""
+    lines = (plan.stdout + plan.stderr).splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip() == f"rule {rule}:")
+    return next(line for line in lines[start:] if line.strip().startswith("resources:"))

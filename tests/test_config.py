@@ -87,6 +87,16 @@ def test_the_workflow_stops_on_a_config_mistake_before_any_job(workflow_dir, mis
     assert not (workflow_dir / "results").exists()
 
 
+def test_training_across_nodes_on_this_machine_names_the_slurm_profile(tmp_path):
+    """The train job's launcher (planning cannot know the executor) refuses train.nodes > 1 outside SLURM, in one
+    line, before torchrun starts."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    result = svip("torchrun", "--nproc", "1", "--nodes", "2", "--", "no_such_script.py", cwd=tmp_path, env=env)
+    lines = problem_lines(result.stderr)
+    assert result.returncode == 2 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "train.nodes = 2" in lines[0] and "Fix: run with --profile profiles/slurm" in lines[0], lines[0]
+
+
 def test_every_problem_gets_its_own_line(tmp_path):
     write_config(tmp_path / "config.yaml", TINY)
     override = {"train": {"lr": 0, "epochs": "ten", "workers": "many"}, "modle": {}}
