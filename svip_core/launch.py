@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
 
 from svip_core.interrupt import exit_like, quiet_sigint, run_through_stops
 
@@ -26,9 +27,21 @@ def torchrun_command(nproc: int, script: list[str], env=None) -> list[str]:
 
 
 def allocated_nodes(env=None) -> int:
-    """Nodes of the SLURM allocation this runs in (1 outside SLURM)."""
+    """Nodes of the SLURM allocation this runs in (1 outside SLURM). Counted from the job's node list: inside a job
+    step of one task (how Snakemake's executor runs a job) SLURM sets the node counts to the step's 1."""
     env = os.environ if env is None else env
-    return int(env.get("SLURM_JOB_NUM_NODES") or env.get("SLURM_NNODES") or 1) if "SLURM_JOB_ID" in env else 1
+    if "SLURM_JOB_ID" not in env:
+        return 1
+    nodelist = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST")
+    if nodelist:
+        try:
+            names = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
+                                   check=True, timeout=30).stdout.split()
+            if names:
+                return len(names)
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return int(env.get("SLURM_JOB_NUM_NODES") or env.get("SLURM_NNODES") or 1)
 
 
 def nodes_problem(nodes: int, env=None) -> str:
