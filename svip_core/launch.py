@@ -27,20 +27,18 @@ def torchrun_command(nproc: int, script: list[str], env=None) -> list[str]:
 
 
 def allocated_nodes(env=None) -> int:
-    """Nodes of the SLURM allocation this runs in (1 outside SLURM). Counted from the job's node list: inside a job
-    step of one task (how Snakemake's executor runs a job) SLURM sets the node counts to the step's 1."""
+    """Nodes of the SLURM allocation this runs in (1 outside SLURM), as the controller has it: inside the job step
+    that Snakemake's executor runs a job in, SLURM's node variables describe the step (1 node), not the job."""
     env = os.environ if env is None else env
     if "SLURM_JOB_ID" not in env:
         return 1
-    nodelist = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST")
-    if nodelist:
-        try:
-            names = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
-                                   check=True, timeout=30).stdout.split()
-            if names:
-                return len(names)
-        except (OSError, subprocess.SubprocessError):
-            pass
+    try:
+        found = subprocess.run(["squeue", "-h", "-j", env["SLURM_JOB_ID"], "-o", "%D"], capture_output=True,
+                               text=True, check=True, timeout=30).stdout.split()
+        if found and found[0].isdigit():
+            return int(found[0])
+    except (OSError, subprocess.SubprocessError):
+        pass
     return int(env.get("SLURM_JOB_NUM_NODES") or env.get("SLURM_NNODES") or 1)
 
 
