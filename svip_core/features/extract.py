@@ -22,8 +22,8 @@ from svip_core.dataset.containers import clip_hashes
 from svip_core.features.backbone import BackboneError, fetch_backbone, leading_tokens, load_backbone, normalisation
 from svip_core.features.geometry import GEOMETRY_FIELDS, box_geometry
 from svip_core.features.precision import autocast, set_matmul_precision
-from svip_core.features.roi_pooling import crop_boxes, roi_pool
-from svip_core.features.split_backbone import check_tuned_blocks, patch_grid
+from svip_core.features.roi_pooling import crop_boxes
+from svip_core.features.split_backbone import check_tuned_blocks, patch_grid, pool_persons
 from svip_core.features.store import create_arrays, create_tokens, writing_store
 from svip_core.hashing import ContentHashes
 from svip_core.logs import progress
@@ -146,18 +146,14 @@ def person_features_and_tokens(backbone, frames: torch.Tensor, boxes: torch.Tens
         out = backbone(pixel_values=inputs, output_hidden_states=bool(tuned_blocks))
         hidden = out.last_hidden_state                                                # (F or F*N, lead + h*w, D)
         tokens = out.hidden_states[backbone.config.num_hidden_layers - tuned_blocks] if tuned_blocks else None
-        if mode == "roi":
-            h, w = pixels.shape[-2] // patch, pixels.shape[-1] // patch
-            lead = leading_tokens(backbone.config)
-            if hidden.shape[1] != lead + h * w:
-                raise BackboneError(f"the backbone ({type(backbone).__name__}) gives {hidden.shape[1]} tokens for a "
-                                    f"{h}x{w} patch grid, not {lead} (CLS and registers) + {h * w}: not a DINOv2-like "
-                                    "model. Fix: set features.backbone to a DINOv2 or DINOv3 model")
-            patches = hidden[:, lead:].transpose(1, 2).reshape(len(pixels), -1, h, w)
-            feats = roi_pool(patches.float(), boxes, roi_samples)
-        else:
-            feats = hidden[:, 0].float().view(*boxes.shape[:2], -1)
-    return F.normalize(feats.float(), dim=-1), tokens
+        h, w = pixels.shape[-2] // patch, pixels.shape[-1] // patch
+        lead = leading_tokens(backbone.config)
+        if mode == "roi" and hidden.shape[1] != lead + h * w:
+            raise BackboneError(f"the backbone ({type(backbone).__name__}) gives {hidden.shape[1]} tokens for a "
+                                f"{h}x{w} patch grid, not {lead} (CLS and registers) + {h * w}: not a DINOv2-like "
+                                "model. Fix: set features.backbone to a DINOv2 or DINOv3 model")
+        feats = pool_persons(hidden, boxes, mode, lead, (h, w), roi_samples)
+    return feats, tokens
 
 
 def token_shape(config, features_cfg: dict, T: int, N: int) -> tuple[int, ...]:

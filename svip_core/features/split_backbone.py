@@ -37,6 +37,20 @@ def check_tuned_blocks(backbone, k: int) -> None:
                             f"Fix: set train.finetune_blocks between 0 and {L}")
 
 
+def pool_persons(hidden: torch.Tensor, boxes: torch.Tensor, mode: str, lead: int, grid: tuple[int, int] | None,
+                 roi_samples: int | None) -> torch.Tensor:
+    """The backbone's last hidden state -> L2-normalised person features (F, N, D) float32. roi mode: hidden
+    (F, lead + h*w, D) of whole frames whose patch grid is ``grid``, pooled inside boxes (F, N, 4) normalised xyxy;
+    crop mode: hidden (F*N, S, D) of each person's crop, frame-major, whose CLS token is the feature."""
+    if mode == "roi":
+        h, w = grid
+        patches = hidden[:, lead:].transpose(1, 2).reshape(len(hidden), -1, h, w)
+        feats = roi_pool(patches.float(), boxes, roi_samples)
+    else:
+        feats = hidden[:, 0].float().view(*boxes.shape[:2], -1)
+    return F.normalize(feats.float(), dim=-1)
+
+
 def patch_grid(config, features_cfg: dict) -> tuple[int, int] | None:
     """(h, w) patches of a roi-mode frame (the patch embedding drops a partial patch); None in crop mode."""
     if features_cfg["mode"] != "roi":
@@ -75,14 +89,7 @@ class TunedHead(nn.Module):
         roi mode: tokens (F, S, D) of whole frames, boxes (F, N, 4) normalised xyxy; the patch tokens are pooled
         inside each box. crop mode: tokens (F*N, S, D) of each person's crop (frame-major); the CLS token of each.
         """
-        hidden = self.hidden(tokens)
-        if self.mode == "roi":
-            h, w = self.grid
-            patches = hidden[:, self.lead:].transpose(1, 2).reshape(len(hidden), -1, h, w)
-            feats = roi_pool(patches.float(), boxes, self.roi_samples)
-        else:
-            feats = hidden[:, 0].float().view(*boxes.shape[:2], -1)
-        return F.normalize(feats, dim=-1)
+        return pool_persons(self.hidden(tokens), boxes, self.mode, self.lead, self.grid, self.roi_samples)
 
     def clip_features(self, tokens: torch.Tensor, boxes: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """A batch of clips as a store holds them -> visual (B, T, N, D) float32, zero where a person is absent
