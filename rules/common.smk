@@ -123,6 +123,21 @@ def run_settings_param(stage):
     return lambda wildcards, output: RUN_SETTINGS[stage]
 
 
+def across_nodes_resources(nodes):
+    """Train's resources for a run across ``nodes`` nodes: the SLURM plugin's MPI form, sbatch --nodes=M --ntasks=M
+    (a task, so a torchrun, per node; tasks_per_gpu=0 keeps it from also asking --ntasks-per-gpu), whose job step
+    runs the command as it is, in the allocation's environment: inside the `srun -n1` step that wraps other jobs
+    a nested srun reached only the first node. Nothing on one node (no `mpi` key at all: the job step's plugin
+    reads its presence, the submitting one its value)."""
+    return {"mpi": "srun", "tasks": nodes, "tasks_per_gpu": 0} if nodes > 1 else {}
+
+
+def run_setting_param(key):
+    """Param function for one run setting (``section.key``), that never triggers a re-run (run_settings_param)."""
+    section, name = key.split(".")
+    return lambda wildcards, output: config[section][name]
+
+
 def stage_config(stage):
     """The resolved identity of one stage (its keys, upstream identities, data, code, assets) as JSON."""
     return canonical(IDENTITY[stage])

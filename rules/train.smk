@@ -11,6 +11,7 @@ rule train:
         out_dir=output_dir("model"),
         nproc=config["train"]["nproc"],
         settings=run_settings_param("train"),
+        max_restarts=run_setting_param("train.max_restarts"),
     log:
         "results/train/{train_hash}/logs/train.log",
     threads: config["train"]["nproc"]
@@ -21,11 +22,13 @@ rule train:
         gpu=config["train"]["nproc"],
         gres=f"gpu:{config['train']['nproc']}",
         nodes=config["train"]["nodes"],
+        **across_nodes_resources(config["train"]["nodes"]),
         runtime=720,
     conda:
         ENV
     shell:
-        "python -m svip_core.cli with-gpus {resources.gpu} -- python -m svip_core.cli torchrun --nproc {params.nproc} --nodes {resources.nodes} -- "
+        "python -m svip_core.cli with-gpus {resources.gpu} -- python -m svip_core.cli torchrun --nproc {params.nproc} --nodes {resources.nodes} "
+        "--max-restarts {params.max_restarts} -- "
         "workflow_scripts/train.py "
         "--config {params.config:q} --settings {params.settings:q} --stores {input.stores} --out-dir {params.out_dir} "
         "--log-file {log} 2>> {log}"

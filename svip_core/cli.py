@@ -167,7 +167,12 @@ def cmd_torchrun(args) -> int:
     if problem:
         print(problem, file=sys.stderr)
         return 2
-    return run_torchrun(args.nproc, _after_dashes(args.command_line))
+    import logging
+
+    from svip_core.logs import LOG_FORMAT
+
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    return run_torchrun(args.nproc, _after_dashes(args.command_line), max_restarts=args.max_restarts)
 
 
 CONFIGFILE_HELP = ("config YAML layered over ./config.yaml as `snakemake --configfile FILE` does (repeatable, "
@@ -279,6 +284,8 @@ def main(argv=None) -> int:
     p = command("torchrun", help="run a training script under torchrun, across SLURM nodes when allocated")
     p.add_argument("--nproc", type=int, required=True, help="processes per node")
     p.add_argument("--nodes", type=int, default=1, help="nodes the run must span (train.nodes): a SLURM allocation's")
+    p.add_argument("--max-restarts", type=int, default=0,
+                   help="across nodes: restarts of the run after a node's processes fail (train.max_restarts)")
     p.add_argument("command_line", nargs=argparse.REMAINDER, metavar="-- SCRIPT ARGS")
     p.set_defaults(func=cmd_torchrun)
 

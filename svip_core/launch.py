@@ -1,7 +1,10 @@
 """The torchrun command for the train stage: one process group on this machine, or one across the nodes of a
-SLURM allocation (one torchrun per node, joined by a c10d rendezvous on the allocation's first node)."""
+SLURM allocation (one torchrun per node, joined by a c10d rendezvous on the allocation's first node), and what
+recovers a run across nodes from a lost node's processes (``run_across_nodes``)."""
 from __future__ import annotations
 
+import ctypes
+import logging
 import os
 import signal
 import socket
@@ -9,10 +12,13 @@ import subprocess
 
 from svip_core.interrupt import exit_like, quiet_sigint, run_through_stops
 
+log = logging.getLogger(__name__)
 
-def torchrun_command(nproc: int, script: list[str], env=None) -> list[str]:
-    """``nproc`` processes per node running ``script``. Under SLURM with several nodes (SLURM_JOB_NUM_NODES),
-    ``srun`` starts one torchrun per node and they meet at this node (the batch step runs on the first one)."""
+
+def torchrun_command(nproc: int, script: list[str], env=None, max_restarts: int = 0) -> list[str]:
+    """``nproc`` processes per node running ``script``. Under SLURM with several nodes, ``srun`` starts one
+    torchrun per node and they meet at this node (the batch step runs on the allocation's first one); torchrun
+    restarts every node's processes up to ``max_restarts`` times when some of them fail."""
     env = os.environ if env is None else env
     nodes = allocated_nodes(env)
     if nodes <= 1:
@@ -20,10 +26,18 @@ def torchrun_command(nproc: int, script: list[str], env=None) -> list[str]:
     job = env["SLURM_JOB_ID"]
     head = env.get("SLURMD_NODENAME") or socket.gethostname()
     port = 29500 + int(job) % 1000          # distinct per job, so two jobs on one node do not collide
-    # --overlap: this runs inside the job step Snakemake's SLURM executor opened, and may share its resources.
-    return ["srun", "--overlap", f"--nodes={nodes}", "--ntasks-per-node=1", "--kill-on-bad-exit=1",
-            "torchrun", f"--nnodes={nodes}", f"--nproc_per_node={nproc}", "--rdzv-backend=c10d",
-            f"--rdzv-endpoint={head}:{port}", f"--rdzv-id=svip-{job}", *script]
+    # --kill-on-bad-exit: a node whose torchrun died ends the step at once, instead of the others waiting at the
+    # rendezvous for it until it times out; run_across_nodes starts the step again.
+    return ["srun", f"--nodes={nodes}", "--ntasks-per-node=1", "--kill-on-bad-exit=1",
+            "torchrun", f"--nnodes={nodes}", f"--nproc_per_node={nproc}", f"--max-restarts={max_restarts}",
+            "--rdzv-backend=c10d", f"--rdzv-endpoint={head}:{port}", f"--rdzv-id=svip-{job}-{_attempt(env)}",
+            *script]
+
+
+def _attempt(env) -> str:
+    """Distinct per start of the step (SVIP_STEP_ATTEMPT, set by run_across_nodes) and per requeue of the job, so a
+    new step never joins a rendezvous of a step before it."""
+    return f"{env.get('SLURM_RESTART_COUNT', '0')}.{env.get('SVIP_STEP_ATTEMPT', '0')}"
 
 
 def allocated_nodes(env=None) -> int:
@@ -70,15 +84,15 @@ def rank_threads(nproc: int, env) -> dict[str, str]:
     return {name: per_rank for name in THREAD_VARIABLES if name == "OMP_NUM_THREADS" or name in env}
 
 
-def run_torchrun(nproc: int, script: list[str], env=None) -> int:
+def run_torchrun(nproc: int, script: list[str], env=None, max_restarts: int = 0) -> int:
     """Run ``torchrun_command``; returns its exit status. On one node torchrun runs in this process, so a stop
     (SIGINT, SIGTERM) ends it without its SignalException traceback: it hands the signal to its ranks, waits for
-    them to stop (rank 0 says where a re-run resumes) and this returns 128 + the signal. Across nodes ``srun`` runs
-    the torchruns and passes signals on to them; this waits for it (interrupt.run_through_stops)."""
-    command = torchrun_command(nproc, script, env)
+    them to stop (rank 0 says where a re-run resumes) and this returns 128 + the signal. A failure ends it: the
+    job fails, and Snakemake's ``retries`` start it again. Across nodes see ``run_across_nodes``."""
     os.environ.update(rank_threads(nproc, os.environ if env is None else env))
-    if command[0] != "torchrun":
-        return exit_like(run_through_stops(command))
+    if allocated_nodes(env) > 1:
+        return exit_like(run_across_nodes(nproc, script, max_restarts, env))
+    command = torchrun_command(nproc, script, env)
     quiet_sigint()              # until torchrun's own handlers are in place (importing torch takes a while)
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.run import main
@@ -88,3 +102,41 @@ def run_torchrun(nproc: int, script: list[str], env=None) -> int:
     except SignalException as e:
         return 128 + signal.Signals(e.sigval)
     return 0
+
+
+def run_across_nodes(nproc: int, script: list[str], max_restarts: int, env=None) -> int:
+    """Run the step of one torchrun per node (``srun``), waiting for it through stops (SLURM signals every process of
+    the job; the ranks write a checkpoint and stop). Returns its exit status (negative: the stop signal).
+
+    Two layers recover from a failure, each up to ``max_restarts`` times, and the ranks resume from the run's last
+    checkpoint: some of a node's processes fail (killed, out of memory) -> that node's torchrun restarts every
+    node's processes through the rendezvous; a node's torchrun itself dies -> its task ends the step
+    (--kill-on-bad-exit) and this starts the step again on the allocation's nodes. When both are spent the job
+    fails, and Snakemake's ``retries`` submit it again (it resumes from the checkpoint too)."""
+    env = dict(os.environ if env is None else env)
+    for attempt in range(max_restarts + 1):
+        env["SVIP_STEP_ATTEMPT"] = str(attempt)
+        status = run_through_stops(torchrun_command(nproc, script, env, max_restarts), env=env)
+        if status <= 0:                     # done, or stopped by a signal this process received too
+            return status
+        if attempt < max_restarts:
+            log.warning("the training step across %d nodes failed (status %d: a node's torchrun ended); starting "
+                        "it again (restart %d of %d); the ranks resume from the last checkpoint",
+                        allocated_nodes(env), status, attempt + 1, max_restarts)
+    log.error("the training step across nodes failed %d time(s); train.max_restarts = %d are spent, so the job "
+              "fails (Snakemake's retries may submit it again; it resumes from the last checkpoint)",
+              max_restarts + 1, max_restarts)
+    return status
+
+
+def die_with_launcher() -> None:
+    """End this process (SIGKILL) when the process that started it ends. torchrun starts its ranks in sessions of
+    their own and nothing ends them when torchrun is killed (SIGKILL, a lost node's step): they would train on,
+    beside the ranks that replace them. Linux only; elsewhere a no-op."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)           # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:                       # the launcher ended before the call above took effect
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -60,7 +60,8 @@ STAGE_KEYS = {
 }
 # How fast and with what resources, never what: recorded in each result's provenance, not hashed.
 RUN_SETTINGS = {"extract": ("features.batch_clips", "features.workers"),
-                "train": ("train.workers", "train.checkpoint_blocks", "train.checkpoint_every")}
+                "train": ("train.workers", "train.checkpoint_blocks", "train.checkpoint_every",
+                          "train.max_restarts")}
 STAGE_UPSTREAM = {"prepare": (), "extract": (), "train": ("dataset", "extract"), "evaluate": ("train",),
                   "report": ("evaluate", "prepare")}
 # The code each stage runs: these modules and every svip_core module they import. Modules that only name,

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from svip_core.interrupt import run_stoppable
+from svip_core.launch import die_with_launcher
 
 p = argparse.ArgumentParser()
 p.add_argument("--config", required=True, help="the stage's identity as JSON (stages.stage_inputs, plus the run name)")
@@ -20,6 +21,7 @@ args = p.parse_args()
 rank = int(os.environ.get("RANK", 0))
 stage = json.loads(args.config)
 out = Path(args.out_dir)
+die_with_launcher()                 # a rank outlives neither its torchrun nor the step it was started in
 
 
 def main():
