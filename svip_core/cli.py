@@ -285,7 +285,7 @@ def main(argv=None) -> int:
     p.add_argument("--nproc", type=int, required=True, help="processes per node")
     p.add_argument("--nodes", type=int, default=1, help="nodes the run must span (train.nodes): a SLURM allocation's")
     p.add_argument("--max-restarts", type=int, default=0,
-                   help="across nodes: restarts of the run after a node's processes fail (train.max_restarts)")
+                   help="across nodes: restarts of the step after a rank or a node's torchrun fails (train.max_restarts)")
     p.add_argument("command_line", nargs=argparse.REMAINDER, metavar="-- SCRIPT ARGS")
     p.set_defaults(func=cmd_torchrun)
 

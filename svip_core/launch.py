@@ -15,10 +15,10 @@ from svip_core.interrupt import exit_like, quiet_sigint, run_through_stops
 log = logging.getLogger(__name__)
 
 
-def torchrun_command(nproc: int, script: list[str], env=None, max_restarts: int = 0) -> list[str]:
+def torchrun_command(nproc: int, script: list[str], env=None) -> list[str]:
     """``nproc`` processes per node running ``script``. Under SLURM with several nodes, ``srun`` starts one
-    torchrun per node and they meet at this node (the batch step runs on the allocation's first one); torchrun
-    restarts every node's processes up to ``max_restarts`` times when some of them fail."""
+    torchrun per node and they meet at this node (the batch step runs on the allocation's first one). A failed
+    process ends its torchrun, and that ends the step (``run_across_nodes`` restarts it)."""
     env = os.environ if env is None else env
     nodes = allocated_nodes(env)
     if nodes <= 1:
@@ -26,10 +26,12 @@ def torchrun_command(nproc: int, script: list[str], env=None, max_restarts: int 
     job = env["SLURM_JOB_ID"]
     head = env.get("SLURMD_NODENAME") or socket.gethostname()
     port = 29500 + int(job) % 1000          # distinct per job, so two jobs on one node do not collide
-    # --kill-on-bad-exit: a node whose torchrun died ends the step at once, instead of the others waiting at the
-    # rendezvous for it until it times out; run_across_nodes starts the step again.
+    # --kill-on-bad-exit: a node whose torchrun ended ends the step at once, instead of the others waiting at the
+    # rendezvous for it until it times out. --max-restarts=0: torchrun's restarts in place kept its agents' store
+    # across rounds, and a restarted rank read its peer's address of the round before (on the test cluster two
+    # restarts in a row timed out connecting, 43 s); a new step starts new torchruns, with a rendezvous of their own.
     return ["srun", f"--nodes={nodes}", "--ntasks-per-node=1", "--kill-on-bad-exit=1",
-            "torchrun", f"--nnodes={nodes}", f"--nproc_per_node={nproc}", f"--max-restarts={max_restarts}",
+            "torchrun", f"--nnodes={nodes}", f"--nproc_per_node={nproc}", "--max-restarts=0",
             "--rdzv-backend=c10d", f"--rdzv-endpoint={head}:{port}", f"--rdzv-id=svip-{job}-{_attempt(env)}",
             *script]
 
@@ -108,20 +110,19 @@ def run_across_nodes(nproc: int, script: list[str], max_restarts: int, env=None)
     """Run the step of one torchrun per node (``srun``), waiting for it through stops (SLURM signals every process of
     the job; the ranks write a checkpoint and stop). Returns its exit status (negative: the stop signal).
 
-    Two layers recover from a failure, each up to ``max_restarts`` times, and the ranks resume from the run's last
-    checkpoint: some of a node's processes fail (killed, out of memory) -> that node's torchrun restarts every
-    node's processes through the rendezvous; a node's torchrun itself dies -> its task ends the step
-    (--kill-on-bad-exit) and this starts the step again on the allocation's nodes. When both are spent the job
-    fails, and Snakemake's ``retries`` submit it again (it resumes from the checkpoint too)."""
+    A failure anywhere (a rank killed or out of memory, which ends its torchrun; a node's torchrun killed) ends
+    the step (--kill-on-bad-exit), and this starts it again on the allocation's nodes, up to ``max_restarts``
+    times; the ranks resume from the run's last checkpoint. When they are spent the job fails, and Snakemake's
+    ``retries`` submit it again (it resumes from the checkpoint too)."""
     env = dict(os.environ if env is None else env)
     for attempt in range(max_restarts + 1):
         env["SVIP_STEP_ATTEMPT"] = str(attempt)
-        status = run_through_stops(torchrun_command(nproc, script, env, max_restarts), env=env)
+        status = run_through_stops(torchrun_command(nproc, script, env), env=env)
         if status <= 0:                     # done, or stopped by a signal this process received too
             return status
         if attempt < max_restarts:
-            log.warning("the training step across %d nodes failed (status %d: a node's torchrun ended); starting "
-                        "it again (restart %d of %d); the ranks resume from the last checkpoint",
+            log.warning("the training step across %d nodes failed (status %d: a rank or a node's torchrun ended); "
+                        "starting it again (restart %d of %d); the ranks resume from the last checkpoint",
                         allocated_nodes(env), status, attempt + 1, max_restarts)
     log.error("the training step across nodes failed %d time(s); train.max_restarts = %d are spent, so the job "
               "fails (Snakemake's retries may submit it again; it resumes from the last checkpoint)",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -123,8 +124,8 @@ def test_two_nodes_train_as_two_processes_on_one_and_as_one_process_with_their_b
         assert (single[name] - tensor).abs().max() <= 0.1 * TINY["train"]["lr"], name
 
 
-def when_mid_epoch(wd: Path, then) -> threading.Thread:
-    """Calls ``then(state)`` once the train run in ``wd`` has written a checkpoint inside an epoch after the first."""
+def when_mid_epoch(wd: Path, then, after: int = 1) -> threading.Thread:
+    """Calls ``then(state)`` once the train run in ``wd`` has written a checkpoint inside an epoch after ``after``."""
     def watch():
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
@@ -133,7 +134,7 @@ def when_mid_epoch(wd: Path, then) -> threading.Thread:
                     state = json.loads(path.read_text())
                 except (OSError, ValueError):      # being replaced
                     continue
-                if state["epoch"] >= 1 and state.get("batches"):
+                if state["epoch"] >= after and state.get("batches"):
                     then(state)
                     return
             time.sleep(0.02)
@@ -151,32 +152,45 @@ def rerun_train(reference: Path, tmp_path: Path) -> tuple[Path, Path]:
     return wd, out
 
 
-def node_torchrun(node: str) -> int:
-    """The pid of the torchrun that SLURM started on ``node`` (all nodes share this machine's processes)."""
+def process_on(node: str, program: bytes) -> int:
+    """The pid of the process SLURM started on ``node`` that runs ``program`` (one of its first three arguments ends
+    with it: python [-u] PROGRAM; every node's processes are this machine's)."""
     for proc in Path("/proc").iterdir():
         try:
             environ = (proc / "environ").read_bytes().split(b"\0")
             argv = (proc / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if f"SLURMD_NODENAME={node}".encode() in environ and any(a.endswith(b"/torchrun") for a in argv[:2]):
+        if f"SLURMD_NODENAME={node}".encode() in environ and any(a.endswith(program) for a in argv[:3]):
             return int(proc.name)
-    raise AssertionError(f"no torchrun on {node}")
+    raise AssertionError(f"no {program.decode()} on {node}")
 
 
-def test_a_nodes_torchrun_killed_mid_epoch_is_restarted_and_ends_with_the_same_weights(across_nodes, tmp_path):
-    """SIGKILL to node2's torchrun inside epoch 2: its ranks die with it, srun ends the step, the launcher starts it
-    again (train.max_restarts) and the ranks resume at the last step checkpoint: the job completes with the
+def test_a_killed_rank_and_a_killed_torchrun_restart_the_step_which_ends_with_the_same_weights(across_nodes, tmp_path):
+    """SIGKILL to node2's rank inside epoch 2, then to node2's torchrun inside epoch 4 or later: each ends the step
+    (a rank's death ends its torchrun; a torchrun's ends its ranks and its srun task), the launcher starts it again
+    (train.max_restarts = 2) and the ranks resume at the last step checkpoint. The job completes with the
     uninterrupted run's weights and curves."""
     wd, out = rerun_train(across_nodes[0], tmp_path)
     killed = []
-    watcher = when_mid_epoch(wd, lambda state: killed.append(os.kill(node_torchrun("node2"), signal.SIGKILL) or state))
+
+    def kill(program):
+        def then(state):
+            os.kill(process_on("node2", program), signal.SIGKILL)
+            killed.append((program, state["epoch"], state["batches"]))
+            if program == b"train.py":
+                when_mid_epoch(wd, kill(b"/torchrun"), after=3)
+        return then
+
+    when_mid_epoch(wd, kill(b"train.py"))
     result = run_on_slurm(wd, str(out.relative_to(wd) / "model.safetensors"))
-    watcher.join(1)
     assert result.returncode == 0, result.stderr[-4000:]
-    assert killed, "the run ended before a checkpoint inside epoch 2"
+    assert [k[0] for k in killed] == [b"train.py", b"/torchrun"], f"the run ended before both kills: {killed}"
     log = (out / "logs" / "train.log").read_text()
-    assert "starting it again (restart 1 of 2)" in log and "resuming at batch " in log, log[-3000:]
+    for restart in ("restart 1 of 2", "restart 2 of 2"):
+        assert f"starting it again ({restart})" in log, log[-3000:]
+    # The second resume may come after an epoch's end: a checkpoint can land between the watcher's look and the kill.
+    assert "resuming at batch " in log and len(re.findall(r"resuming (?:at batch|after epoch) ", log)) == 2, log[-3000:]
     reference = train_dir(across_nodes[0])
     assert (out / "model.safetensors").read_bytes() == (reference / "model.safetensors").read_bytes()
     times = ["data_wait_seconds", "train_seconds", "seconds"]
@@ -203,9 +217,8 @@ def test_a_preempted_train_job_writes_a_checkpoint_is_requeued_and_resumes_at_th
             time.sleep(0.5)
         subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
 
-    watcher = when_mid_epoch(wd, requeue)
+    when_mid_epoch(wd, requeue)
     result = run_on_slurm(wd, str(out.relative_to(wd) / "model.safetensors"))
-    watcher.join(1)
     assert result.returncode == 0, result.stderr[-4000:]
     assert requeued, "the run ended before a checkpoint inside epoch 2"
     record = subprocess.run(["scontrol", "show", "job", requeued[0]], capture_output=True, text=True).stdout

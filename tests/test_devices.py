@@ -131,9 +131,9 @@ def test_torchrun_spans_the_nodes_of_a_slurm_allocation():
     one_node = {"SLURM_JOB_ID": "77", "SLURM_JOB_NUM_NODES": "1"}
     assert torchrun_command(4, script, env=one_node)[:2] == ["torchrun", "--standalone"]
     two_nodes = {"SLURM_JOB_ID": "1234", "SLURM_JOB_NUM_NODES": "2", "SLURMD_NODENAME": "gpu01"}
-    cmd = torchrun_command(4, script, env=two_nodes, max_restarts=3)
+    cmd = torchrun_command(4, script, env=two_nodes)
     assert cmd[:cmd.index("torchrun")] == ["srun", "--nodes=2", "--ntasks-per-node=1", "--kill-on-bad-exit=1"]
-    assert {"--nnodes=2", "--nproc_per_node=4", "--max-restarts=3", "--rdzv-backend=c10d",
+    assert {"--nnodes=2", "--nproc_per_node=4", "--max-restarts=0", "--rdzv-backend=c10d",
             "--rdzv-endpoint=gpu01:29734", "--rdzv-id=svip-1234-0.0"} <= set(cmd)
     # A requeued job, and a restarted step, meet in a rendezvous of their own.
     again = torchrun_command(4, script, env={**two_nodes, "SLURM_RESTART_COUNT": "1", "SVIP_STEP_ATTEMPT": "2"})
