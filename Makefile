@@ -60,10 +60,10 @@ test: $(STAMP)
 test-quick: $(STAMP)
 	$(RUN) $(PYTEST) -m 'not slow and not cluster' --durations=5
 
-# The workflow through a real single-node SLURM, started by the tests' setup (needs root, as in CI).
+# The workflow through a real two-node SLURM, started by the tests' setup (needs root, as in CI).
 test-cluster: $(STAMP)
 	$(UV) -e '.[test,cluster]'
-	$(RUN) python -m pytest -q -m cluster tests/test_cluster.py
+	$(RUN) python -m pytest -q -m cluster tests/test_cluster.py --durations=8
 
 lint: $(STAMP)
 	$(RUN) snakemake --lint
