@@ -157,51 +157,42 @@ def wait_for_state(job: subprocess.Popen, state: Path, ready) -> dict:
 
 
 @pytest.mark.slow
-def test_a_killed_run_resumes_inside_an_epoch_and_ends_with_the_same_metrics(stores, clean_run, tmp_path):
-    """A checkpoint every 3 steps (8 per epoch): SIGKILL to torchrun and both ranks after one inside epoch 2 or
-    later; the re-run resumes at that batch and ends with the clean run's weights, curves and TensorBoard."""
-    killed = tmp_path / "killed"
-    killed.mkdir()
-    job = launch(stores, killed, **CLEAN, checkpoint_every=3)
-    state = killed / "checkpoints" / "state.json"
-    wait_for_state(job, state, lambda s: s["epoch"] >= 1 and s.get("batches"))
-    kill_tree(job)                               # torchrun and both ranks, mid-run
-    done = json.loads(state.read_text())
-    assert 1 <= done["epoch"] < CLEAN["epochs"] and not (killed / "model.safetensors").exists()
-    from torch.utils.tensorboard import SummaryWriter
-
-    with SummaryWriter(str(killed / "tensorboard")) as writer:   # as if it had logged the next epoch, then died
-        writer.add_scalar("val_top1", -1.0, done["epoch"] + 1)
-
-    assert finish(launch(stores, killed, **CLEAN, checkpoint_every=3)) == 0
-    assert "resuming at batch " in (killed / "train.log").read_text()
-    same_run(clean_run, killed)
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(str(killed / "tensorboard"))
-    events.Reload()
-    logged = [(e.step, e.value) for e in events.Scalars("val_top1")]
-    assert logged == [(epoch, pytest.approx(top1)) for epoch, top1 in enumerate(curves(clean_run).val_top1, 1)]
-
-
-@pytest.mark.slow
-def test_sigterm_mid_epoch_writes_a_checkpoint_there_and_the_rerun_ends_as_the_clean_run(stores, clean_run, tmp_path):
-    """SIGTERM to torchrun (SLURM's preemption signal reaches the job's processes; torchrun passes it to its ranks)
-    inside epoch 2: the ranks finish their step, agree, write a checkpoint at it and stop; the re-run resumes at that
-    sample and ends with the clean run's weights and curves."""
-    out = tmp_path / "stopped"
+def test_a_stopped_then_killed_run_resumes_inside_epochs_and_ends_with_the_same_metrics(stores, clean_run, tmp_path):
+    """SIGTERM to torchrun inside epoch 2 (SLURM's preemption signal reaches the job's processes; torchrun passes it
+    to its ranks): the ranks finish their step, agree, write a checkpoint at it and stop. The re-run resumes at that
+    sample; SIGKILL to torchrun and both ranks after a step checkpoint (every 3 steps, 8 per epoch) inside epoch 4
+    or later; the last run resumes at that batch and ends with the clean run's weights, curves and TensorBoard."""
+    out = tmp_path / "interrupted"
     out.mkdir()
-    job = launch(stores, out, **CLEAN)
     state = out / "checkpoints" / "state.json"
+    job = launch(stores, out, **CLEAN, checkpoint_every=3)
     wait_for_state(job, state, lambda s: s["epoch"] >= 1)
     job.send_signal(signal.SIGTERM)
     finish(job)
     stopped = json.loads(state.read_text())
     assert stopped["stopped_by"] == "SIGTERM", stopped
     assert "SIGTERM: checkpoint written " in (out / "train.log").read_text()
-    assert finish(launch(stores, out, **CLEAN)) == 0
-    assert "where SIGTERM stopped it" in (out / "train.log").read_text()
+
+    job = launch(stores, out, **CLEAN, checkpoint_every=3)
+    wait_for_state(job, state, lambda s: s["epoch"] >= 3 and s.get("batches"))
+    kill_tree(job)                               # torchrun and both ranks, mid-run
+    done = json.loads(state.read_text())
+    assert 3 <= done["epoch"] < CLEAN["epochs"] and not (out / "model.safetensors").exists()
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(str(out / "tensorboard")) as writer:      # as if it had logged the next epoch, then died
+        writer.add_scalar("val_top1", -1.0, done["epoch"] + 1)
+
+    assert finish(launch(stores, out, **CLEAN, checkpoint_every=3)) == 0
+    resumed = [line for line in (out / "train.log").read_text().splitlines() if " resuming " in line]
+    assert len(resumed) == 2 and "where SIGTERM stopped it" in resumed[0] and "resuming at batch " in resumed[1]
     same_run(clean_run, out)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    logged = [(e.step, e.value) for e in events.Scalars("val_top1")]
+    assert logged == [(epoch, pytest.approx(top1)) for epoch, top1 in enumerate(curves(clean_run).val_top1, 1)]
 
 
 def test_the_same_seed_gives_the_same_run_and_a_finished_run_is_not_resumed(stores, inline_run, tmp_path):
