@@ -46,7 +46,7 @@ _MODEL = ("model.fused_dim", "model.geometry_dim", "model.gat_hidden", "model.ga
 _TRAIN = ("train.seeds", "train.nproc", "train.nodes", "train.epochs", "train.batch_size", "train.accumulation_steps",
           "train.lr", "train.weight_decay", "train.warmup_steps", "train.min_lr_ratio", "train.grad_clip",
           "train.patience", "train.min_epochs", "train.preference_weight", "train.pairwise_weight", "train.pairwise_margin",
-          "train.deterministic", "train.precision", "train.finetune_blocks", "train.backbone_lr_scale")
+          "train.deterministic", "train.precision", "train.finetune_blocks", "train.backbone_lr_scale", "train.clips")
 STAGE_KEYS = {
     # data.source is read as a location and as content (see prepare's identity), never as a string.
     "prepare": ("data.source", "data.num_shards", "data.max_array_bytes", "data.on_duplicate_id", *_SYNTH),
@@ -109,6 +109,8 @@ def _reads(config: dict, key: str, stage: str | None = None) -> bool:
     """Whether a declared key matters in this configuration (a key the chosen mode ignores is not read)."""
     if key == "train.finetune_blocks" and stage == "extract":
         return token_blocks(config) > 0         # frozen stores are the same as before the key existed
+    if key == "train.clips":
+        return config["train"]["clips"] > 0     # all of them: the same training as before the key existed
     if key == "train.backbone_lr_scale":
         return config["train"]["finetune_blocks"] > 0
     if key.startswith("synthetic."):

@@ -255,3 +255,17 @@ def test_every_rank_resumes_what_rank_0_read(tmp_path):
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     assert finish(job, timeout=120) == 0, job.stderr.read()[-3000:]
     assert [json.loads(out.read_text()) for out in outs] == [{"epoch": 3, "rng_epoch": 3}] * 2
+
+
+def test_train_clips_keeps_the_first_clips_by_video_id_and_refuses_more_than_there_are(stores):
+    """train.clips = n: the split's first n clips by video id, across the stores (the synthetic benchmarks' n
+    training clips are the first n of any larger set, so a learning curve needs one extraction)."""
+    from svip_core.train.data import StoreClips
+
+    every = StoreClips(stores, "train")
+    ids = sorted(every.describe(i)["video_id"] for i in range(len(every)))
+    first = StoreClips(stores, "train", first=5)
+    assert sorted(first.describe(i)["video_id"] for i in range(len(first))) == ids[:5]
+    assert first[0]["geometry"].shape == every[0]["geometry"].shape
+    with pytest.raises(ValueError, match=r"train.clips = 17: the stores .* hold 16 train clips. Fix: set train.clips"):
+        StoreClips(stores, "train", first=17)

@@ -218,7 +218,8 @@ def train(store_paths: list[str], out_dir, model_cfg: dict, cfg: dict, debug: bo
     dist.barrier()                            # nobody reads the checkpoint folder while rank 0 clears it
     seed_everything(cfg["seed"], cfg.get("deterministic", False))
     tuned_blocks = cfg.get("finetune_blocks", 0)
-    train_set, val_set = StoreClips(store_paths, "train", tuned_blocks), StoreClips(store_paths, "val", tuned_blocks)
+    train_set = StoreClips(store_paths, "train", tuned_blocks, first=cfg.get("clips", 0))
+    val_set = StoreClips(store_paths, "val", tuned_blocks)
     visual_dim, geometry_dim = train_set.dims()
     model = build_ranker(model_cfg, visual_dim, geometry_dim)                # same init on every rank
     attach_tuned_head(model, tuned_blocks, train_set.provenance(), cfg.get("checkpoint_blocks", False))
