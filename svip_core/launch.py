@@ -47,18 +47,17 @@ def allocated_nodes(env=None) -> int:
     """Nodes of the SLURM allocation this runs in (1 outside SLURM), as the controller has it: inside the job step
     that Snakemake's executor runs a job in, SLURM's node variables describe the step (1 node), not the job."""
     env = os.environ if env is None else env
-    squeue = shutil.which("squeue", path=env.get("PATH", ""))       # the job's own, as its PATH finds it
     if "SLURM_JOB_ID" not in env:
         return 1
-    try:
-        if squeue is None:
-            raise FileNotFoundError("squeue")
-        found = subprocess.run([squeue, "-h", "-j", env["SLURM_JOB_ID"], "-o", "%D"], capture_output=True,
-                               text=True, check=True, timeout=30).stdout.split()
-        if found and found[0].isdigit():
-            return int(found[0])
-    except (OSError, subprocess.SubprocessError):
-        pass
+    squeue = shutil.which("squeue", path=env.get("PATH", ""))       # the job's own, as its PATH finds it
+    if squeue is not None:
+        try:
+            found = subprocess.run([squeue, "-h", "-j", env["SLURM_JOB_ID"], "-o", "%D"], capture_output=True,
+                                   text=True, check=True, timeout=30).stdout.split()
+            if found and found[0].isdigit():
+                return int(found[0])
+        except (OSError, subprocess.SubprocessError):
+            pass
     return int(env.get("SLURM_JOB_NUM_NODES") or env.get("SLURM_NNODES") or 1)
 
 
