@@ -97,7 +97,7 @@ def main() -> None:
     table.to_csv(out / "learning_curve.csv", index=False)
     summary = table.groupby("train_clips").agg(top1_mean=("top1", "mean"), top1_std=("top1", "std"),
                                                seeds=("seed", "count")).reset_index().fillna({"top1_std": 0.0})
-    scene = load_config(None, [args.configfile] if args.configfile else [])["synthetic"]["scene"]
+    scene = config["synthetic"]["scene"]                  # the same in every size's config
     plot(summary, out / "learning_curve.png", f"full model, {scene} scenes")
     (out / "learning_curve.json").write_text(json.dumps(
         {"configfile": args.configfile, "scene": scene, "seeds": args.seeds, "seconds_per_size": seconds,

@@ -16,12 +16,13 @@ from svip_core.interrupt import exit_like, quiet_sigint, run_through_stops
 log = logging.getLogger(__name__)
 
 
-def torchrun_command(nproc: int, script: list[str], env=None) -> list[str]:
-    """``nproc`` processes per node running ``script``. Under SLURM with several nodes, ``srun`` starts one
-    torchrun per node and they meet at this node (the batch step runs on the allocation's first one). A failed
-    process ends its torchrun, and that ends the step (``run_across_nodes`` restarts it)."""
+def torchrun_command(nproc: int, script: list[str], env=None, nodes: int | None = None) -> list[str]:
+    """``nproc`` processes per node running ``script`` on the allocation's ``nodes`` (default: asked of SLURM).
+    With several, ``srun`` starts one torchrun per node and they meet at this node (the batch step runs on the
+    allocation's first one). A failed process ends its torchrun, and that ends the step (``run_across_nodes``
+    restarts it)."""
     env = os.environ if env is None else env
-    nodes = allocated_nodes(env)
+    nodes = allocated_nodes(env) if nodes is None else nodes
     if nodes <= 1:
         return ["torchrun", "--standalone", f"--nproc_per_node={nproc}", *script]
     job = env["SLURM_JOB_ID"]
@@ -95,9 +96,10 @@ def run_torchrun(nproc: int, script: list[str], env=None, max_restarts: int = 0)
     them to stop (rank 0 says where a re-run resumes) and this returns 128 + the signal. A failure ends it: the
     job fails, and Snakemake's ``retries`` start it again. Across nodes see ``run_across_nodes``."""
     os.environ.update(rank_threads(nproc, os.environ if env is None else env))
-    if allocated_nodes(env) > 1:
-        return exit_like(run_across_nodes(nproc, script, max_restarts, env))
-    command = torchrun_command(nproc, script, env)
+    nodes = allocated_nodes(env)
+    if nodes > 1:
+        return exit_like(run_across_nodes(nproc, nodes, script, max_restarts, env))
+    command = torchrun_command(nproc, script, env, nodes)
     quiet_sigint()              # until torchrun's own handlers are in place (importing torch takes a while)
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.run import main
@@ -109,8 +111,8 @@ def run_torchrun(nproc: int, script: list[str], env=None, max_restarts: int = 0)
     return 0
 
 
-def run_across_nodes(nproc: int, script: list[str], max_restarts: int, env=None) -> int:
-    """Run the step of one torchrun per node (``srun``), waiting for it through stops (SLURM signals every process of
+def run_across_nodes(nproc: int, nodes: int, script: list[str], max_restarts: int, env=None) -> int:
+    """Run the step of one torchrun on each of ``nodes`` nodes (``srun``), waiting for it through stops (SLURM signals every process of
     the job; the ranks write a checkpoint and stop). Returns its exit status (negative: the stop signal).
 
     A failure anywhere (a rank killed or out of memory, which ends its torchrun; a node's torchrun killed) ends
@@ -120,13 +122,13 @@ def run_across_nodes(nproc: int, script: list[str], max_restarts: int, env=None)
     env = dict(os.environ if env is None else env)
     for attempt in range(max_restarts + 1):
         env["SVIP_STEP_ATTEMPT"] = str(attempt)
-        status = run_through_stops(torchrun_command(nproc, script, env), env=env)
+        status = run_through_stops(torchrun_command(nproc, script, env, nodes), env=env)
         if status <= 0:                     # done, or stopped by a signal this process received too
             return status
         if attempt < max_restarts:
             log.warning("the training step across %d nodes failed (status %d: a rank or a node's torchrun ended); "
                         "starting it again (restart %d of %d); the ranks resume from the last checkpoint",
-                        allocated_nodes(env), status, attempt + 1, max_restarts)
+                        nodes, status, attempt + 1, max_restarts)
     log.error("the training step across nodes failed %d time(s); train.max_restarts = %d are spent, so the job "
               "fails (Snakemake's retries may submit it again; it resumes from the last checkpoint)",
               max_restarts + 1, max_restarts)

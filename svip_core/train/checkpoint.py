@@ -34,9 +34,13 @@ def position(state: dict) -> str:
     return f"after epoch {state['epoch']}"
 
 
+def _place(epoch: int, batches: int = 0) -> str:
+    """The end of a rank file's name: the checkpoint's place (after ``epoch``, or ``batches`` into the next)."""
+    return f"_epoch{epoch}.pt" if not batches else f"_epoch{epoch}_batch{batches}.pt"
+
+
 def _rank_file(folder, rank: int, epoch: int, batches: int = 0) -> Path:
-    return Path(folder) / (f"rng_rank{rank}_epoch{epoch}.pt" if not batches else
-                           f"rng_rank{rank}_epoch{epoch}_batch{batches}.pt")
+    return Path(folder) / f"rng_rank{rank}{_place(epoch, batches)}"
 
 
 def save_rng(folder, rank: int, epoch: int, batches: int = 0, partial: dict | None = None) -> None:
@@ -57,7 +61,7 @@ def save_checkpoint(folder, model, optimizer, scheduler, scaler, state: dict) ->
     trainer = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict()}
     _atomic(folder / "last_trainer.pt", lambda p: torch.save(trainer, p))
     _atomic(folder / "state.json", lambda p: p.write_text(json.dumps(state, indent=1)))
-    current = _rank_file(folder, 0, state["epoch"], state.get("batches", 0)).name.replace("rng_rank0_", "_")
+    current = _place(state["epoch"], state.get("batches", 0))
     for old in folder.glob("rng_rank*_epoch*.pt"):
         if not old.name.endswith(current):
             old.unlink(missing_ok=True)

@@ -266,15 +266,17 @@ def train(store_paths: list[str], out_dir, model_cfg: dict, cfg: dict, debug: bo
     model.train()
     every = cfg.get("checkpoint_every", 0)
 
-    def checkpoint_here(batches: int, sums: torch.Tensor, waits: dict, seconds: float, **note) -> None:
-        """A checkpoint inside the epoch after ``batches`` of its batches: every rank's RNG and partial sums, then
-        the weights, trainer state and state.json (rank 0). Written whole before a stop takes effect."""
+    def write_checkpoint(stop: int, batches: int = 0, partial: dict | None = None) -> None:
+        """A checkpoint after epoch ``state["epoch"]``, or inside the next one after ``batches`` of its batches with
+        each rank's ``partial`` sums: every rank's RNG, then the weights, trainer state and state.json (rank 0),
+        which names the stop signal that asked for it, if any. Written whole before a stop takes effect."""
         with holding_stops():
-            save_rng(ckpt, rank, state["epoch"], batches, {"sums": sums.cpu(), "data_wait": torch.tensor(
-                waits.get("data_wait", 0.0)), "seconds": torch.tensor(seconds)})
-            dist.barrier()
+            save_rng(ckpt, rank, state["epoch"], batches, partial)
+            dist.barrier()                    # every rank's RNG is on disk before state.json names the place
             if rank == 0:
-                save_checkpoint(ckpt, model, optimizer, scheduler, scaler, {**state, "batches": batches, **note})
+                save_checkpoint(ckpt, model, optimizer, scheduler, scaler,
+                                {**state, **({"batches": batches} if batches else {}),
+                                 **({"stopped_by": signal.Signals(stop).name} if stop else {})})
             dist.barrier()
 
     def stopping(stop: int, where: dict):
@@ -331,9 +333,9 @@ def train(store_paths: list[str], out_dir, model_cfg: dict, cfg: dict, debug: bo
                     bar.set_postfix(loss=f"{losses['total'].item():.3f}", refresh=False)
                 if last_micro:
                     stop = agreed_stop(device)
-                    note = {"stopped_by": signal.Signals(stop).name} if stop else {}
                     if stop or (every and state["step"] % every == 0 and i + 1 < len(loader)):
-                        checkpoint_here(i + 1, sums, waits, time.perf_counter() - start, **note)
+                        write_checkpoint(stop, i + 1, {"sums": sums.cpu(), "data_wait": torch.tensor(
+                            waits.get("data_wait", 0.0)), "seconds": torch.tensor(time.perf_counter() - start)})
                     if stop:
                         stopping(stop, {**state, "batches": i + 1})
             bar.close()
@@ -369,13 +371,7 @@ def train(store_paths: list[str], out_dir, model_cfg: dict, cfg: dict, debug: bo
                         writer.add_scalar(k, v, epoch)
             # The epoch's checkpoint: weights, trainer state and state.json, whole before a stop takes effect.
             stop = agreed_stop(device)
-            with holding_stops():
-                save_rng(ckpt, rank, epoch)
-                dist.barrier()                    # every rank's RNG is on disk before state.json names the epoch
-                if rank == 0:
-                    save_checkpoint(ckpt, model, optimizer, scheduler, scaler,
-                                    {**state, **({"stopped_by": signal.Signals(stop).name} if stop else {})})
-                dist.barrier()
+            write_checkpoint(stop)
             if stop:
                 stopping(stop, state)
 
