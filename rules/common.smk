@@ -68,7 +68,17 @@ BACKBONE = f"{FEATURES}/backbone" if USE_EMBEDDED else backbone_source(config["f
 REPORT_OUTPUTS = [f"{REPORT}/{name}" for name in ("training_curves.png", "top1_vs_baselines.png", "metrics_table.html",
                                                   "top1_by_people.png", "rejected_clips.html", "ablations.png",
                                                   "ablations.html", "gallery.png", "top1_by_category.png",
-                                                  "variant_curves.png", "headline.json")]
+                                                  "variant_curves.png", "headline.json")] + (
+    [f"{REPORT}/learning_curve.png", f"{REPORT}/learning_curve.html"] if config["learning_curve"] else [])
+
+
+def learning_curve_outputs() -> dict:
+    """The report's learning-curve figure and table, when the config asks for a learning curve."""
+    if not config["learning_curve"]:
+        return {}
+    caption = "../captions/learning_curve.rst"
+    return {"curve": report(f"{REPORT}/learning_curve.png", caption=caption, category="Evaluation"),
+            "curve_table": report(f"{REPORT}/learning_curve.html", caption=caption, category="Evaluation")}
 
 
 def workflow_description() -> str:

@@ -15,6 +15,7 @@ rule report:
         variant_curves=report(f"{REPORT}/variant_curves.png", caption="../captions/variant_curves.rst", category="Training"),
         gallery=report(f"{REPORT}/gallery.png", caption="../captions/gallery.rst", category="Gallery"),
         headline=f"{REPORT}/headline.json",
+        **learning_curve_outputs(),
     params:
         out_dir=output_dir("curves"),
         config=lambda wildcards: stage_config("report"),

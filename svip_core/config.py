@@ -174,9 +174,9 @@ def _ablation_problems(ablations: dict, model_schema: dict) -> list[str]:
             problems.append(f"{where} = {_show(overrides)}: not a mapping of model overrides. Fix: give "
                             f"{{model_key: value, ...}}, such as {{gat_layers: 0}}")
             continue
-        if name == "full" or "/" in name:
-            problems.append(f"{where}: {'the full model is named full' if name == 'full' else 'a name with /'} "
-                            f"(run names are variant/seed). Fix: rename the ablation")
+        if name == "full" or "/" in name or "@" in name:
+            problems.append(f"{where}: {'the full model is named full' if name == 'full' else 'a name with / or @'} "
+                            f"(run names are variant/seed, and full@n the learning curve's). Fix: rename the ablation")
         for key, value in overrides.items():
             dotted = f"{where}.{_key(key)}"
             if key in ABLATION_TRAIN_KEYS:

@@ -26,6 +26,7 @@ from svip_core.dataset.content import data_content
 from svip_core.hashing import ContentHashes, code_digest, digest, file_hashes, imported_modules
 
 FROZEN_BACKBONE = "frozen_backbone"
+LEARNING_CURVE = "full@"     # the variant name of the full model at a learning-curve size: full@<n>
 STAGES = ("prepare", "extract", "train", "evaluate", "report")
 # The extract stage's results are feature stores, so its folder is named for what it holds.
 STAGE_DIRS = {"prepare": "prepare", "extract": "features", "train": "train", "evaluate": "evaluate",
@@ -46,7 +47,9 @@ _MODEL = ("model.fused_dim", "model.geometry_dim", "model.gat_hidden", "model.ga
 _TRAIN = ("train.seeds", "train.nproc", "train.nodes", "train.epochs", "train.batch_size", "train.accumulation_steps",
           "train.lr", "train.weight_decay", "train.warmup_steps", "train.min_lr_ratio", "train.grad_clip",
           "train.patience", "train.min_epochs", "train.preference_weight", "train.pairwise_weight", "train.pairwise_margin",
-          "train.deterministic", "train.precision", "train.finetune_blocks", "train.backbone_lr_scale", "train.clips")
+          "train.deterministic", "train.precision", "train.finetune_blocks", "train.backbone_lr_scale", "train.clips",
+          "train.augment.shift", "train.augment.scale", "train.augment.mirror", "train.augment.drop_people",
+          "train.augment.frame_window")
 STAGE_KEYS = {
     # data.source is read as a location and as content (see prepare's identity), never as a string.
     "prepare": ("data.source", "data.num_shards", "data.max_array_bytes", "data.on_duplicate_id", *_SYNTH),
@@ -54,7 +57,7 @@ STAGE_KEYS = {
                 "features.roi_samples", "features.num_frames", "features.precision", "data.max_persons",
                 "train.finetune_blocks"),   # the stores then hold the tokens of the tuned blocks (token_blocks)
     # A run (model variant x seed) reads one seed of train.seeds and its variant's overrides from ablations.
-    "train": (*_MODEL, *_TRAIN, "ablations"),
+    "train": (*_MODEL, *_TRAIN, "ablations", "learning_curve"),
     "evaluate": ("evaluate.split", "evaluate.ks"),
     "report": ("report.gallery_size",),
 }
@@ -138,7 +141,8 @@ def run_settings(config: dict, stage: str) -> dict:
 def runs(config: dict) -> dict[str, dict]:
     """Every model the workflow trains: the full model and each named ablation (in name order; with
     ``frozen_backbone`` when the full model fine-tunes the backbone and no ablation freezes it), once per seed.
-    Returns {"<variant>/seed<s>": run config}, the full model's first seed first. A run config has the
+    With ``learning_curve`` sizes, also the full model trained on the first n training clips, as variant
+    "full@n". Returns {"<variant>/seed<s>": run config}, the full model's first seed first. A run config has the
     ablation's model overrides applied and ``train.seed`` in place of ``train.seeds``, so adding seeds or
     ablations leaves the hashes of existing runs unchanged."""
     out = {}
@@ -155,7 +159,14 @@ def runs(config: dict) -> dict[str, dict]:
             del run["train"]["seeds"]
             run["train"]["seed"] = seed
             run["ablations"] = {}
+            run["learning_curve"] = []
             out[f"{variant}/seed{seed}"] = run
+    # The learning curve: the full model on the first n training clips, beside it at the full size.
+    for size in sorted(config.get("learning_curve", [])):
+        for seed in config["train"]["seeds"]:
+            run = copy.deepcopy(out[f"full/seed{seed}"])
+            run["train"]["clips"] = size
+            out[f"{LEARNING_CURVE}{size}/seed{seed}"] = run
     return out
 
 
@@ -170,7 +181,7 @@ def _stage_config(config: dict, stage: str) -> dict:
             flat["train.seed"] = config["train"]["seed"]
         elif key == "train.finetune_blocks" and stage == "extract":
             flat[key] = token_blocks(config)
-        elif key != "ablations" and not (stage == "prepare" and key == "data.source"):
+        elif key not in ("ablations", "learning_curve") and not (stage == "prepare" and key == "data.source"):
             flat[key] = _get(config, key)   # a run's ablation is already applied to its model keys
     return _nest(flat)
 

@@ -243,3 +243,48 @@ def test_people_buckets_follow_the_data():
     assert names == ["6-7", "8-9", "10-11", "12"] and [int(np.sum(labels == n)) for n in names] == [14, 11, 10, 5]
     assert dict(zip(counts.tolist(), labels)) == {6: "6-7", 7: "6-7", 8: "8-9", 9: "8-9", 10: "10-11", 11: "10-11",
                                                   12: "12"}
+
+
+def test_augmentations_keep_the_vip_and_the_relations_between_people():
+    """Shift and scale move the scene without changing any relation the GAT reads; mirroring twice is the
+    identity; dropping people and cutting the clip never remove the VIP, and keep at least two people."""
+    from svip_core.train.augment import augment, drop_people, frame_window, reframe
+
+    torch.manual_seed(0)
+    B, T, N = 64, 16, 8
+    valid = torch.rand(B, T, N) < 0.8
+    target = torch.randint(0, N, (B,))
+    valid[torch.arange(B), :, target] = True
+    boxes = torch.rand(B, T, N, 2) * 0.6 + 0.2
+    size = torch.rand(B, 1, N, 2) * 0.1 + 0.05
+    geometry = box_geometry(torch.cat([boxes - size, boxes + size], -1), valid)
+
+    moved = reframe(geometry, valid, shift=0.1, scale=0.2, mirror=0.0)
+    assert not torch.allclose(moved, geometry)
+    # Distances in body heights, IoU, area ratios, motion toward each other are unchanged; raw offsets scale.
+    invariant = [RELATION_FIELDS.index(f) for f in ("distance_in_heights", "iou", "log_height_ratio", "log_width_ratio",
+                                                    "approach_since_first_seen", "moving_together")]
+    assert torch.allclose(pair_relations(moved, valid)[..., invariant], pair_relations(geometry, valid)[..., invariant],
+                          atol=1e-4)
+    # Moving the boxes and computing their geometry again gives the same motion fields as moving the geometry.
+    assert torch.allclose(box_geometry(moved[..., :4], valid), moved, atol=1e-5)
+    mirrored = reframe(geometry, valid, shift=0.0, scale=0.0, mirror=1.0)
+    assert torch.allclose(box_geometry(mirrored[..., :4], valid), mirrored, atol=1e-5)
+    assert torch.allclose(reframe(mirrored, valid, 0.0, 0.0, 1.0), geometry, atol=1e-6)
+
+    fewer = drop_people(valid, target, 0.5)
+    assert (fewer <= valid).all() and fewer[torch.arange(B), :, target].equal(valid[torch.arange(B), :, target])
+    assert (fewer.any(1).sum(1) >= torch.clamp(valid.any(1).sum(1), max=2)).all()
+    assert fewer.any(1).sum() < valid.any(1).sum()
+    cut = frame_window(valid, target, 0.5)
+    assert (cut <= valid).all() and cut[torch.arange(B), :, target].any(1).all()
+    assert cut.sum() < valid.sum()
+
+    batch = {"visual": torch.zeros(B, T, N, 4), "geometry": geometry, "valid": valid, "target": target}
+    cfg = {"shift": 0.1, "scale": 0.1, "mirror": 0.5, "drop_people": 0.2, "frame_window": 0.75}
+    torch.manual_seed(1)
+    a = augment(batch, cfg)
+    torch.manual_seed(1)
+    b = augment(batch, cfg)
+    assert a["geometry"].equal(b["geometry"]) and a["valid"].equal(b["valid"])      # the seed decides
+    assert (a["geometry"][~a["valid"]] == 0).all()

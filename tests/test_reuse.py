@@ -71,7 +71,8 @@ def edited_value(key: str, value, spec: dict, workdir: Path, backbone: Path):
                "evaluate.ks": lambda: [1, 2],
                "train.seeds": lambda: [0, 1],
                "train.workers": lambda: 0 if value == "auto" else "auto",
-               "ablations": lambda: {"no_gat": {"gat_layers": 0}}}
+               "ablations": lambda: {"no_gat": {"gat_layers": 0}},
+               "learning_curve": lambda: [6]}
     if key in special:
         return special[key]()
     if key in DOUBLED:

@@ -108,11 +108,13 @@ def test_ablations_and_seeds_add_runs_without_touching_existing_ones(tiny_config
     full = stage_hash(base, "train")
     tiny_config["ablations"] = {"no_gat": {"gat_layers": 0}}
     tiny_config["train"]["seeds"] = [0, 1]
+    tiny_config["learning_curve"] = [6]
     more = validate_config(tiny_config)
     all_runs = runs(more)
-    assert list(all_runs) == ["full/seed0", "full/seed1", "no_gat/seed0", "no_gat/seed1"]
+    assert list(all_runs) == ["full/seed0", "full/seed1", "no_gat/seed0", "no_gat/seed1", "full@6/seed0", "full@6/seed1"]
     train_hashes = {name: stage_hash(run, "train") for name, run in all_runs.items()}
-    assert train_hashes["full/seed0"] == full and len(set(train_hashes.values())) == 4
+    assert train_hashes["full/seed0"] == full and len(set(train_hashes.values())) == 6
+    assert all_runs["full@6/seed1"]["train"]["clips"] == 6 and all_runs["full@6/seed1"]["model"] == base["model"]
     assert all_runs["no_gat/seed1"]["model"]["gat_layers"] == 0 and all_runs["no_gat/seed1"]["train"]["seed"] == 1
     assert stage_hash(more, "report") != stage_hash(base, "report")
 

@@ -12,7 +12,7 @@ import zarr
 from conftest import BIN, clone_workflow, ran_jobs, snakemake, write_config
 
 from svip_core.config import load_config
-from svip_core.stages import STAGE_DIRS, all_stage_hashes, stage_dir
+from svip_core.stages import STAGE_DIRS, all_stage_hashes, runs, stage_dir
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +108,35 @@ def test_old_results_are_reused_when_the_config_goes_back(finished_run, tmp_path
     assert (dirs["train"] / "model.safetensors").exists()       # the old config's results stay on disk
     back = snakemake(wd, "-n")                                  # and count as done for the original config
     assert "Nothing to be done" in back.stdout + back.stderr
+
+
+def html_table(path) -> pd.DataFrame:
+    """A table the report wrote with pandas' to_html (well-formed XML), as strings."""
+    import xml.etree.ElementTree as ET
+
+    table = ET.parse(path).getroot()
+    header = [th.text for th in table.iter("th")]
+    rows = [[td.text for td in tr.iter("td")] for tr in table.find("tbody").iter("tr")]
+    return pd.DataFrame(rows, columns=header)
+
+
+def test_a_learning_curve_adds_the_full_model_at_each_size_and_the_report_draws_it(finished_run, tmp_path):
+    """`learning_curve: [n]` trains and evaluates the full model on the first n training clips only (the
+    existing runs are reused) and the report tables test top-1 per training-set size; no ablation row for it."""
+    wd = clone_workflow(finished_run[0], tmp_path / "wf")
+    layer = write_config(wd / "curve.yaml", {"learning_curve": [5]})
+    result = snakemake(wd, "--configfile", str(layer))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert ran_jobs(result) == {"train": 1, "evaluate": 1, "report": 1}
+    config = load_config(wd / "config.yaml", [layer])
+    report = stage_dir(config, "report", wd / "results")
+    table = html_table(report / "learning_curve.html")
+    full_size = json.loads((finished_run[1]["train"] / "model.json").read_text())["train_clips"]
+    assert table.train_clips.tolist() == ["5", str(full_size)] and full_size > 5 and table.seeds.tolist() == ["1", "1"]
+    assert table.top1_mean.astype(float).between(0, 1).all()
+    assert html_table(report / "ablations.html").variant.tolist() == ["full"]
+    curve_run = stage_dir(runs(config)["full@5/seed0"], "train", wd / "results")
+    assert json.loads((curve_run / "model.json").read_text())["train_clips"] == 5
 
 
 def chromium() -> str:

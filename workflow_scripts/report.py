@@ -5,6 +5,7 @@ from pathlib import Path
 
 from svip_core.logs import setup_logging
 from svip_core.report import figures
+from svip_core.stages import LEARNING_CURVE
 
 p = argparse.ArgumentParser()
 p.add_argument("--config", required=True, help="the stage's resolved config as JSON")
@@ -23,6 +24,13 @@ out.mkdir(parents=True, exist_ok=True)
 runs = json.loads(args.runs)
 primary = runs[args.primary]
 runs = {args.primary: primary, **{name: runs[name] for name in sorted(runs) if name != args.primary}}
+# The learning curve's runs (the full model at smaller sizes) are no variants of the model: they have a figure of
+# their own, with the full model's runs at the full size.
+curve = {name: r for name, r in runs.items() if name.startswith(LEARNING_CURVE)}
+runs = {name: r for name, r in runs.items() if name not in curve}
+if curve:
+    figures.learning_curve({**curve, **{name: r for name, r in runs.items() if name.startswith("full/")}},
+                           out / "learning_curve.png", out / "learning_curve.html")
 figures.training_curves(primary["curves"], out / "training_curves.png")
 figures.metrics_vs_baselines(primary["metrics"], out / "top1_vs_baselines.png", out / "metrics_table.html")
 figures.by_group(primary["metrics"], "by_people", out / "top1_by_people.png")

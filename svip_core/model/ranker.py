@@ -76,12 +76,14 @@ class SVIPRanker(nn.Module):
         return out
 
     def forward(self, visual: torch.Tensor | None, geometry: torch.Tensor, valid: torch.Tensor,
-                tokens: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                tokens: torch.Tensor | None = None, boxes: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """visual (B,T,N,D), geometry (B,T,N,G) raw, valid (B,T,N) -> logits (B,N) (-inf for absent people).
         With a tuned head, ``tokens`` (the trunk's, as a store holds them: ``TunedHead.clip_features``) give the
-        visual features instead."""
+        visual features instead, pooled in ``boxes`` (B,T,N,4) (default: the geometry's own; an augmented
+        batch keeps the stored ones)."""
         if tokens is not None:
-            visual = self.tuned_head.clip_features(tokens, corner_boxes(geometry), valid)
+            boxes = corner_boxes(geometry) if boxes is None else boxes
+            visual = self.tuned_head.clip_features(tokens, boxes, valid)
         # Stores keep visual features in float16 up to here (half the bytes to read and to copy).
         visual = visual.to(self.fuse[0].weight.dtype)
         m = valid[..., None].to(visual.dtype)

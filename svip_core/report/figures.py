@@ -193,6 +193,38 @@ def ablations(metrics_by_run: dict[str, str], out_png, out_html) -> None:
     Path(out_html).write_text(summary.to_html(index=False, float_format="{:.3f}".format, border=0))
 
 
+def learning_curve_summary(runs: dict[str, dict]) -> pd.DataFrame:
+    """{"<variant>/seed<s>": {"curves": metrics.csv, "metrics": metrics.json}} of the full model at every size
+    -> one row per training-set size (read from each run's model.json): test top-1 mean and std over seeds."""
+    rows = []
+    for name, r in runs.items():
+        seed = int(name.rsplit("/seed", 1)[1])
+        clips = json.loads(Path(r["curves"]).with_name("model.json").read_text())["train_clips"]
+        overall = json.loads(Path(r["metrics"]).read_text())["model"]["overall"]
+        rows.append({"train_clips": clips, "seed": seed, "top1": overall["top1"]["mean"], "mrr": overall["mrr"]["mean"]})
+    table = pd.DataFrame(rows).sort_values(["train_clips", "seed"])
+    return table.groupby("train_clips").agg(seeds=("seed", "count"), top1_mean=("top1", "mean"), top1_std=("top1", "std"),
+                                            mrr_mean=("mrr", "mean"), per_seed=("top1", lambda v: ", ".join(f"{x:.3f}" for x in v))
+                                            ).reset_index().fillna({"top1_std": 0.0})
+
+
+def learning_curve(runs: dict[str, dict], out_png, out_html) -> None:
+    """The full model's test top-1 against its number of training clips (``learning_curve_summary``)."""
+    summary = learning_curve_summary(runs)
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.errorbar(summary.train_clips, summary.top1_mean, yerr=summary.top1_std, marker="o", capsize=4)
+    ax.set_xscale("log")
+    ax.set_xticks(summary.train_clips, [str(n) for n in summary.train_clips])
+    ax.minorticks_off()
+    ax.set(xlabel="training clips", ylabel="test top-1 (mean, std over seeds)", ylim=(0, 1),
+           title="Learning curve of the full model")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    Path(out_html).write_text(summary.to_html(index=False, float_format="{:.3f}".format, border=0))
+
+
 def gallery(predictions_parquet, manifest_parquet, store_paths: list[str], out_png, per_side: int = 4,
             frames_per_clip: int = 4) -> None:
     """Contact sheet of the best and worst test clips: frames with each person's box coloured by the model's

@@ -39,6 +39,7 @@ from svip_core.train.checkpoint import (
     save_rng,
     save_weights,
 )
+from svip_core.train.augment import augment, enabled
 from svip_core.train.data import StoreClips, clip_loader, loader_workers, on_device, waited_for
 
 log = logging.getLogger(__name__)
@@ -167,7 +168,7 @@ def _forward(model, batch, cfg, amp):
     """batch: tensors already on the model's device."""
     valid, target = batch["valid"], batch["target"]
     with amp:
-        out = model(batch.get("visual"), batch["geometry"], valid, batch.get("tokens"))
+        out = model(batch.get("visual"), batch["geometry"], valid, batch.get("tokens"), batch.get("boxes"))
     logits = out["logits"].float()
     present = valid.any(1)
     losses = ranking_loss(logits, target, present, cfg["preference_weight"], cfg["pairwise_weight"],
@@ -265,6 +266,7 @@ def train(store_paths: list[str], out_dir, model_cfg: dict, cfg: dict, debug: bo
     timer = PhaseTimer(debug, device)
     model.train()
     every = cfg.get("checkpoint_every", 0)
+    augmenting = enabled(cfg.get("augment"))
 
     def write_checkpoint(stop: int, batches: int = 0, partial: dict | None = None) -> None:
         """A checkpoint after epoch ``state["epoch"]``, or inside the next one after ``batches`` of its batches with
@@ -306,6 +308,8 @@ def train(store_paths: list[str], out_dir, model_cfg: dict, cfg: dict, debug: bo
             optimizer.zero_grad(set_to_none=True)
             t = time.perf_counter()
             for i, batch in enumerate(waited_for(on_device(batches, device), waits), start=done):
+                if augmenting:
+                    batch = augment(batch, cfg["augment"])
                 t = timer.mark("data", t)
                 last_micro = (i + 1) % cfg["accumulation_steps"] == 0 or i + 1 == len(loader)
                 with (nullcontext() if last_micro or ddp is model else ddp.no_sync()):
@@ -385,7 +389,7 @@ def train(store_paths: list[str], out_dir, model_cfg: dict, cfg: dict, debug: bo
             _write_curves(out_dir / "metrics.csv", state["history"])
             (out_dir / "model.json").write_text(json.dumps(
                 {"model": model_cfg, "visual_dim": visual_dim, "geometry_dim": geometry_dim, "finetune_blocks": tuned_blocks,
-                 "best_epoch": state["best_epoch"],
+                 "train_clips": len(train_set), "best_epoch": state["best_epoch"],
                  "best_val_top1": state["best_top1"], "world_size": world, "rank_weight_checksums": checksums,
                  "identity": identity, "precision": cfg["precision"], "run_settings": settings or {}, "frame_stride": train_set.frame_stride(),
                  "normalisation": normalisation, "val_chance_top1": chance,

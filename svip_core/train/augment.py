@@ -1,0 +1,103 @@
+"""Label-preserving augmentations of a training batch: what changes a clip without changing who its VIP is.
+
+Each applies to every clip of the batch with its own random draw, on the batch as the model reads it (raw box
+geometry in frame fractions, masks), so it costs no extra read or extraction:
+- ``shift`` / ``scale``: the whole scene moved and zoomed about the frame's middle, as another framing of the
+  same event would show it; how people stand and move relative to each other is unchanged (relations are
+  offsets, and distances are read in body heights);
+- ``mirror``: the scene flipped left-right, boxes and motion with it (the visual features are not: they
+  were made from the unflipped pixels, so a cue such as where a face looks is contradicted in flipped clips;
+  measured, not assumed);
+- ``drop_people``: each person other than the VIP left out of the clip with this probability, as a detector
+  that misses a bystander would (at least two people stay);
+- ``frame_window``: the clip cut to a random window of at least this fraction of its frames (1: never), as
+  another clip boundary around the same event would (the VIP stays in the window).
+The draws come from the process's seeded generator, which checkpoints save: same seed, same batches.
+"""
+from __future__ import annotations
+
+import torch
+
+from svip_core.features.geometry import GEOMETRY_FIELDS
+
+_F = {name: i for i, name in enumerate(GEOMETRY_FIELDS)}
+_X = [_F["x1"], _F["x2"], _F["cx"]]
+_Y = [_F["y1"], _F["y2"], _F["cy"]]
+_LENGTHS = [_F["w"], _F["h"], _F["dcx"], _F["dcy"], _F["speed"]]
+NO_AUGMENTATION = {"shift": 0.0, "scale": 0.0, "mirror": 0.0, "drop_people": 0.0, "frame_window": 1.0}
+
+
+def enabled(cfg: dict | None) -> bool:
+    return bool(cfg) and any(cfg.get(k, v) != v for k, v in NO_AUGMENTATION.items())
+
+
+def _uniform(shape, low: float, high: float, device) -> torch.Tensor:
+    # Drawn on the CPU generator, so a GPU run draws the same numbers as a CPU one.
+    return (torch.rand(shape) * (high - low) + low).to(device)
+
+
+def reframe(geometry: torch.Tensor, valid: torch.Tensor, shift: float, scale: float, mirror: float) -> torch.Tensor:
+    """geometry (B,T,N,G) raw, valid (B,T,N) -> geometry of each clip zoomed by a factor in [1-scale, 1+scale]
+    about the frame's middle, moved by up to ``shift`` of the frame each way, and mirrored with probability
+    ``mirror``."""
+    B, device = geometry.shape[0], geometry.device
+    g = geometry.clone()
+    s = _uniform((B, 1, 1, 1), 1 - scale, 1 + scale, device)
+    dx, dy = _uniform((B, 1, 1, 1), -shift, shift, device), _uniform((B, 1, 1, 1), -shift, shift, device)
+    flip = (torch.rand(B) < mirror).to(device).view(B, 1, 1, 1)
+    x, y = g[..., _X], g[..., _Y]
+    x = torch.where(flip, 1 - x, x)
+    g[..., _X] = 0.5 + s * (x - 0.5) + dx
+    g[..., _Y] = 0.5 + s * (y - 0.5) + dy
+    g[..., _LENGTHS] = g[..., _LENGTHS] * s
+    g[..., _F["area"]] = g[..., _F["area"]] * s[..., 0] ** 2
+    g[..., _F["dcx"]] = torch.where(flip[..., 0], -g[..., _F["dcx"]], g[..., _F["dcx"]])
+    # Mirrored, the left corner is the old right one.
+    g[..., [_F["x1"], _F["x2"]]] = torch.where(flip, g[..., [_F["x2"], _F["x1"]]], g[..., [_F["x1"], _F["x2"]]])
+    return g * valid[..., None]
+
+
+def drop_people(valid: torch.Tensor, target: torch.Tensor, p: float) -> torch.Tensor:
+    """valid (B,T,N), target (B,) -> valid without each non-target person with probability ``p``; a clip that
+    would keep fewer than two people keeps everyone."""
+    B, _, N = valid.shape
+    dropped = (torch.rand(B, N) < p).to(valid.device)
+    dropped.scatter_(1, target[:, None], False)
+    present = valid.any(1)
+    kept = present & ~dropped
+    dropped &= (kept.sum(1, keepdim=True) >= 2)
+    return valid & ~dropped[:, None]
+
+
+def frame_window(valid: torch.Tensor, target: torch.Tensor, shortest: float) -> torch.Tensor:
+    """valid (B,T,N), target (B,) -> valid inside a random window of at least ``shortest`` of the T frames per
+    clip; a clip whose VIP would be absent from its window keeps every frame."""
+    B, T, _ = valid.shape
+    length = (_uniform((B,), shortest, 1.0, "cpu") * T).round().clamp(1, T).long()
+    start = (torch.rand(B) * (T - length + 1)).floor().long()
+    t = torch.arange(T)
+    inside = ((t >= start[:, None]) & (t < (start + length)[:, None])).to(valid.device)       # (B, T)
+    cut = valid & inside[..., None]
+    vip_seen = cut.gather(2, target.view(B, 1, 1).expand(B, T, 1)).any(1)[:, 0]
+    return torch.where(vip_seen.view(B, 1, 1), cut, valid)
+
+
+def augment(batch: dict, cfg: dict) -> dict:
+    """A training batch (``geometry`` raw (B,T,N,G), ``valid`` (B,T,N), ``target`` (B,), visual or tokens) ->
+    the same batch augmented as ``cfg`` (keys of ``NO_AUGMENTATION``) says. With tokens (tuned backbone blocks)
+    the boxes the visual features are pooled from stay the stored ones (``boxes``): only the geometry the
+    ranker reads is reframed."""
+    cfg = {**NO_AUGMENTATION, **cfg}
+    out = dict(batch)
+    valid, target = batch["valid"], batch["target"]
+    if cfg["drop_people"] > 0:
+        valid = drop_people(valid, target, cfg["drop_people"])
+    if cfg["frame_window"] < 1:
+        valid = frame_window(valid, target, cfg["frame_window"])
+    geometry = batch["geometry"]
+    if cfg["shift"] > 0 or cfg["scale"] > 0 or cfg["mirror"] > 0:
+        if "tokens" in batch:
+            out["boxes"] = geometry[..., :4]
+        geometry = reframe(geometry, valid, cfg["shift"], cfg["scale"], cfg["mirror"])
+    out.update(geometry=geometry * valid[..., None].to(geometry.dtype), valid=valid)
+    return out
