@@ -43,13 +43,14 @@ _MODEL = ("model.fused_dim", "model.geometry_dim", "model.gat_hidden", "model.ga
           "model.relation_features", "model.attention_flow",
           "model.d_model", "model.temporal_layers", "model.temporal_heads", "model.temporal_ffn",
           "model.time_encoding", "model.event_token", "model.dual_head", "model.pooling", "model.track_summary",
+          "model.pair_summary",
           "model.dropout")
 _TRAIN = ("train.seeds", "train.nproc", "train.nodes", "train.epochs", "train.batch_size", "train.accumulation_steps",
           "train.lr", "train.weight_decay", "train.warmup_steps", "train.min_lr_ratio", "train.grad_clip",
           "train.patience", "train.min_epochs", "train.preference_weight", "train.pairwise_weight", "train.pairwise_margin",
-          "train.deterministic", "train.precision", "train.finetune_blocks", "train.backbone_lr_scale", "train.clips",
-          "train.augment.shift", "train.augment.scale", "train.augment.mirror", "train.augment.drop_people",
-          "train.augment.frame_window")
+          "train.deterministic", "train.precision", "train.finetune_blocks", "train.backbone_lr_scale", "train.clips", "train.ema", "train.min_steps",
+          "train.augment.shift", "train.augment.scale", "train.augment.jitter", "train.augment.mirror", "train.augment.drop_people",
+          "train.augment.frame_window", "train.augment.drop_visual")
 STAGE_KEYS = {
     # data.source is read as a location and as content (see prepare's identity), never as a string.
     "prepare": ("data.source", "data.num_shards", "data.max_array_bytes", "data.on_duplicate_id", *_SYNTH),
@@ -126,6 +127,8 @@ def _reads(config: dict, key: str, stage: str | None = None) -> bool:
         return config["features"]["mode"] == "roi"
     if key in ("model.gat_hidden", "model.gat_heads", "model.relation_features", "model.attention_flow"):
         return config["model"]["gat_layers"] > 0
+    if key == "model.pair_summary":
+        return config["model"]["gat_layers"] > 0 and config["model"]["relation_features"]
     return True
 
 

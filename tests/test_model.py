@@ -204,6 +204,15 @@ def test_early_stopping_never_counts_a_slow_start_or_a_falling_loss_as_a_plateau
     assert bad_epochs_after(3, 0.5, 0.6, 1.7, 1.7, epoch=9, min_epochs=6, chance=chance) == 0
 
 
+def test_min_steps_stretches_a_small_training_sets_schedule_and_leaves_a_large_ones_alone():
+    from svip_core.train.loop import schedule
+
+    cfg = {"epochs": 12, "patience": 4, "min_epochs": 6, "min_steps": 1200}
+    assert schedule(cfg, steps_per_epoch=250) == (12, 4, 6)              # 3000 steps already
+    assert schedule(cfg, steps_per_epoch=14) == (86, 29, 43)             # 112 clips in batches of 8: x 7.14
+    assert schedule({**cfg, "min_steps": 0}, steps_per_epoch=14) == (12, 4, 6)
+
+
 def test_pair_history_counts_who_approaches_and_ignores_absent_people():
     torch.manual_seed(0)
     history = PairHistory(person_dim=4, relation_dim=3, hidden=8, out_dim=6, dropout=0.0).eval()

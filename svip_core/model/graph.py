@@ -67,7 +67,8 @@ class FrameGAT(nn.Module):
     histories (None without ``relation_features``)."""
 
     def __init__(self, in_dim: int, hidden: int, layers: int, heads: int, dropout: float,
-                 relation_features: bool = True, attention_flow: bool = True, history_dim: int = 0):
+                 relation_features: bool = True, attention_flow: bool = True, history_dim: int = 0,
+                 pair_summary: bool = False):
         super().__init__()
         assert hidden % heads == 0, "model.gat_hidden must be divisible by model.gat_heads"
         edge_dim = len(RELATION_FIELDS) if relation_features else None
@@ -83,7 +84,7 @@ class FrameGAT(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.attention_flow = attention_flow
         self.flow_dim = flow_dim(heads, relation_features) if attention_flow else 0
-        self.history = (PairHistory(in_dim, len(RELATION_FIELDS), hidden, history_dim, dropout)
+        self.history = (PairHistory(in_dim, len(RELATION_FIELDS), hidden, history_dim, dropout, pair_summary)
                         if relation_features and history_dim else None)
 
     def forward(self, x: torch.Tensor, geometry: torch.Tensor, valid: torch.Tensor):

@@ -5,26 +5,31 @@ geometry in frame fractions, masks), so it costs no extra read or extraction:
 - ``shift`` / ``scale``: the whole scene moved and zoomed about the frame's middle, as another framing of the
   same event would show it; how people stand and move relative to each other is unchanged (relations are
   offsets, and distances are read in body heights);
+- ``jitter``: every box's edges moved independently in every frame by noise of this fraction of the box's size
+  (standard deviation), as a detector's boxes wobble; the motion fields follow the boxes;
 - ``mirror``: the scene flipped left-right, boxes and motion with it (the visual features are not: they
   were made from the unflipped pixels, so a cue such as where a face looks is contradicted in flipped clips;
   measured, not assumed);
 - ``drop_people``: each person other than the VIP left out of the clip with this probability, as a detector
   that misses a bystander would (at least two people stay);
 - ``frame_window``: the clip cut to a random window of at least this fraction of its frames (1: never), as
-  another clip boundary around the same event would (the VIP stays in the window).
+  another clip boundary around the same event would (the VIP stays in the window);
+- ``drop_visual``: each person's visual features in each frame zeroed with this probability (stored features
+  only; a regulariser more than a new view: the model cannot lean on one person's look in one frame).
 The draws come from the process's seeded generator, which checkpoints save: same seed, same batches.
 """
 from __future__ import annotations
 
 import torch
 
-from svip_core.features.geometry import GEOMETRY_FIELDS
+from svip_core.features.geometry import GEOMETRY_FIELDS, box_geometry
 
 _F = {name: i for i, name in enumerate(GEOMETRY_FIELDS)}
 _X = [_F["x1"], _F["x2"], _F["cx"]]
 _Y = [_F["y1"], _F["y2"], _F["cy"]]
 _LENGTHS = [_F["w"], _F["h"], _F["dcx"], _F["dcy"], _F["speed"]]
-NO_AUGMENTATION = {"shift": 0.0, "scale": 0.0, "mirror": 0.0, "drop_people": 0.0, "frame_window": 1.0}
+NO_AUGMENTATION = {"shift": 0.0, "scale": 0.0, "jitter": 0.0, "mirror": 0.0, "drop_people": 0.0, "frame_window": 1.0,
+                   "drop_visual": 0.0}
 
 
 def enabled(cfg: dict | None) -> bool:
@@ -55,6 +60,18 @@ def reframe(geometry: torch.Tensor, valid: torch.Tensor, shift: float, scale: fl
     # Mirrored, the left corner is the old right one.
     g[..., [_F["x1"], _F["x2"]]] = torch.where(flip, g[..., [_F["x2"], _F["x1"]]], g[..., [_F["x1"], _F["x2"]]])
     return g * valid[..., None]
+
+
+def jitter_boxes(geometry: torch.Tensor, valid: torch.Tensor, sigma: float) -> torch.Tensor:
+    """geometry (B,T,N,G) raw, valid (B,T,N) -> the geometry of the same boxes with each edge moved by Gaussian
+    noise of ``sigma`` times the box's width (x edges) or height (y edges), motion recomputed from the boxes."""
+    boxes = geometry[..., :4]
+    size = geometry[..., [_F["w"], _F["h"], _F["w"], _F["h"]]]
+    noise = torch.randn(boxes.shape).to(boxes.device) * sigma * size
+    moved = boxes + noise
+    # Edges must not cross: a box keeps a positive size however large the noise.
+    x1, y1 = torch.minimum(moved[..., 0], moved[..., 2] - 1e-4), torch.minimum(moved[..., 1], moved[..., 3] - 1e-4)
+    return box_geometry(torch.stack([x1, y1, moved[..., 2], moved[..., 3]], -1), valid)
 
 
 def drop_people(valid: torch.Tensor, target: torch.Tensor, p: float) -> torch.Tensor:
@@ -95,9 +112,14 @@ def augment(batch: dict, cfg: dict) -> dict:
     if cfg["frame_window"] < 1:
         valid = frame_window(valid, target, cfg["frame_window"])
     geometry = batch["geometry"]
+    if "tokens" in batch and any(cfg[k] > 0 for k in ("shift", "scale", "jitter", "mirror")):
+        out["boxes"] = geometry[..., :4]
+    if cfg["jitter"] > 0:
+        geometry = jitter_boxes(geometry, valid, cfg["jitter"])
     if cfg["shift"] > 0 or cfg["scale"] > 0 or cfg["mirror"] > 0:
-        if "tokens" in batch:
-            out["boxes"] = geometry[..., :4]
         geometry = reframe(geometry, valid, cfg["shift"], cfg["scale"], cfg["mirror"])
     out.update(geometry=geometry * valid[..., None].to(geometry.dtype), valid=valid)
+    if cfg["drop_visual"] > 0 and "visual" in batch:
+        kept = (torch.rand(valid.shape) >= cfg["drop_visual"]).to(valid.device)
+        out["visual"] = batch["visual"] * kept[..., None].to(batch["visual"].dtype)
     return out

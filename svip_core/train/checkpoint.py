@@ -53,11 +53,14 @@ def save_rng(folder, rank: int, epoch: int, batches: int = 0, partial: dict | No
     _atomic(_rank_file(folder, rank, epoch, batches), lambda p: torch.save(rng, p))
 
 
-def save_checkpoint(folder, model, optimizer, scheduler, scaler, state: dict) -> None:
-    """A checkpoint at an epoch's end or inside one (rank 0, after every rank saved its RNG): weights, then trainer
-    state; ``state.json`` is written last and marks the checkpoint complete."""
+def save_checkpoint(folder, model, optimizer, scheduler, scaler, state: dict, ema=None) -> None:
+    """A checkpoint at an epoch's end or inside one (rank 0, after every rank saved its RNG): weights (and their
+    moving average, ``ema``), then trainer state; ``state.json`` is written last and marks the checkpoint
+    complete."""
     folder = Path(folder)
     save_weights(model, folder / "last.safetensors")
+    if ema is not None:
+        save_weights(ema, folder / "last_ema.safetensors")
     trainer = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict()}
     _atomic(folder / "last_trainer.pt", lambda p: torch.save(trainer, p))
     _atomic(folder / "state.json", lambda p: p.write_text(json.dumps(state, indent=1)))
@@ -95,7 +98,9 @@ def read_checkpoint(folder, world: int) -> dict:
     state (and inside an epoch, the epoch's partial sums) of each of the ``world`` ranks at the state's place."""
     folder = Path(folder)
     state = read_state(folder)
+    ema = folder / "last_ema.safetensors"
     return {"state": state, "weights": load_file(str(folder / "last.safetensors")),
+            "ema": load_file(str(ema)) if ema.exists() else None,
             "trainer": torch.load(folder / "last_trainer.pt", weights_only=True, map_location="cpu"),
             "rng": [torch.load(_rank_file(folder, r, state["epoch"], state.get("batches", 0)), weights_only=True,
                                map_location="cpu") for r in range(world)]}
@@ -120,10 +125,14 @@ def agreed_checkpoint(folder, identity: str | None) -> tuple[dict | None, str]:
     return found[0], found[1]
 
 
-def restore_checkpoint(checkpoint: dict, model, optimizer, scheduler, scaler, rank: int) -> dict:
-    """Load ``read_checkpoint``'s weights, optimiser, scheduler, loss scaler and this rank's RNG; returns the
-    trainer state."""
+def restore_checkpoint(checkpoint: dict, model, optimizer, scheduler, scaler, rank: int, ema=None) -> dict:
+    """Load ``read_checkpoint``'s weights (and their moving average into ``ema``), optimiser, scheduler, loss
+    scaler and this rank's RNG; returns the trainer state."""
     model.load_state_dict(checkpoint["weights"])
+    if ema is not None:
+        if checkpoint.get("ema") is None:
+            raise ValueError("the checkpoint holds no moving average of the weights (train.ema)")
+        ema.load_state_dict(checkpoint["ema"])
     optimizer.load_state_dict(checkpoint["trainer"]["optimizer"])
     scheduler.load_state_dict(checkpoint["trainer"]["scheduler"])
     if checkpoint["trainer"]["scaler"]:

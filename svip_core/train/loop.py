@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DistributedSampler
 
 from svip_core.atomic import atomic_path
@@ -204,6 +205,14 @@ def bad_epochs_after(bad_epochs: int, val_top1: float, best_top1: float, val_los
     return 0 if improved or not counting else bad_epochs + 1
 
 
+def schedule(cfg: dict, steps_per_epoch: int) -> tuple[int, int, int]:
+    """(epochs, patience, min_epochs) of a run: as configured, or, when ``train.min_steps`` asks for more optimizer
+    steps than ``epochs`` hold (a small training set), all three stretched by the same factor, so that a run
+    learns for as many steps, and waits as many steps for an improvement, whatever the training set's size."""
+    factor = max(1.0, cfg.get("min_steps", 0) / max(1, steps_per_epoch * cfg["epochs"]))
+    return tuple(math.ceil(cfg[k] * factor - 1e-9) for k in ("epochs", "patience", "min_epochs"))
+
+
 def train(store_paths: list[str], out_dir, model_cfg: dict, cfg: dict, debug: bool = False,
           identity: str | None = None, settings: dict | None = None) -> dict:
     """Train the ranker on the stores' train split, select on val; write weights and curves to ``out_dir``.
@@ -235,14 +244,19 @@ def train(store_paths: list[str], out_dir, model_cfg: dict, cfg: dict, debug: bo
     loader = clip_loader(train_set, cfg["batch_size"], workers, device, sampler)
     val_loader = clip_loader(val_set, cfg["batch_size"], workers, device, range(rank, len(val_set), world))
     steps_per_epoch = math.ceil(len(loader) / cfg["accumulation_steps"])
+    epochs, patience, min_epochs = schedule(cfg, steps_per_epoch)
     optimizer = torch.optim.AdamW(param_groups(model, cfg["weight_decay"], cfg["lr"], cfg.get("backbone_lr_scale", 1.0)),
                                   lr=cfg["lr"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_cosine(cfg["warmup_steps"], steps_per_epoch * cfg["epochs"], cfg["min_lr_ratio"]))
+        optimizer, warmup_cosine(cfg["warmup_steps"], steps_per_epoch * epochs, cfg["min_lr_ratio"]))
     set_matmul_precision(cfg["precision"])
     amp, scaler = autocast(cfg["precision"], device), grad_scaler(cfg["precision"], device)
 
-    state = (restore_checkpoint(checkpoint, model, optimizer, scheduler, scaler, rank) if checkpoint else None) or \
+    # The weights' exponential moving average (train.ema): validated, selected and kept in place of the weights.
+    ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg["ema"]), use_buffers=True)
+           if cfg.get("ema") else None)
+    scored = ema.module if ema is not None else model
+    state = (restore_checkpoint(checkpoint, model, optimizer, scheduler, scaler, rank, ema) if checkpoint else None) or \
         {"epoch": 0, "step": 0, "best_top1": -1.0, "best_epoch": 0, "best_loss": math.inf, "bad_epochs": 0,
          "history": []}
     state["identity"] = identity
@@ -254,6 +268,9 @@ def train(store_paths: list[str], out_dir, model_cfg: dict, cfg: dict, debug: bo
     if rank == 0:
         log.info("%d clips to train on, %d to validate on; %d loader worker(s) and %d thread(s) per process, device %s",
                  len(train_set), len(val_set), workers, torch.get_num_threads(), device)
+        if epochs != cfg["epochs"]:
+            log.info("train.min_steps = %d: %d epochs of %d steps (patience %d, min_epochs %d) in place of %d",
+                     cfg["min_steps"], epochs, steps_per_epoch, patience, min_epochs, cfg["epochs"])
         if tuned_blocks:
             log.info("fine-tuning the backbone's last %d block(s) (%d parameters) at %g x the ranker's learning rate",
                      tuned_blocks, sum(p.numel() for p in model.tuned_head.parameters()), cfg["backbone_lr_scale"])
@@ -278,7 +295,7 @@ def train(store_paths: list[str], out_dir, model_cfg: dict, cfg: dict, debug: bo
             if rank == 0:
                 save_checkpoint(ckpt, model, optimizer, scheduler, scaler,
                                 {**state, **({"batches": batches} if batches else {}),
-                                 **({"stopped_by": signal.Signals(stop).name} if stop else {})})
+                                 **({"stopped_by": signal.Signals(stop).name} if stop else {})}, ema)
             dist.barrier()
 
     def stopping(stop: int, where: dict):
@@ -288,8 +305,8 @@ def train(store_paths: list[str], out_dir, model_cfg: dict, cfg: dict, debug: bo
 
     # Stops wait for a step's end, where every rank agrees to stop and a checkpoint is written (holding_stops).
     with holding_stops():
-        for epoch in range(state["epoch"] + 1, cfg["epochs"] + 1):
-            if state["bad_epochs"] >= cfg["patience"]:
+        for epoch in range(state["epoch"] + 1, epochs + 1):
+            if state["bad_epochs"] >= patience:
                 if rank == 0:
                     log.info("early stop: %d epochs without a better val top-1 (best %.4g at epoch %d, chance %.3g)",
                              state["bad_epochs"], state["best_top1"], state["best_epoch"], chance)
@@ -303,7 +320,7 @@ def train(store_paths: list[str], out_dir, model_cfg: dict, cfg: dict, debug: bo
             waits: dict[str, float] = {"data_wait": float(partial.get("data_wait", 0.0))}
             start = time.perf_counter() - float(partial.get("seconds", 0.0))
             partial = {}
-            bar = progress(total=len(loader), initial=done, desc=f"epoch {epoch}/{cfg['epochs']}", disable=rank != 0,
+            bar = progress(total=len(loader), initial=done, desc=f"epoch {epoch}/{epochs}", disable=rank != 0,
                            leave=False)
             optimizer.zero_grad(set_to_none=True)
             t = time.perf_counter()
@@ -324,6 +341,8 @@ def train(store_paths: list[str], out_dir, model_cfg: dict, cfg: dict, debug: bo
                     scaler.update()
                     scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
+                    if ema is not None:
+                        ema.update_parameters(model)
                     state["step"] += 1
                     t = timer.mark("optimizer", t)
                 # Summed on the device and read once per epoch: a .item() per step would stall the GPU each time.
@@ -348,7 +367,7 @@ def train(store_paths: list[str], out_dir, model_cfg: dict, cfg: dict, debug: bo
             loss, ce, preference, hits, n = sums.tolist()
             # The module itself, not its DDP wrapper: DDP's forward broadcasts buffers, a collective that a rank with
             # fewer validation batches (or none) would never join.
-            val_loss, val_top1 = validate(model, val_loader, device, cfg, amp)
+            val_loss, val_top1 = validate(scored, val_loader, device, cfg, amp)
             row = {"epoch": epoch, "step": state["step"], "lr": scheduler.get_last_lr()[0],
                    "train_loss": loss / n, "train_ce": ce / n, "train_preference": preference / n,
                    "train_top1": hits / n, "val_loss": val_loss, "val_top1": val_top1,
@@ -358,10 +377,10 @@ def train(store_paths: list[str], out_dir, model_cfg: dict, cfg: dict, debug: bo
             if val_top1 > state["best_top1"]:
                 state.update(best_top1=val_top1, best_epoch=epoch)
                 if rank == 0:
-                    save_weights(model, ckpt / "best.safetensors")
+                    save_weights(scored, ckpt / "best.safetensors")
             state["best_loss"] = min(state.get("best_loss", math.inf), val_loss)
             state["bad_epochs"] = bad_epochs_after(state["bad_epochs"], val_top1, state["best_top1"], val_loss,
-                                                   state["best_loss"], epoch, cfg["min_epochs"], chance)
+                                                   state["best_loss"], epoch, min_epochs, chance)
             state["epoch"] = epoch
             state["history"].append(row)
             if rank == 0:
