@@ -233,6 +233,22 @@ def test_pair_history_counts_who_approaches_and_ignores_absent_people():
     torch.testing.assert_close(out_absent[0, :3], history(x, relations, pair_mask(valid))[0, :3])
 
 
+def test_pair_summary_reads_each_pairs_first_and_last_shared_frames_only():
+    from svip_core.model.pair_history import pair_summary
+
+    B, T, N = 1, 6, 3
+    relations = torch.arange(T, dtype=torch.float32).view(1, T, 1, 1, 1).expand(B, T, N, N, 1).clone()
+    valid = torch.ones(B, T, N, dtype=torch.bool)
+    valid[0, :2, 2] = False                      # person 2 arrives at frame 2, leaves after frame 4
+    valid[0, 5, 2] = False
+    relations[0, :2, :, 2] = relations[0, 5, :, 2] = 99.0     # what absent frames hold must not count
+    out = pair_summary(relations, pair_mask(valid))            # (B, N, N, 5 + 3)
+    mean, low, high, first, last, share, start, end = out[0, 0, 2]
+    assert (mean, low, high, first, last) == (3.0, 2.0, 4.0, 2.0, 4.0)
+    assert share == pytest.approx(0.5) and start == pytest.approx(0.4) and end == pytest.approx(0.8)
+    assert out[0, 0, 1, 3:5].tolist() == [0.0, 5.0] and (out[0, 1, 1] == 0).all()   # a person with itself: nothing
+
+
 def test_track_summary_reads_each_persons_valid_frames_only():
     from svip_core.model.temporal_pooling import track_summary
     x = torch.tensor([[[1.0], [9.0], [3.0]], [[5.0], [5.0], [5.0]]]).permute(1, 0, 2)[None]   # (1, T=3, N=2, 1)
@@ -257,7 +273,7 @@ def test_people_buckets_follow_the_data():
 def test_augmentations_keep_the_vip_and_the_relations_between_people():
     """Shift and scale move the scene without changing any relation the GAT reads; mirroring twice is the
     identity; dropping people and cutting the clip never remove the VIP, and keep at least two people."""
-    from svip_core.train.augment import augment, drop_people, frame_window, reframe
+    from svip_core.train.augment import augment, drop_people, frame_window, jitter_boxes, reframe
 
     torch.manual_seed(0)
     B, T, N = 64, 16, 8
@@ -277,6 +293,9 @@ def test_augmentations_keep_the_vip_and_the_relations_between_people():
                           atol=1e-4)
     # Moving the boxes and computing their geometry again gives the same motion fields as moving the geometry.
     assert torch.allclose(box_geometry(moved[..., :4], valid), moved, atol=1e-5)
+    wobbly = jitter_boxes(geometry, valid, 0.05)
+    assert ((wobbly[..., 2] > wobbly[..., 0]) | ~valid).all() and not torch.allclose(wobbly, geometry)
+    assert torch.allclose(box_geometry(wobbly[..., :4], valid), wobbly, atol=1e-6)
     mirrored = reframe(geometry, valid, shift=0.0, scale=0.0, mirror=1.0)
     assert torch.allclose(box_geometry(mirrored[..., :4], valid), mirrored, atol=1e-5)
     assert torch.allclose(reframe(mirrored, valid, 0.0, 0.0, 1.0), geometry, atol=1e-6)
@@ -290,10 +309,11 @@ def test_augmentations_keep_the_vip_and_the_relations_between_people():
     assert cut.sum() < valid.sum()
 
     batch = {"visual": torch.zeros(B, T, N, 4), "geometry": geometry, "valid": valid, "target": target}
-    cfg = {"shift": 0.1, "scale": 0.1, "mirror": 0.5, "drop_people": 0.2, "frame_window": 0.75}
+    cfg = {"shift": 0.1, "scale": 0.1, "jitter": 0.05, "mirror": 0.5, "drop_people": 0.2, "frame_window": 0.75,
+           "drop_visual": 0.3}
     torch.manual_seed(1)
     a = augment(batch, cfg)
     torch.manual_seed(1)
     b = augment(batch, cfg)
     assert a["geometry"].equal(b["geometry"]) and a["valid"].equal(b["valid"])      # the seed decides
-    assert (a["geometry"][~a["valid"]] == 0).all()
+    assert (a["geometry"][~a["valid"]] == 0).all() and a["visual"].equal(b["visual"])
