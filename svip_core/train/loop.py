@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DistributedSampler
 
 from svip_core.atomic import atomic_path
@@ -205,6 +205,16 @@ def bad_epochs_after(bad_epochs: int, val_top1: float, best_top1: float, val_los
     return 0 if improved or not counting else bad_epochs + 1
 
 
+def ema_average(decay: float):
+    """The moving average's update for ``AveragedModel``: decay ``decay``, but at most (1 + n) / (10 + n) after n
+    updates, so that the first weights (random) do not linger in the average of a short run."""
+    def average(averaged: torch.Tensor, current: torch.Tensor, updates: torch.Tensor) -> torch.Tensor:
+        n = float(updates)
+        d = min(decay, (1 + n) / (10 + n))
+        return averaged * d + current * (1 - d)
+    return average
+
+
 def schedule(cfg: dict, steps_per_epoch: int) -> tuple[int, int, int]:
     """(epochs, patience, min_epochs) of a run: as configured, or, when ``train.min_steps`` asks for more optimizer
     steps than ``epochs`` hold (a small training set), all three stretched by the same factor, so that a run
@@ -253,8 +263,7 @@ def train(store_paths: list[str], out_dir, model_cfg: dict, cfg: dict, debug: bo
     amp, scaler = autocast(cfg["precision"], device), grad_scaler(cfg["precision"], device)
 
     # The weights' exponential moving average (train.ema): validated, selected and kept in place of the weights.
-    ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg["ema"]), use_buffers=True)
-           if cfg.get("ema") else None)
+    ema = AveragedModel(model, avg_fn=ema_average(cfg["ema"]), use_buffers=True) if cfg.get("ema") else None
     scored = ema.module if ema is not None else model
     state = (restore_checkpoint(checkpoint, model, optimizer, scheduler, scaler, rank, ema) if checkpoint else None) or \
         {"epoch": 0, "step": 0, "best_top1": -1.0, "best_epoch": 0, "best_loss": math.inf, "bad_epochs": 0,
