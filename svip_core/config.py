@@ -360,6 +360,10 @@ def value_problems(config: dict) -> list[str]:
         problems.append(f"features.embedded.hidden_size = {embedded['hidden_size']}: not a multiple of "
                         f"features.embedded.num_heads ({embedded['num_heads']}). Fix: "
                         f"{_multiples(embedded['hidden_size'], embedded['num_heads'])}")
+    if config["train"]["finetune_blocks"] and config["train"]["augment"]["drop_visual"] > 0:
+        problems.append(f"train.augment.drop_visual = {config['train']['augment']['drop_visual']}: with "
+                        f"train.finetune_blocks = {config['train']['finetune_blocks']} the visual features are made in "
+                        "the model from stored tokens, and none would be dropped. Fix: set one of them to 0")
     ablations = config["ablations"]
     problems += _width_problems(config["model"])
     # A variant is its model and whether it tunes the backbone.

@@ -44,6 +44,10 @@ MISTAKES = {
                                                 "the backbone has 1 blocks. Fix: set it between 0 and 1"),
     "backbone learning rate not positive": ({"train": {"backbone_lr_scale": 0}}, "train.backbone_lr_scale",
                                             "give a number > 0"),
+    "visual dropout with tuned blocks": ({"train": {"finetune_blocks": 1, "augment": {"drop_visual": 0.2}}},
+                                         "train.augment.drop_visual = 0.2", "Fix: set one of them to 0"),
+    "an ablation named like a learning-curve run": ({"ablations": {"full@5": {"gat_layers": 0}}}, 'ablations."full@5"',
+                                                    "Fix: rename the ablation"),
     "ablation tuning other blocks": ({"train": {"finetune_blocks": 1}, "ablations": {"x": {"finetune_blocks": 2}}},
                                      "ablations.x.finetune_blocks = 2", "Fix: set it to 0"),
 }
@@ -146,9 +150,11 @@ def test_a_folder_without_a_model_config_is_not_a_backbone(tmp_path, tiny_config
 
 
 @pytest.mark.parametrize("config", ["config.yaml", "benchmarks/relational_benchmark.yaml",
-                                    "benchmarks/synthetic_benchmark.yaml"])
+                                    "benchmarks/synthetic_benchmark.yaml", "benchmarks/learning_curve.yaml"])
 def test_the_shipped_configs_pass_the_checks(config):
     configfiles = [] if config == "config.yaml" else [ROOT / config]
+    if config == "benchmarks/learning_curve.yaml":        # a layer over the relational benchmark
+        configfiles = [ROOT / "benchmarks/relational_benchmark.yaml", *configfiles]
     assert load_config(ROOT / "config.yaml", configfiles)["features"]["backbone"] == "embedded"
 
 
