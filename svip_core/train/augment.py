@@ -16,7 +16,9 @@ geometry in frame fractions, masks), so it costs no extra read or extraction:
   another clip boundary around the same event would (the VIP stays in the window);
 - ``drop_visual``: each person's visual features in each frame zeroed with this probability (stored features
   only; a regulariser more than a new view: the model cannot lean on one person's look in one frame).
-The draws come from the process's seeded generator, which checkpoints save: same seed, same batches.
+The draws come from the process's seeded generator, which checkpoints save: same seed, same batches, and a
+resumed run draws what the uninterrupted one would. Each process draws for its own clips, so with augmentations
+on, a run's numbers depend on its number of processes (as its dropout does).
 """
 from __future__ import annotations
 
