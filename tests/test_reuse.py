@@ -84,7 +84,10 @@ def edited_value(key: str, value, spec: dict, workdir: Path, backbone: Path):
     if spec.get("type") == "integer":
         return value + 1
     if spec.get("type") == "number":
-        return round(min(value * 2 if value else 0.5, spec.get("maximum", 1e9)), 6) if value != spec.get("maximum") else value / 2
+        doubled = value * 2 if value else 0.5
+        if value == spec.get("maximum") or doubled >= spec.get("exclusiveMaximum", 1e9):
+            return value / 2
+        return round(min(doubled, spec.get("maximum", 1e9)), 6)
     raise AssertionError(f"no edit for {key} ({spec})")
 
 
