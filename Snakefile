@@ -31,4 +31,5 @@ onsuccess:
 rule all:
     input:
         REPORT_OUTPUTS,
+        *(str(path) for path in learning_curve_outputs().values()),
     default_target: True

@@ -68,8 +68,7 @@ BACKBONE = f"{FEATURES}/backbone" if USE_EMBEDDED else backbone_source(config["f
 REPORT_OUTPUTS = [f"{REPORT}/{name}" for name in ("training_curves.png", "top1_vs_baselines.png", "metrics_table.html",
                                                   "top1_by_people.png", "rejected_clips.html", "ablations.png",
                                                   "ablations.html", "gallery.png", "top1_by_category.png",
-                                                  "variant_curves.png", "headline.json")] + (
-    [f"{REPORT}/learning_curve.png", f"{REPORT}/learning_curve.html"] if config["learning_curve"] else [])
+                                                  "variant_curves.png", "headline.json")]
 
 
 def learning_curve_outputs() -> dict:

@@ -140,14 +140,19 @@ def rejected_table(manifest_parquet, out_html) -> None:
     Path(out_html).write_text(summary + body)
 
 
-def ablation_summary(metrics_by_run: dict[str, str]) -> pd.DataFrame:
-    """{"<variant>/seed<s>": metrics.json path} -> one row per variant: mean and std over seeds."""
+def run_scores(metrics_by_run: dict[str, str]) -> pd.DataFrame:
+    """{"<variant>/seed<s>": metrics.json path} -> one row per run: variant, seed, top1, mrr (means over clips)."""
     rows = []
     for name, path in metrics_by_run.items():
         variant, seed = name.rsplit("/seed", 1)
         overall = json.loads(Path(path).read_text())["model"]["overall"]
         rows.append({"variant": variant, "seed": int(seed), "top1": overall["top1"]["mean"], "mrr": overall["mrr"]["mean"]})
-    runs = pd.DataFrame(rows)
+    return pd.DataFrame(rows)
+
+
+def ablation_summary(metrics_by_run: dict[str, str]) -> pd.DataFrame:
+    """{"<variant>/seed<s>": metrics.json path} -> one row per variant: mean and std over seeds."""
+    runs = run_scores(metrics_by_run)
     summary = runs.groupby("variant", sort=False).agg(seeds=("seed", "count"), top1_mean=("top1", "mean"),
                                                       top1_std=("top1", "std"), mrr_mean=("mrr", "mean"),
                                                       mrr_std=("mrr", "std")).reset_index()
@@ -196,13 +201,10 @@ def ablations(metrics_by_run: dict[str, str], out_png, out_html) -> None:
 def learning_curve_summary(runs: dict[str, dict]) -> pd.DataFrame:
     """{"<variant>/seed<s>": {"curves": metrics.csv, "metrics": metrics.json}} of the full model at every size
     -> one row per training-set size (read from each run's model.json): test top-1 mean and std over seeds."""
-    rows = []
-    for name, r in runs.items():
-        seed = int(name.rsplit("/seed", 1)[1])
-        clips = json.loads(Path(r["curves"]).with_name("model.json").read_text())["train_clips"]
-        overall = json.loads(Path(r["metrics"]).read_text())["model"]["overall"]
-        rows.append({"train_clips": clips, "seed": seed, "top1": overall["top1"]["mean"], "mrr": overall["mrr"]["mean"]})
-    table = pd.DataFrame(rows).sort_values(["train_clips", "seed"])
+    table = run_scores({name: r["metrics"] for name, r in runs.items()})
+    table["train_clips"] = [json.loads(Path(r["curves"]).with_name("model.json").read_text())["train_clips"]
+                            for r in runs.values()]
+    table = table.sort_values(["train_clips", "seed"])
     return table.groupby("train_clips").agg(seeds=("seed", "count"), top1_mean=("top1", "mean"), top1_std=("top1", "std"),
                                             mrr_mean=("mrr", "mean"), per_seed=("top1", lambda v: ", ".join(f"{x:.3f}" for x in v))
                                             ).reset_index().fillna({"top1_std": 0.0})

@@ -27,9 +27,6 @@ import torch
 from svip_core.features.geometry import GEOMETRY_FIELDS, box_geometry
 
 _F = {name: i for i, name in enumerate(GEOMETRY_FIELDS)}
-_X = [_F["x1"], _F["x2"], _F["cx"]]
-_Y = [_F["y1"], _F["y2"], _F["cy"]]
-_LENGTHS = [_F["w"], _F["h"], _F["dcx"], _F["dcy"], _F["speed"]]
 NO_AUGMENTATION = {"shift": 0.0, "scale": 0.0, "jitter": 0.0, "mirror": 0.0, "drop_people": 0.0, "frame_window": 1.0,
                    "drop_visual": 0.0}
 
@@ -46,22 +43,17 @@ def _uniform(shape, low: float, high: float, device) -> torch.Tensor:
 def reframe(geometry: torch.Tensor, valid: torch.Tensor, shift: float, scale: float, mirror: float) -> torch.Tensor:
     """geometry (B,T,N,G) raw, valid (B,T,N) -> geometry of each clip zoomed by a factor in [1-scale, 1+scale]
     about the frame's middle, moved by up to ``shift`` of the frame each way, and mirrored with probability
-    ``mirror``."""
+    ``mirror``: the boxes are moved, and every other field is computed from them as the store's were."""
     B, device = geometry.shape[0], geometry.device
-    g = geometry.clone()
     s = _uniform((B, 1, 1, 1), 1 - scale, 1 + scale, device)
     dx, dy = _uniform((B, 1, 1, 1), -shift, shift, device), _uniform((B, 1, 1, 1), -shift, shift, device)
     flip = (torch.rand(B) < mirror).to(device).view(B, 1, 1, 1)
-    x, y = g[..., _X], g[..., _Y]
-    x = torch.where(flip, 1 - x, x)
-    g[..., _X] = 0.5 + s * (x - 0.5) + dx
-    g[..., _Y] = 0.5 + s * (y - 0.5) + dy
-    g[..., _LENGTHS] = g[..., _LENGTHS] * s
-    g[..., _F["area"]] = g[..., _F["area"]] * s[..., 0] ** 2
-    g[..., _F["dcx"]] = torch.where(flip[..., 0], -g[..., _F["dcx"]], g[..., _F["dcx"]])
-    # Mirrored, the left corner is the old right one.
-    g[..., [_F["x1"], _F["x2"]]] = torch.where(flip, g[..., [_F["x2"], _F["x1"]]], g[..., [_F["x1"], _F["x2"]]])
-    return g * valid[..., None]
+    x1, y1, x2, y2 = geometry[..., :4].unbind(-1)
+    # Mirrored, the left edge is the old right one.
+    x1, x2 = torch.where(flip[..., 0], 1 - x2, x1), torch.where(flip[..., 0], 1 - x1, x2)
+    boxes = torch.stack([x1, y1, x2, y2], -1)
+    offset = torch.cat([dx, dy, dx, dy], -1)
+    return box_geometry(0.5 + s * (boxes - 0.5) + offset, valid)
 
 
 def jitter_boxes(geometry: torch.Tensor, valid: torch.Tensor, sigma: float) -> torch.Tensor:
