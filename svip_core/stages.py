@@ -55,7 +55,7 @@ STAGE_KEYS = {
     # data.source is read as a location and as content (see prepare's identity), never as a string.
     "prepare": ("data.source", "data.num_shards", "data.max_array_bytes", "data.on_duplicate_id", *_SYNTH),
     "extract": ("features.backbone", *_EMBEDDED, "features.mode", "features.frame_size", "features.crop_size",
-                "features.roi_samples", "features.num_frames", "features.precision", "data.max_persons",
+                "features.roi_samples", "features.roi_pooling", "features.num_frames", "features.precision", "data.max_persons",
                 "train.finetune_blocks"),   # the stores then hold the tokens of the tuned blocks (token_blocks)
     # A run (model variant x seed) reads one seed of train.seeds and its variant's overrides from ablations.
     "train": (*_MODEL, *_TRAIN, "ablations", "learning_curve"),
@@ -125,6 +125,8 @@ def _reads(config: dict, key: str, stage: str | None = None) -> bool:
         return config["features"]["mode"] == "crop"
     if key == "features.roi_samples":
         return config["features"]["mode"] == "roi"
+    if key == "features.roi_pooling":         # the mean: the same stores as before the key existed
+        return config["features"]["mode"] == "roi" and config["features"]["roi_pooling"] != "mean"
     if key in ("model.gat_hidden", "model.gat_heads", "model.relation_features", "model.attention_flow"):
         return config["model"]["gat_layers"] > 0
     if key == "model.pair_summary":

@@ -62,6 +62,18 @@ def test_roi_pool_of_a_constant_region_returns_that_constant():
     torch.testing.assert_close(pooled, torch.tensor([[[3.0, -1.0], [0.0, 0.0]]]))
 
 
+def test_grid_roi_pooling_keeps_where_in_the_box_each_sample_lies():
+    """The whole frame as one box, 2 x 2 samples: "grid" keeps the top-left quarter's constant in the first cell
+    (row by row), and its cells average to the "mean" pooling."""
+    tokens = torch.zeros(1, 2, 4, 4)
+    tokens[0, :, :2, :2] = torch.tensor([3.0, -1.0])[:, None, None]
+    tokens[0, :, 2:, 2:] = torch.tensor([1.0, 5.0])[:, None, None]                  # bottom-right quarter
+    boxes = torch.tensor([[[0.0, 0.0, 1.0, 1.0]]])
+    cells = roi_pool(tokens, boxes, samples=2, pooling="grid")
+    torch.testing.assert_close(cells, torch.tensor([[[[3.0, -1.0], [0.0, 0.0], [0.0, 0.0], [1.0, 5.0]]]]))
+    torch.testing.assert_close(cells.mean(2), roi_pool(tokens, boxes, samples=2))
+
+
 def test_crop_of_the_full_frame_is_the_resized_frame():
     frames = torch.rand(1, 3, 8, 8)
     crops = crop_boxes(frames, torch.tensor([[[0.0, 0.0, 1.0, 1.0]]]), 8)
@@ -255,18 +267,20 @@ def test_the_split_backbone_gives_the_whole_backbones_features_and_only_its_head
         torch.testing.assert_close(p.grad, before)
 
 
-@pytest.mark.parametrize("mode", ["roi", "crop"])
-def test_a_store_for_tuned_blocks_holds_the_tokens_that_give_its_features_back(tmp_path, members, mode):
+@pytest.mark.parametrize("mode,pooling", [("roi", "mean"), ("crop", "mean"), ("roi", "grid")])
+def test_a_store_for_tuned_blocks_holds_the_tokens_that_give_its_features_back(tmp_path, members, mode, pooling):
     """extract_shard with tuned_blocks = 1 stores, beside the usual arrays (unchanged), the compressed tokens
-    entering the last block; the tuned head on them gives the stored features (to fp16's precision)."""
+    entering the last block; the tuned head on them gives the stored features (to fp16's precision), the k*k
+    samples of each box side by side with roi_pooling "grid"."""
     from svip_core.features.split_backbone import tuned_head_for
 
     backbone_dir = build_embedded({**EMBEDDED, "num_layers": 2}, tmp_path / "bb")
-    cfg = {**FEATURES, "mode": mode}
+    cfg = {**FEATURES, "mode": mode, "roi_pooling": pooling}
     extract_shard(members, tmp_path / "frozen.zarr", cfg, 4, backbone_dir, {})
     extract_shard(members, tmp_path / "tuned.zarr", cfg, 4, backbone_dir, {}, tuned_blocks=1)
     frozen, tuned = open_store(tmp_path / "frozen.zarr"), open_store(tmp_path / "tuned.zarr")
     assert tuned.attrs["tuned_blocks"] == 1 and "tokens" not in frozen
+    assert tuned["visual"].shape[-1] == tuned.attrs["feature_dim"] == 16 * (4 if pooling == "grid" else 1)
     for name in ("visual", "geometry", "person_mask", "frame_mask", "target_index"):
         np.testing.assert_array_equal(frozen[name][:], tuned[name][:])
     tokens = tuned["tokens"]

@@ -23,6 +23,7 @@ def hashes(cfg):
     ("model", "pooling", "mean", {"train", "evaluate", "report"}),
     ("model", "track_summary", False, {"train", "evaluate", "report"}),
     ("features", "mode", "crop", {"extract", "train", "evaluate", "report"}),
+    ("features", "roi_pooling", "grid", {"extract", "train", "evaluate", "report"}),
     ("data", "max_persons", 5, {"extract", "train", "evaluate", "report"}),
     ("data", "num_shards", 3, {"prepare", "train", "evaluate", "report"}),
     ("synthetic", "seed", 9, {"prepare", "train", "evaluate", "report"}),

@@ -23,7 +23,7 @@ from svip_core.features.backbone import BackboneError, fetch_backbone, leading_t
 from svip_core.features.geometry import GEOMETRY_FIELDS, box_geometry
 from svip_core.features.precision import autocast, set_matmul_precision
 from svip_core.features.roi_pooling import crop_boxes
-from svip_core.features.split_backbone import check_tuned_blocks, patch_grid, pool_persons
+from svip_core.features.split_backbone import check_tuned_blocks, patch_grid, person_feature_dim, pool_persons
 from svip_core.features.store import create_arrays, create_tokens, writing_store
 from svip_core.hashing import ContentHashes
 from svip_core.logs import progress
@@ -123,17 +123,20 @@ class ShardClips(Dataset):
 
 
 def person_features(backbone, frames: torch.Tensor, boxes: torch.Tensor, mode: str, roi_samples: int | None,
-                    crop_size: int | None, mean: torch.Tensor, std: torch.Tensor, precision: str) -> torch.Tensor:
+                    crop_size: int | None, mean: torch.Tensor, std: torch.Tensor, precision: str,
+                    roi_pooling: str = "mean") -> torch.Tensor:
     """frames (F, 3, H, W) uint8, boxes (F, N, 4) -> L2-normalised person features (F, N, D) float32.
     ``roi_samples`` is read in roi mode only, ``crop_size`` in crop mode only; ``precision``: the backbone's
-    numeric mode (``features.precision``)."""
-    return person_features_and_tokens(backbone, frames, boxes, mode, roi_samples, crop_size, mean, std, precision)[0]
+    numeric mode (``features.precision``); ``roi_pooling`` (roi mode): "mean" or "grid" (``roi_pooling.roi_pool``)."""
+    return person_features_and_tokens(backbone, frames, boxes, mode, roi_samples, crop_size, mean, std, precision,
+                                      roi_pooling=roi_pooling)[0]
 
 
 @torch.no_grad()
 def person_features_and_tokens(backbone, frames: torch.Tensor, boxes: torch.Tensor, mode: str,
                                roi_samples: int | None, crop_size: int | None, mean: torch.Tensor, std: torch.Tensor,
-                               precision: str, tuned_blocks: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+                               precision: str, tuned_blocks: int = 0, roi_pooling: str = "mean"
+                               ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``person_features``, and from the same backbone pass the tokens entering block L-k for k =
     ``tuned_blocks`` > 0 (``split_backbone``: what the tuned head is fed): roi mode (F, S, D) per frame, crop mode
     (F*N, S, D) per person's crop, frame-major; None for k = 0."""
@@ -152,7 +155,7 @@ def person_features_and_tokens(backbone, frames: torch.Tensor, boxes: torch.Tens
             raise BackboneError(f"the backbone ({type(backbone).__name__}) gives {hidden.shape[1]} tokens for a "
                                 f"{h}x{w} patch grid, not {lead} (CLS and registers) + {h * w}: not a DINOv2-like "
                                 "model. Fix: set features.backbone to a DINOv2 or DINOv3 model")
-        feats = pool_persons(hidden, boxes, mode, lead, (h, w), roi_samples)
+        feats = pool_persons(hidden, boxes, mode, lead, (h, w), roi_samples, roi_pooling)
     return feats, tokens
 
 
@@ -194,7 +197,7 @@ def extract_shard(members: list[dict], out_path, features_cfg: dict, max_persons
                         pin_memory=device.type == "cuda", collate_fn=_collate,
                         prefetch_factor=4 if features_cfg["workers"] else None)
     V, T, N = len(dataset), features_cfg["num_frames"], max_persons
-    D, G = backbone.config.hidden_size, len(GEOMETRY_FIELDS)
+    D, G = person_feature_dim(backbone.config, features_cfg), len(GEOMETRY_FIELDS)
     versions = {name: importlib.metadata.version(name) for name in ("torch", "transformers", "zarr", "numpy")}
     # How these features were made: enough for `svip predict` to make the same ones from a raw video.
     backbone_source = str(backbone_path.resolve())
@@ -222,7 +225,8 @@ def extract_shard(members: list[dict], out_path, features_cfg: dict, max_persons
             # Padded and invalid frames never reach the backbone.
             feats[frame_ok], found = person_features_and_tokens(
                 backbone, frames[frame_ok], boxes[frame_ok], features_cfg["mode"], features_cfg.get("roi_samples"),
-                features_cfg.get("crop_size"), mean, std, features_cfg["precision"], tuned_blocks)
+                features_cfg.get("crop_size"), mean, std, features_cfg["precision"], tuned_blocks,
+                features_cfg.get("roi_pooling", "mean"))
             valid = batch["valid"].to(device)
             visual = (feats.view(B, T, N, D) * valid[..., None]).half().cpu()
             tokens = None

@@ -17,12 +17,18 @@ def _box_grid(boxes: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
     return (grid * 2 - 1).flatten(1, 2)
 
 
-def roi_pool(tokens: torch.Tensor, boxes: torch.Tensor, samples: int) -> torch.Tensor:
-    """tokens (F, D, h, w) patch-token map, boxes (F, N, 4) -> (F, N, D): bilinear mean inside each box."""
+ROI_POOLINGS = ("mean", "grid")
+
+
+def roi_pool(tokens: torch.Tensor, boxes: torch.Tensor, samples: int, pooling: str = "mean") -> torch.Tensor:
+    """tokens (F, D, h, w) patch-token map, boxes (F, N, 4) -> bilinear samples at a k x k lattice inside each
+    box (k = ``samples``): "mean" averages them, (F, N, D); "grid" keeps them row by row, (F, N, k*k, D), as
+    RoIAlign does, so where in the box a feature lies (which side of the head the face is on) survives."""
     Fr, N = boxes.shape[:2]
     grid = _box_grid(boxes.to(tokens.dtype), samples, samples)
     pooled = F.grid_sample(tokens, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    return pooled.view(Fr, -1, N, samples * samples).mean(-1).transpose(1, 2)
+    cells = pooled.view(Fr, -1, N, samples * samples).permute(0, 2, 3, 1)            # (F, N, k*k, D)
+    return cells if pooling == "grid" else cells.mean(2)
 
 
 def crop_boxes(frames: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:

@@ -38,17 +38,25 @@ def check_tuned_blocks(backbone, k: int) -> None:
 
 
 def pool_persons(hidden: torch.Tensor, boxes: torch.Tensor, mode: str, lead: int, grid: tuple[int, int] | None,
-                 roi_samples: int | None) -> torch.Tensor:
-    """The backbone's last hidden state -> L2-normalised person features (F, N, D) float32. roi mode: hidden
-    (F, lead + h*w, D) of whole frames whose patch grid is ``grid``, pooled inside boxes (F, N, 4) normalised xyxy;
-    crop mode: hidden (F*N, S, D) of each person's crop, frame-major, whose CLS token is the feature."""
+                 roi_samples: int | None, roi_pooling: str = "mean") -> torch.Tensor:
+    """The backbone's last hidden state -> L2-normalised person features (F, N, D') float32 (D' from
+    ``person_feature_dim``). roi mode: hidden (F, lead + h*w, D) of whole frames whose patch grid is ``grid``,
+    pooled inside boxes (F, N, 4) normalised xyxy (``roi_pooling`` "grid": the k*k samples side by side, each
+    normalised); crop mode: hidden (F*N, S, D) of each person's crop, frame-major, whose CLS token is the feature."""
     if mode == "roi":
         h, w = grid
         patches = hidden[:, lead:].transpose(1, 2).reshape(len(hidden), -1, h, w)
-        feats = roi_pool(patches.float(), boxes, roi_samples)
-    else:
-        feats = hidden[:, 0].float().view(*boxes.shape[:2], -1)
-    return F.normalize(feats.float(), dim=-1)
+        feats = roi_pool(patches.float(), boxes, roi_samples, roi_pooling)
+        return F.normalize(feats, dim=-1).flatten(2)
+    return F.normalize(hidden[:, 0].float().view(*boxes.shape[:2], -1), dim=-1)
+
+
+def person_feature_dim(config, features_cfg: dict) -> int:
+    """The length of a person's visual feature in a frame: the backbone's width, k*k times that for roi mode's
+    "grid" pooling."""
+    if features_cfg["mode"] == "roi" and features_cfg.get("roi_pooling", "mean") == "grid":
+        return features_cfg["roi_samples"] ** 2 * config.hidden_size
+    return config.hidden_size
 
 
 def patch_grid(config, features_cfg: dict) -> tuple[int, int] | None:
@@ -63,14 +71,17 @@ class TunedHead(nn.Module):
     """The backbone's last k blocks and its final layer norm, trainable, with the person pooling of
     ``extract.person_features`` after them. ``grid``: the patch grid (h, w) of a frame, in roi mode."""
 
-    def __init__(self, backbone, k: int, mode: str, roi_samples: int | None, grid: tuple[int, int] | None = None):
+    def __init__(self, backbone, k: int, mode: str, roi_samples: int | None, grid: tuple[int, int] | None = None,
+                 roi_pooling: str = "mean"):
         super().__init__()
         check_tuned_blocks(backbone, k)
         blocks = _blocks(backbone)
         self.blocks = nn.ModuleList(copy.deepcopy(blocks[len(blocks) - k:]))
         self.layernorm = copy.deepcopy(backbone.layernorm)
         self.requires_grad_(True)
-        self.mode, self.roi_samples, self.grid = mode, roi_samples, grid
+        self.mode, self.roi_samples, self.grid, self.roi_pooling = mode, roi_samples, grid, roi_pooling
+        self.feature_dim = person_feature_dim(backbone.config, {"mode": mode, "roi_samples": roi_samples,
+                                                                 "roi_pooling": roi_pooling})
         self.lead = leading_tokens(backbone.config)
         self.checkpointing = False          # activation checkpointing of each block: memory for recomputation
 
@@ -89,7 +100,8 @@ class TunedHead(nn.Module):
         roi mode: tokens (F, S, D) of whole frames, boxes (F, N, 4) normalised xyxy; the patch tokens are pooled
         inside each box. crop mode: tokens (F*N, S, D) of each person's crop (frame-major); the CLS token of each.
         """
-        return pool_persons(self.hidden(tokens), boxes, self.mode, self.lead, self.grid, self.roi_samples)
+        return pool_persons(self.hidden(tokens), boxes, self.mode, self.lead, self.grid, self.roi_samples,
+                            self.roi_pooling)
 
     def clip_features(self, tokens: torch.Tensor, boxes: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """A batch of clips as a store holds them -> visual (B, T, N, D) float32, zero where a person is absent
@@ -97,7 +109,7 @@ class TunedHead(nn.Module):
         (B, T, N, 4) normalised xyxy; valid (B, T, N). Only frames with someone in them (roi) or present people's
         crops (crop) run through the blocks."""
         dtype = self.layernorm.weight.dtype
-        out = boxes.new_zeros((*valid.shape, self.layernorm.normalized_shape[0]), dtype=torch.float32)
+        out = boxes.new_zeros((*valid.shape, self.feature_dim), dtype=torch.float32)
         if self.mode == "roi":
             frames = valid.any(-1)                                                      # (B, T)
             out[frames] = self(tokens[frames].to(dtype), boxes[frames])
@@ -112,4 +124,4 @@ def tuned_head_for(backbone_source, k: int, features_cfg: dict) -> TunedHead:
     (the features section that made the stores) says."""
     backbone = load_backbone(backbone_source)
     return TunedHead(backbone, k, features_cfg["mode"], features_cfg.get("roi_samples"),
-                     patch_grid(backbone.config, features_cfg))
+                     patch_grid(backbone.config, features_cfg), features_cfg.get("roi_pooling", "mean"))

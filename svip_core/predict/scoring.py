@@ -49,7 +49,8 @@ def visible_features(backbone, frames: torch.Tensor, boxes: np.ndarray, visible:
     packed = torch.from_numpy(packed.astype(np.float32)).to(mean.device)
     k = len(tuned_head.blocks) if tuned_head is not None else 0
     features, tokens = person_features_and_tokens(backbone, frames.to(mean.device), packed, cfg["mode"],
-                                                  cfg.get("roi_samples"), cfg.get("crop_size"), mean, std, precision, k)
+                                                  cfg.get("roi_samples"), cfg.get("crop_size"), mean, std, precision, k,
+                                                  cfg.get("roi_pooling", "mean"))
     if tuned_head is not None:
         with autocast(precision, mean.device):
             features = tuned_head(tokens, packed)
