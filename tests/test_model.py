@@ -11,7 +11,8 @@ from svip_core.model.loss import ranking_loss
 from svip_core.model.pair_history import PairHistory
 from svip_core.model.ranker import build_ranker
 from svip_core.model.ranking import hit_at_k, rank_people, reciprocal_rank, target_rank_stats
-from svip_core.model.relations import RELATION_FIELDS, complete_graph_edges, edge_relations, pair_mask, pair_relations
+from svip_core.model.relations import (RELATION_FIELDS, LooksAt, complete_graph_edges, edge_relations, pair_mask,
+                                       pair_relations)
 from svip_core.model.temporal import EventContext
 
 CFG = {"fused_dim": 32, "geometry_dim": 8, "gat_hidden": 16, "gat_layers": 2, "gat_heads": 2, "d_model": 16,
@@ -37,7 +38,7 @@ RELATIONAL = {"relation_features": True, "attention_flow": True}
 @pytest.mark.parametrize("variant", [{}, RELATIONAL, {**RELATIONAL, "attention_flow": False},
                                      {**RELATIONAL, "relation_features": False}, {"gat_layers": 0},
                                      {"temporal_layers": 0}, {"event_token": False}, {"dual_head": False},
-                                     {"pooling": "mean"}, {"track_summary": False}])
+                                     {"pooling": "mean"}, {"track_summary": False}, {**RELATIONAL, "looks_at": 2}])
 def test_absent_people_get_no_score_and_slots_are_permutation_equivariant(variant):
     torch.manual_seed(0)
     B, T, N = 2, 5, 4
@@ -97,6 +98,25 @@ def test_relation_features_say_who_walks_toward_whom_and_how_boxes_overlap():
     # 1 is 0.25 heights closer to 0 than in frame 0, and 0 and 2 (both still) do not move together.
     torch.testing.assert_close(r["approach_since_first_seen"], torch.tensor([0.25, 0.25, 0.0]))
     torch.testing.assert_close(r["moving_together"], torch.tensor([0.0, 0.0, 0.0]))
+
+
+
+def test_looks_at_compares_each_persons_facing_with_where_the_others_stand():
+    """A feature that says "faces right" (its sign) becomes, pair by pair, looking toward whoever stands to the
+    right: person 1 stands between 0 (left) and 2 (right); 0 and 1 face right, 2 faces left; the absent
+    person 3 neither looks nor is looked at."""
+    boxes = torch.tensor([[[0.1, 0.4, 0.2, 0.8], [0.4, 0.4, 0.5, 0.8], [0.7, 0.4, 0.8, 0.8], [0.0, 0.0, 0.1, 0.1]]])
+    valid = torch.tensor([[[True, True, True, False]]])
+    geometry = box_geometry(boxes, valid[0])[None]                                    # (1, 1, 4, 12)
+    looks = LooksAt(in_dim=1, directions=1)
+    with torch.no_grad():
+        looks.read.weight.copy_(torch.tensor([[20.0], [0.0]]))                        # x component: the feature
+        looks.read.bias.zero_()
+    faces_right = torch.tensor([1.0, 1.0, -1.0, 1.0]).view(1, 1, 4, 1)
+    at = looks(faces_right, geometry, valid)[0, 0, ..., 0]                            # (N src, N dst)
+    assert at[0, 1] > 0.99 and at[0, 2] > 0.99 and at[1, 2] > 0.99                    # toward the right
+    assert at[1, 0] < -0.99 and at[2, 1] > 0.99 and at[2, 0] > 0.99                   # 2 faces left, toward 1, 0
+    assert (at[3] == 0).all() and (at[:, 3] == 0).all() and (at.diagonal() == 0).all()
 
 
 def test_attention_flow_counts_attention_received_from_others_and_given_away():

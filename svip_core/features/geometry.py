@@ -17,7 +17,7 @@ def box_geometry(boxes: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     centre = torch.stack([(x1 + x2) / 2, (y1 + y2) / 2], -1)                          # (..., T, N, 2)
     both = valid[..., 1:, :] & valid[..., :-1, :]
     step = (centre[..., 1:, :, :] - centre[..., :-1, :, :]) * both[..., None]
-    delta = torch.cat([torch.zeros_like(step[..., :1, :, :]), step], -3)              # (..., T, N, 2)
+    delta = torch.cat([torch.zeros_like(centre[..., :1, :, :]), step], -3)            # (..., T, N, 2); T = 1 too
     geom = torch.cat([boxes, centre, w[..., None], h[..., None], (w * h)[..., None], delta,
                       delta.norm(dim=-1, keepdim=True)], -1)
     return geom * valid[..., None]

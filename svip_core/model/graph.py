@@ -17,13 +17,14 @@ from torch_geometric.utils import scatter
 
 from svip_core.model.normalise import FeatureNorm
 from svip_core.model.pair_history import PairHistory
-from svip_core.model.relations import RELATION_FIELDS, complete_graph_edges, edge_relations, pair_mask, pair_relations
+from svip_core.model.relations import (RELATION_FIELDS, LooksAt, complete_graph_edges, edge_relations, pair_mask,
+                                       pair_relations)
 
 LAYER_SCALE_INIT = 0.1
 
 
-def flow_dim(heads: int, relation_features: bool) -> int:
-    return 2 * heads + 1 + ((heads + 1) * len(RELATION_FIELDS) if relation_features else 0)
+def flow_dim(heads: int, relation_count: int) -> int:
+    return 2 * heads + 1 + (heads + 1) * relation_count
 
 
 def attention_flow(alpha: torch.Tensor, edges: torch.Tensor, relations: torch.Tensor | None,
@@ -68,10 +69,14 @@ class FrameGAT(nn.Module):
 
     def __init__(self, in_dim: int, hidden: int, layers: int, heads: int, dropout: float,
                  relation_features: bool = True, attention_flow: bool = True, history_dim: int = 0,
-                 pair_summary: bool = False):
+                 pair_summary: bool = False, looks_at: int = 0):
         super().__init__()
         assert hidden % heads == 0, "model.gat_hidden must be divisible by model.gat_heads"
-        edge_dim = len(RELATION_FIELDS) if relation_features else None
+        # With relation features, ``looks_at`` learnt facing directions add as many relations per pair.
+        self.looks_at = LooksAt(in_dim, looks_at) if relation_features and looks_at else None
+        relation_count = (len(RELATION_FIELDS) + (looks_at if self.looks_at is not None else 0)
+                          if relation_features else 0)
+        edge_dim = relation_count or None
         self.relation_norm = FeatureNorm(len(RELATION_FIELDS)) if relation_features else None
         self.in_proj = nn.Linear(in_dim, hidden)
         self.convs = nn.ModuleList(GATv2Conv(hidden, hidden // heads, heads=heads, dropout=dropout, edge_dim=edge_dim)
@@ -83,8 +88,8 @@ class FrameGAT(nn.Module):
         self.scales = nn.ParameterList(nn.Parameter(torch.full((hidden,), LAYER_SCALE_INIT)) for _ in range(layers))
         self.dropout = nn.Dropout(dropout)
         self.attention_flow = attention_flow
-        self.flow_dim = flow_dim(heads, relation_features) if attention_flow else 0
-        self.history = (PairHistory(in_dim, len(RELATION_FIELDS), hidden, history_dim, dropout, pair_summary)
+        self.flow_dim = flow_dim(heads, relation_count) if attention_flow else 0
+        self.history = (PairHistory(in_dim, relation_count, hidden, history_dim, dropout, pair_summary)
                         if relation_features and history_dim else None)
 
     def forward(self, x: torch.Tensor, geometry: torch.Tensor, valid: torch.Tensor):
@@ -97,6 +102,8 @@ class FrameGAT(nn.Module):
         relations = history = None
         if self.relation_norm is not None:
             pairs = self.relation_norm(pair_relations(geometry, valid))               # (B, T, N, N, R)
+            if self.looks_at is not None:
+                pairs = torch.cat([pairs, self.looks_at(x, geometry, valid).to(pairs.dtype)], -1)
             relations = edge_relations(pairs, slot_edges)                             # (E, R)
             if self.history is not None:
                 history = self.history(x, pairs, pair_mask(valid))

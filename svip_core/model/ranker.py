@@ -39,7 +39,8 @@ class SVIPRanker(nn.Module):
                                   nn.Dropout(drop))
         self.gat = (FrameGAT(cfg["fused_dim"] + geometry_in, cfg["gat_hidden"], cfg["gat_layers"], cfg["gat_heads"],
                              drop, cfg.get("relation_features", False), cfg.get("attention_flow", False),
-                             history_dim=d, pair_summary=cfg.get("pair_summary", False))
+                             history_dim=d, pair_summary=cfg.get("pair_summary", False),
+                             looks_at=cfg.get("looks_at", 0))
                     if cfg["gat_layers"] > 0 else None)
         flow = self.gat.flow_dim if self.gat is not None else 0
         self.flow = nn.Sequential(nn.Linear(2 * flow, d), nn.GELU()) if flow else None

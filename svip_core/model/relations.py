@@ -10,6 +10,7 @@ positions; the last two carry each pair's history into every frame.
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from svip_core.features.geometry import GEOMETRY_FIELDS
 
@@ -70,3 +71,28 @@ def edge_relations(pairs: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
     N = pairs.shape[2]
     flat = pairs.flatten(0, 1)                                                         # (B*T, N, N, R)
     return flat[edges[0] // N, edges[0] % N, edges[1] % N]
+
+
+class LooksAt(nn.Module):
+    """Who turns toward whom: each person's facing directions, read from its features in each frame, against
+    where each other person stands. The boxes alone cannot say which way a head or body turns; the features
+    can, and "the others face this person" is the cue of a gathering's centre, so the product (a direction
+    times an offset) is built in rather than left for the pair layers to find from few clips.
+
+    x (B,T,N,C) person features, geometry (B,T,N,G) raw, valid (B,T,N) -> (B,T,N,N,K): [b, t, s, d, k] the
+    cosine between src s's k-th direction and the way from s to d (scaled by the direction's length, in
+    [-1, 1]); zeros where either is absent."""
+
+    def __init__(self, in_dim: int, directions: int):
+        super().__init__()
+        self.directions = directions
+        self.read = nn.Linear(in_dim, 2 * directions)
+
+    def forward(self, x: torch.Tensor, geometry: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        g = geometry.float()
+        centre = g[..., [_F["cx"], _F["cy"]]]
+        toward = centre[..., None, :, :] - centre[..., :, None, :]                      # (B,T,N,N,2) s -> d
+        toward = toward / toward.norm(dim=-1, keepdim=True).clamp(min=1e-6)
+        facing = torch.tanh(self.read(x)).unflatten(-1, (self.directions, 2))          # (B,T,N,K,2)
+        looks = torch.einsum("btskc,btsdc->btsdk", facing, toward)
+        return looks * pair_mask(valid)[..., None]
