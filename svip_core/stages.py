@@ -47,7 +47,7 @@ _MODEL = ("model.fused_dim", "model.geometry_dim", "model.gat_hidden", "model.ga
           "model.dropout")
 _TRAIN = ("train.seeds", "train.nproc", "train.nodes", "train.epochs", "train.batch_size", "train.accumulation_steps",
           "train.lr", "train.weight_decay", "train.warmup_steps", "train.min_lr_ratio", "train.grad_clip",
-          "train.patience", "train.min_epochs", "train.preference_weight", "train.pairwise_weight", "train.pairwise_margin",
+          "train.patience", "train.min_epochs", "train.preference_weight", "train.pairwise_weight", "train.pairwise_margin", "train.facing_weight",
           "train.deterministic", "train.precision", "train.finetune_blocks", "train.backbone_lr_scale", "train.clips", "train.ema", "train.min_steps",
           "train.augment.shift", "train.augment.scale", "train.augment.jitter", "train.augment.mirror", "train.augment.drop_people",
           "train.augment.frame_window", "train.augment.drop_visual")
@@ -131,6 +131,8 @@ def _reads(config: dict, key: str, stage: str | None = None) -> bool:
         return config["model"]["gat_layers"] > 0
     if key == "model.pair_summary":
         return config["model"]["gat_layers"] > 0 and config["model"]["relation_features"]
+    if key == "train.facing_weight":          # 0: the same training as before the key existed
+        return config["train"]["facing_weight"] > 0
     if key == "model.looks_at":               # none: the same model as before the key existed
         return config["model"]["gat_layers"] > 0 and config["model"]["relation_features"] and config["model"]["looks_at"] > 0
     return True

@@ -11,8 +11,8 @@ from svip_core.model.loss import ranking_loss
 from svip_core.model.pair_history import PairHistory
 from svip_core.model.ranker import build_ranker
 from svip_core.model.ranking import hit_at_k, rank_people, reciprocal_rank, target_rank_stats
-from svip_core.model.relations import (RELATION_FIELDS, LooksAt, complete_graph_edges, edge_relations, pair_mask,
-                                       pair_relations)
+from svip_core.model.relations import (RELATION_FIELDS, FacingDirections, complete_graph_edges, edge_relations, looks_at,
+                                       pair_mask, pair_relations, walking_facing_loss)
 from svip_core.model.temporal import EventContext
 
 CFG = {"fused_dim": 32, "geometry_dim": 8, "gat_hidden": 16, "gat_layers": 2, "gat_heads": 2, "d_model": 16,
@@ -108,15 +108,30 @@ def test_looks_at_compares_each_persons_facing_with_where_the_others_stand():
     boxes = torch.tensor([[[0.1, 0.4, 0.2, 0.8], [0.4, 0.4, 0.5, 0.8], [0.7, 0.4, 0.8, 0.8], [0.0, 0.0, 0.1, 0.1]]])
     valid = torch.tensor([[[True, True, True, False]]])
     geometry = box_geometry(boxes, valid[0])[None]                                    # (1, 1, 4, 12)
-    looks = LooksAt(in_dim=1, directions=1)
+    directions = FacingDirections(in_dim=1, directions=1)
     with torch.no_grad():
-        looks.read.weight.copy_(torch.tensor([[20.0], [0.0]]))                        # x component: the feature
-        looks.read.bias.zero_()
+        directions.read.weight.copy_(torch.tensor([[20.0], [0.0]]))                   # x component: the feature
+        directions.read.bias.zero_()
     faces_right = torch.tensor([1.0, 1.0, -1.0, 1.0]).view(1, 1, 4, 1)
-    at = looks(faces_right, geometry, valid)[0, 0, ..., 0]                            # (N src, N dst)
+    at = looks_at(directions(faces_right), geometry, valid)[0, 0, ..., 0]             # (N src, N dst)
     assert at[0, 1] > 0.99 and at[0, 2] > 0.99 and at[1, 2] > 0.99                    # toward the right
     assert at[1, 0] < -0.99 and at[2, 1] > 0.99 and at[2, 0] > 0.99                   # 2 faces left, toward 1, 0
     assert (at[3] == 0).all() and (at[:, 3] == 0).all() and (at.diagonal() == 0).all()
+
+
+def test_the_facing_loss_reads_walkers_only_and_wants_them_facing_the_way_they_walk():
+    """Person 0 walks right (a box height every frame), person 1 sways in place, person 2 walks left but is
+    absent: only person 0's frames count, and a direction pointing right costs nothing there."""
+    x0 = torch.tensor([0.1, 0.3, 0.5])
+    boxes = torch.stack([torch.stack([x0, x0 * 0 + 0.4, x0 + 0.1, x0 * 0 + 0.6], -1),
+                         torch.tensor([[0.5, 0.4, 0.6, 0.6], [0.501, 0.4, 0.601, 0.6], [0.5, 0.4, 0.6, 0.6]]),
+                         torch.stack([0.8 - x0, x0 * 0 + 0.4, 0.9 - x0, x0 * 0 + 0.6], -1)], 1)  # (T=3, N=3, 4)
+    valid = torch.tensor([[True, True, False]] * 3)
+    geometry = box_geometry(boxes, valid)[None]
+    right, left = torch.tensor([1.0, 0.0]), torch.tensor([-1.0, 0.0])
+    facing = torch.stack([right.expand(3, 2), left.expand(3, 2), left.expand(3, 2)], 1)[None, :, :, None]  # (1,3,3,1,2)
+    assert walking_facing_loss(facing, geometry, valid[None]) == 0                    # 1 does not walk; 2 is absent
+    torch.testing.assert_close(walking_facing_loss(-facing, geometry, valid[None]), torch.tensor(4.0))
 
 
 def test_attention_flow_counts_attention_received_from_others_and_given_away():

@@ -17,7 +17,7 @@ from torch_geometric.utils import scatter
 
 from svip_core.model.normalise import FeatureNorm
 from svip_core.model.pair_history import PairHistory
-from svip_core.model.relations import (RELATION_FIELDS, LooksAt, complete_graph_edges, edge_relations, pair_mask,
+from svip_core.model.relations import (RELATION_FIELDS, complete_graph_edges, edge_relations, looks_at, pair_mask,
                                        pair_relations)
 
 LAYER_SCALE_INIT = 0.1
@@ -69,13 +69,11 @@ class FrameGAT(nn.Module):
 
     def __init__(self, in_dim: int, hidden: int, layers: int, heads: int, dropout: float,
                  relation_features: bool = True, attention_flow: bool = True, history_dim: int = 0,
-                 pair_summary: bool = False, looks_at: int = 0):
+                 pair_summary: bool = False, facing_directions: int = 0):
         super().__init__()
         assert hidden % heads == 0, "model.gat_hidden must be divisible by model.gat_heads"
-        # With relation features, ``looks_at`` learnt facing directions add as many relations per pair.
-        self.looks_at = LooksAt(in_dim, looks_at) if relation_features and looks_at else None
-        relation_count = (len(RELATION_FIELDS) + (looks_at if self.looks_at is not None else 0)
-                          if relation_features else 0)
+        # With relation features, each of the ``facing_directions`` given to forward adds a relation per pair.
+        relation_count = len(RELATION_FIELDS) + facing_directions if relation_features else 0
         edge_dim = relation_count or None
         self.relation_norm = FeatureNorm(len(RELATION_FIELDS)) if relation_features else None
         self.in_proj = nn.Linear(in_dim, hidden)
@@ -92,7 +90,10 @@ class FrameGAT(nn.Module):
         self.history = (PairHistory(in_dim, relation_count, hidden, history_dim, dropout, pair_summary)
                         if relation_features and history_dim else None)
 
-    def forward(self, x: torch.Tensor, geometry: torch.Tensor, valid: torch.Tensor):
+    def forward(self, x: torch.Tensor, geometry: torch.Tensor, valid: torch.Tensor,
+                facing: torch.Tensor | None = None):
+        """x (B,T,N,C), geometry (B,T,N,G) raw, valid (B,T,N); facing (B,T,N,K,2) each person's facing
+        directions (``relations.FacingDirections``) when the model reads them."""
         B, T, N, _ = x.shape
         # Only present people enter the graph: absent slots (often most of them) would cost every layer.
         slot_edges = complete_graph_edges(valid.flatten(0, 1))                         # (2, E) over B*T*N slots
@@ -102,8 +103,8 @@ class FrameGAT(nn.Module):
         relations = history = None
         if self.relation_norm is not None:
             pairs = self.relation_norm(pair_relations(geometry, valid))               # (B, T, N, N, R)
-            if self.looks_at is not None:
-                pairs = torch.cat([pairs, self.looks_at(x, geometry, valid).to(pairs.dtype)], -1)
+            if facing is not None:
+                pairs = torch.cat([pairs, looks_at(facing, geometry, valid).to(pairs.dtype)], -1)
             relations = edge_relations(pairs, slot_edges)                             # (E, R)
             if self.history is not None:
                 history = self.history(x, pairs, pair_mask(valid))

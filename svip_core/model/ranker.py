@@ -14,7 +14,7 @@ from svip_core.features.geometry import corner_boxes
 from svip_core.features.split_backbone import TunedHead, tuned_head_for
 from svip_core.model.graph import FrameGAT
 from svip_core.model.normalise import FeatureNorm
-from svip_core.model.relations import pair_mask, pair_relations
+from svip_core.model.relations import FacingDirections, pair_mask, pair_relations, walking_facing_loss
 from svip_core.model.temporal import EventContext, PersonTemporalEncoder
 from svip_core.model.temporal_pooling import TemporalPool, TrackSummary, masked_max, masked_mean
 
@@ -40,8 +40,12 @@ class SVIPRanker(nn.Module):
         self.gat = (FrameGAT(cfg["fused_dim"] + geometry_in, cfg["gat_hidden"], cfg["gat_layers"], cfg["gat_heads"],
                              drop, cfg.get("relation_features", False), cfg.get("attention_flow", False),
                              history_dim=d, pair_summary=cfg.get("pair_summary", False),
-                             looks_at=cfg.get("looks_at", 0))
+                             facing_directions=cfg.get("looks_at", 0))
                     if cfg["gat_layers"] > 0 else None)
+        # Facing directions (model.looks_at of them) are read from the visual features themselves, one linear
+        # map, not from the fused ones: through the fusion the ranking loss never found them (600 clips).
+        looks = cfg.get("looks_at", 0) if self.gat is not None and cfg.get("relation_features", False) else 0
+        self.facing = FacingDirections(visual_dim + geometry_in, looks) if looks else None
         flow = self.gat.flow_dim if self.gat is not None else 0
         self.flow = nn.Sequential(nn.Linear(2 * flow, d), nn.GELU()) if flow else None
         # The flow also enters the temporal encoder, per frame, so how attention moves over time counts too.
@@ -90,11 +94,14 @@ class SVIPRanker(nn.Module):
         m = valid[..., None].to(visual.dtype)
         standard = self.geometry_norm(geometry) * m                                   # (B, T, N, G)
         fused = self.fuse(torch.cat([visual, self.geometry(standard)], -1)) * m
+        facing = None
         if self.gat is not None:
             # The GAT also reads each person's standardised geometry as it is, beside the fused features: mixed
             # in with visual features, where people stand and move was too hard for its attention to compare
             # (without relation features, 0.27 -> 0.66 test top-1 on the relational scenes, seed 1).
-            social, flow, history = self.gat(torch.cat([fused, standard], -1), geometry, valid)
+            facing = (self.facing(torch.cat([visual * m, standard], -1))
+                      if self.facing is not None else None)
+            social, flow, history = self.gat(torch.cat([fused, standard], -1), geometry, valid, facing)
         else:
             social, flow, history = fused, None, None
         if flow is not None:
@@ -119,6 +126,8 @@ class SVIPRanker(nn.Module):
             out.update(self_logits=self_logits, gate=g)
         present = valid.any(1)
         out["logits"] = logits.masked_fill(~present, float("-inf"))
+        if facing is not None:
+            out["facing_loss"] = walking_facing_loss(facing, geometry, valid)
         return out
 
 

@@ -73,26 +73,48 @@ def edge_relations(pairs: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
     return flat[edges[0] // N, edges[0] % N, edges[1] % N]
 
 
-class LooksAt(nn.Module):
-    """Who turns toward whom: each person's facing directions, read from its features in each frame, against
-    where each other person stands. The boxes alone cannot say which way a head or body turns; the features
-    can, and "the others face this person" is the cue of a gathering's centre, so the product (a direction
-    times an offset) is built in rather than left for the pair layers to find from few clips.
 
-    x (B,T,N,C) person features, geometry (B,T,N,G) raw, valid (B,T,N) -> (B,T,N,N,K): [b, t, s, d, k] the
-    cosine between src s's k-th direction and the way from s to d (scaled by the direction's length, in
-    [-1, 1]); zeros where either is absent."""
+class FacingDirections(nn.Module):
+    """Which way each person turns, read from its features in each frame: x (B,T,N,C) -> (B,T,N,K,2) directions
+    in the image plane, each component in [-1, 1]. The boxes alone cannot say which way a head or body turns;
+    the features can. ``looks_at`` compares them with where the others stand; ``walking_facing_loss`` teaches
+    the first one from the tracks (people face the way they walk)."""
 
     def __init__(self, in_dim: int, directions: int):
         super().__init__()
         self.directions = directions
         self.read = nn.Linear(in_dim, 2 * directions)
 
-    def forward(self, x: torch.Tensor, geometry: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        g = geometry.float()
-        centre = g[..., [_F["cx"], _F["cy"]]]
-        toward = centre[..., None, :, :] - centre[..., :, None, :]                      # (B,T,N,N,2) s -> d
-        toward = toward / toward.norm(dim=-1, keepdim=True).clamp(min=1e-6)
-        facing = torch.tanh(self.read(x)).unflatten(-1, (self.directions, 2))          # (B,T,N,K,2)
-        looks = torch.einsum("btskc,btsdc->btsdk", facing, toward)
-        return looks * pair_mask(valid)[..., None]
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.read(x)).unflatten(-1, (self.directions, 2))
+
+
+def looks_at(facing: torch.Tensor, geometry: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """facing (B,T,N,K,2) from ``FacingDirections``, geometry (B,T,N,G) raw, valid (B,T,N) -> (B,T,N,N,K):
+    [b, t, s, d, k] how far src s's k-th direction points the way from s to d (their dot product, the way a unit
+    vector); zeros where either is absent. "The others turn toward this person" marks a gathering's centre, and
+    the product of a direction and an offset is built in rather than left for the pair layers to find."""
+    centre = geometry.float()[..., [_F["cx"], _F["cy"]]]
+    toward = centre[..., None, :, :] - centre[..., :, None, :]                         # (B,T,N,N,2) s -> d
+    toward = toward / toward.norm(dim=-1, keepdim=True).clamp(min=1e-6)
+    looks = torch.einsum("btskc,btsdc->btsdk", facing.float(), toward)
+    return looks * pair_mask(valid)[..., None]
+
+
+# Walking: at least this many body heights per sampled frame (a walk of 1.4 m/s sampled 16 times in 3 s moves
+# about 0.15 heights a frame; standing sway stays well below).
+MIN_WALKING_SPEED = 0.08
+
+
+def walking_facing_loss(facing: torch.Tensor, geometry: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """facing (B,T,N,K,2), geometry (B,T,N,G) raw, valid (B,T,N) -> scalar: the squared distance between the
+    first direction and the way each walking person moves, over the person-frames where someone walks (0 when
+    nobody does). Free labels from the tracks: what it learns of how a walker looks turned one way, the
+    direction reads in people standing too."""
+    g = geometry.float()
+    step = g[..., [_F["dcx"], _F["dcy"]]]                                               # (B,T,N,2)
+    speed = step.norm(dim=-1)
+    walking = valid & (speed > MIN_WALKING_SPEED * g[..., _F["h"]].clamp(min=1e-6))
+    way = step / speed.clamp(min=1e-6)[..., None]
+    error = (facing[..., 0, :].float() - way).pow(2).sum(-1)
+    return torch.where(walking, error, torch.zeros_like(error)).sum() / walking.sum().clamp(min=1)
