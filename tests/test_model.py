@@ -56,6 +56,23 @@ def test_absent_people_get_no_score_and_slots_are_permutation_equivariant(varian
     torch.testing.assert_close(permuted, logits[:, perm], atol=1e-5, rtol=1e-4)
 
 
+
+def test_on_grid_features_the_fusion_reads_the_cells_mean_and_only_the_facing_directions_their_layout():
+    """Visual features of 2 x 2 cells per box (features.roi_pooling: grid): shuffling the cells inside each box
+    leaves the scores of a model without facing directions unchanged, and changes those of one with them."""
+    torch.manual_seed(0)
+    B, T, N = 2, 5, 4
+    valid = torch.ones(B, T, N, dtype=torch.bool)
+    geometry, cells = random_geometry(B, T, N, valid), torch.randn(B, T, N, 4, 6)
+    grid = {"mode": "roi", "roi_pooling": "grid", "roi_samples": 2}
+    shuffled = cells[..., [3, 1, 0, 2], :]
+    for looks, changes in ((0, False), (2, True)):
+        model = build_ranker({**CFG, **RELATIONAL, "looks_at": looks}, 24, 12, grid).eval()
+        model.fit_normalisation(geometry, valid)
+        assert model.fuse[0].in_features == 6 + CFG["geometry_dim"]
+        before, after = (model(c.flatten(-2), geometry, valid)["logits"] for c in (cells, shuffled))
+        assert changes != torch.allclose(before, after, atol=1e-6)
+
 def test_loss_prefers_the_target_and_backpropagates_everywhere():
     torch.manual_seed(0)
     model = build_ranker({**CFG, **RELATIONAL}, 12, 12)

@@ -32,7 +32,7 @@ def load_ranker(train_dir, device="cpu", backbone=None) -> torch.nn.Module:
     weights from the checkpoint)."""
     train_dir = Path(train_dir)
     meta = json.loads((train_dir / "model.json").read_text())
-    model = build_ranker(meta["model"], meta["visual_dim"], meta["geometry_dim"])
+    model = build_ranker(meta["model"], meta["visual_dim"], meta["geometry_dim"], meta.get("features", {}).get("features"))
     features = meta.get("features", {}) if backbone is None else {**meta["features"], "backbone": str(backbone)}
     attach_tuned_head(model, meta.get("finetune_blocks", 0), features)
     load_weights(model, train_dir / "model.safetensors")

@@ -51,12 +51,17 @@ def pool_persons(hidden: torch.Tensor, boxes: torch.Tensor, mode: str, lead: int
     return F.normalize(hidden[:, 0].float().view(*boxes.shape[:2], -1), dim=-1)
 
 
+def roi_cells(features_cfg: dict) -> int:
+    """How many samples of a box a person's visual feature holds side by side: k*k for roi mode's "grid"
+    pooling, else 1."""
+    if features_cfg.get("mode") == "roi" and features_cfg.get("roi_pooling", "mean") == "grid":
+        return features_cfg["roi_samples"] ** 2
+    return 1
+
+
 def person_feature_dim(config, features_cfg: dict) -> int:
-    """The length of a person's visual feature in a frame: the backbone's width, k*k times that for roi mode's
-    "grid" pooling."""
-    if features_cfg["mode"] == "roi" and features_cfg.get("roi_pooling", "mean") == "grid":
-        return features_cfg["roi_samples"] ** 2 * config.hidden_size
-    return config.hidden_size
+    """The length of a person's visual feature in a frame: the backbone's width times ``roi_cells``."""
+    return roi_cells(features_cfg) * config.hidden_size
 
 
 def patch_grid(config, features_cfg: dict) -> tuple[int, int] | None:

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from svip_core.features.geometry import corner_boxes
-from svip_core.features.split_backbone import TunedHead, tuned_head_for
+from svip_core.features.split_backbone import TunedHead, roi_cells, tuned_head_for
 from svip_core.model.graph import FrameGAT
 from svip_core.model.normalise import FeatureNorm
 from svip_core.model.relations import FacingDirections, pair_mask, pair_relations, walking_facing_loss
@@ -29,23 +29,28 @@ class SVIPRanker(nn.Module):
     temporal encoder and pooling, no social context. Both add the person's track summary. A learned per-person
     gate mixes the two scores."""
 
-    def __init__(self, visual_dim: int, geometry_in: int, cfg: dict):
+    def __init__(self, visual_dim: int, geometry_in: int, cfg: dict, visual_cells: int = 1):
         super().__init__()
         d, drop = cfg["d_model"], cfg["dropout"]
+        # A grid of cells per box (features.roi_pooling: grid): the fusion reads their mean, as mean pooling
+        # gives it (fed the whole grid, the model memorised sooner: 0.873 top-1 against 0.912 at 600 relational
+        # clips), and only the facing directions read where in the box each feature lies.
+        self.visual_cells = visual_cells
         self.geometry_norm = FeatureNorm(geometry_in)
         self.geometry = nn.Sequential(nn.Linear(geometry_in, cfg["geometry_dim"]), nn.ReLU(),
                                       nn.Linear(cfg["geometry_dim"], cfg["geometry_dim"]))
-        self.fuse = nn.Sequential(nn.Linear(visual_dim + cfg["geometry_dim"], cfg["fused_dim"]), nn.ReLU(),
+        self.fuse = nn.Sequential(nn.Linear(visual_dim // visual_cells + cfg["geometry_dim"], cfg["fused_dim"]), nn.ReLU(),
                                   nn.Dropout(drop))
         self.gat = (FrameGAT(cfg["fused_dim"] + geometry_in, cfg["gat_hidden"], cfg["gat_layers"], cfg["gat_heads"],
                              drop, cfg.get("relation_features", False), cfg.get("attention_flow", False),
                              history_dim=d, pair_summary=cfg.get("pair_summary", False),
                              facing_directions=cfg.get("looks_at", 0))
                     if cfg["gat_layers"] > 0 else None)
-        # Facing directions (model.looks_at of them) are read from the visual features themselves, one linear
-        # map, not from the fused ones: through the fusion the ranking loss never found them (600 clips).
+        # Facing directions (model.looks_at of them) are read from the visual features alone, by one linear map:
+        # through the fusion the ranking loss never found them (600 clips), and with the motion fields beside
+        # them the walking loss is met by reading the motion, which says nothing of people standing.
         looks = cfg.get("looks_at", 0) if self.gat is not None and cfg.get("relation_features", False) else 0
-        self.facing = FacingDirections(visual_dim + geometry_in, looks) if looks else None
+        self.facing = FacingDirections(visual_dim, looks) if looks else None
         flow = self.gat.flow_dim if self.gat is not None else 0
         self.flow = nn.Sequential(nn.Linear(2 * flow, d), nn.GELU()) if flow else None
         # The flow also enters the temporal encoder, per frame, so how attention moves over time counts too.
@@ -93,14 +98,16 @@ class SVIPRanker(nn.Module):
         visual = visual.to(self.fuse[0].weight.dtype)
         m = valid[..., None].to(visual.dtype)
         standard = self.geometry_norm(geometry) * m                                   # (B, T, N, G)
-        fused = self.fuse(torch.cat([visual, self.geometry(standard)], -1)) * m
+        seen = visual
+        if self.visual_cells > 1:
+            seen = nn.functional.normalize(visual.unflatten(-1, (self.visual_cells, -1)).mean(-2), dim=-1) * m
+        fused = self.fuse(torch.cat([seen, self.geometry(standard)], -1)) * m
         facing = None
         if self.gat is not None:
             # The GAT also reads each person's standardised geometry as it is, beside the fused features: mixed
             # in with visual features, where people stand and move was too hard for its attention to compare
             # (without relation features, 0.27 -> 0.66 test top-1 on the relational scenes, seed 1).
-            facing = (self.facing(torch.cat([visual * m, standard], -1))
-                      if self.facing is not None else None)
+            facing = self.facing(visual * m) if self.facing is not None else None
             social, flow, history = self.gat(torch.cat([fused, standard], -1), geometry, valid, facing)
         else:
             social, flow, history = fused, None, None
@@ -136,8 +143,9 @@ def pooled_flow(flow: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return torch.cat([masked_mean(flow, valid), masked_max(flow, valid)], -1)
 
 
-def build_ranker(cfg: dict, visual_dim: int, geometry_dim: int) -> SVIPRanker:
-    return SVIPRanker(visual_dim, geometry_dim, cfg)
+def build_ranker(cfg: dict, visual_dim: int, geometry_dim: int, features: dict | None = None) -> SVIPRanker:
+    """``features``: the features section the stores were made with (how many cells a visual feature holds)."""
+    return SVIPRanker(visual_dim, geometry_dim, cfg, roi_cells(features or {}))
 
 
 def attach_tuned_head(model, k: int, features: dict, checkpointing: bool = False) -> None:

@@ -6,6 +6,9 @@ toward dst, how fast dst moves toward src, how fast the gap closes, how much clo
 first seen together (in body heights), and whether they move together (cosine of their steps). So "everyone
 walks up to me and stays" is a direct input, not something the model must reconstruct from absolute
 positions; the last two carry each pair's history into every frame.
+
+Where people face is not in the boxes: ``FacingDirections`` reads it from each person's visual features,
+``looks_at`` turns it into "src faces dst" for every pair, and ``walking_facing_loss`` teaches it from the tracks.
 """
 from __future__ import annotations
 

@@ -244,7 +244,7 @@ def train(store_paths: list[str], out_dir, model_cfg: dict, cfg: dict, debug: bo
     train_set = StoreClips(store_paths, "train", tuned_blocks, first=cfg.get("clips", 0))
     val_set = StoreClips(store_paths, "val", tuned_blocks)
     visual_dim, geometry_dim = train_set.dims()
-    model = build_ranker(model_cfg, visual_dim, geometry_dim)                # same init on every rank
+    model = build_ranker(model_cfg, visual_dim, geometry_dim, train_set.provenance().get("features"))  # same on every rank
     attach_tuned_head(model, tuned_blocks, train_set.provenance(), cfg.get("checkpoint_blocks", False))
     normalisation = model.fit_normalisation(*train_set.geometry_sample())    # same statistics on every rank
     model = model.to(device)
