@@ -131,8 +131,8 @@ def _reads(config: dict, key: str, stage: str | None = None) -> bool:
         return config["model"]["gat_layers"] > 0
     if key == "model.pair_summary":
         return config["model"]["gat_layers"] > 0 and config["model"]["relation_features"]
-    if key == "train.facing_weight":          # 0: the same training as before the key existed
-        return config["train"]["facing_weight"] > 0
+    if key == "train.facing_weight":          # 0, or no facing directions: the same training as without it
+        return config["train"]["facing_weight"] > 0 and _reads(config, "model.looks_at")
     if key == "model.looks_at":               # none: the same model as before the key existed
         return config["model"]["gat_layers"] > 0 and config["model"]["relation_features"] and config["model"]["looks_at"] > 0
     return True

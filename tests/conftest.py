@@ -205,8 +205,9 @@ def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
     return counts
 
 
-def build_stores(folder: Path, clips: dict[str, int], num_shards: int) -> list[str]:
-    """Tiny synthetic clips -> prepare -> embedded backbone -> one Zarr store per shard (the real stage code)."""
+def build_stores(folder: Path, clips: dict[str, int], num_shards: int, features: dict | None = None) -> list[str]:
+    """Tiny synthetic clips -> prepare -> embedded backbone -> one Zarr store per shard (the real stage code);
+    ``features``: keys of the features section changed from TINY's."""
     from svip_core.config import validate_config
     from svip_core.dataset.manifest import prepare_dataset
     from svip_core.dataset.shards import read_shard
@@ -215,7 +216,7 @@ def build_stores(folder: Path, clips: dict[str, int], num_shards: int) -> list[s
     from svip_core.synthetic.generate import write_dataset
 
     cfg = validate_config(copy.deepcopy(TINY))
-    s, f = cfg["synthetic"], cfg["features"]
+    s, f = cfg["synthetic"], {**cfg["features"], **(features or {})}
     write_dataset(folder / "clips", clips, s["frames"], s["persons"], s["height"], s["width"], s["categories"], s["seed"])
     prepare_dataset(folder / "clips", folder / "prepare", num_shards, 10**9, "error")
     backbone = build_embedded(f["embedded"], folder / "backbone")

@@ -22,6 +22,8 @@ def hashes(cfg):
     ("train", "lr", 0.5, {"train", "evaluate", "report"}),
     ("model", "pooling", "mean", {"train", "evaluate", "report"}),
     ("model", "track_summary", False, {"train", "evaluate", "report"}),
+    ("model", "looks_at", 2, {"train", "evaluate", "report"}),
+    ("train", "facing_weight", 0.5, set()),                   # read only with model.looks_at
     ("features", "mode", "crop", {"extract", "train", "evaluate", "report"}),
     ("features", "roi_pooling", "grid", {"extract", "train", "evaluate", "report"}),
     ("data", "max_persons", 5, {"extract", "train", "evaluate", "report"}),

@@ -269,3 +269,29 @@ def test_train_clips_keeps_the_first_clips_by_video_id_and_refuses_more_than_the
     assert first[0]["geometry"].shape == every[0]["geometry"].shape
     with pytest.raises(ValueError, match=r"train.clips = 17: the stores .* hold 16 train clips. Fix: set train.clips"):
         StoreClips(stores, "train", first=17)
+
+
+def test_facing_directions_learn_from_grid_stores_and_evaluate_as_trained(tmp_path):
+    """Stores with each box's RoI samples side by side (features.roi_pooling: grid), a model with facing
+    directions taught by the tracks (model.looks_at, train.facing_weight): it trains, and evaluation rebuilds
+    from model.json the model that fuses the cells' mean and reads the grid's layout for the directions."""
+    import torch
+
+    from svip_core.evaluate.evaluation import load_ranker, score_split
+    from svip_core.train.data import StoreClips
+    from svip_core.train.loop import train
+
+    stores = build_stores(tmp_path / "grid", {"train": 8, "val": 2}, num_shards=1, features={"roi_pooling": "grid"})
+    run = next(iter(runs(validate_config(json.loads(json.dumps(TINY)))).values()))
+    run["model"]["looks_at"] = 2
+    run["train"].update(epochs=3, patience=100, batch_size=4, facing_weight=1.0, workers=0)
+    torch.set_num_threads(1)
+    train(stores, tmp_path / "run", run["model"], run["train"])
+    meta = json.loads((tmp_path / "run" / "model.json").read_text())
+    width = TINY["features"]["embedded"]["hidden_size"]
+    assert meta["visual_dim"] == 4 * width and meta["features"]["features"]["roi_pooling"] == "grid"
+    model = load_ranker(tmp_path / "run")
+    assert model.fuse[0].in_features == width + run["model"]["geometry_dim"]
+    assert model.facing.read.in_features == 4 * width
+    scores = score_split(model, StoreClips(stores, "val"))["scores"]
+    assert scores.shape[0] == 2 and torch.isfinite(torch.as_tensor(scores)).any(1).all()
