@@ -364,6 +364,10 @@ def value_problems(config: dict) -> list[str]:
         problems.append(f"train.augment.drop_visual = {config['train']['augment']['drop_visual']}: with "
                         f"train.finetune_blocks = {config['train']['finetune_blocks']} the visual features are made in "
                         "the model from stored tokens, and none would be dropped. Fix: set one of them to 0")
+    if config["model"].get("looks_at", 0) and config["train"]["augment"]["mirror"] > 0:
+        problems.append(f"train.augment.mirror = {config['train']['augment']['mirror']}: a mirrored clip keeps the "
+                        f"unmirrored visual features, so the facing directions (model.looks_at = "
+                        f"{config['model']['looks_at']}) would read a face turned the other way. Fix: set one of them to 0")
     ablations = config["ablations"]
     problems += _width_problems(config["model"])
     # A variant is its model and whether it tunes the backbone.

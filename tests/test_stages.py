@@ -39,6 +39,14 @@ def test_an_edit_changes_exactly_the_downstream_hashes(tiny_config, section, key
     assert {s for s in before if before[s] != after[s]} == changed
 
 
+
+def test_the_facing_loss_weight_is_part_of_a_model_with_facing_directions(tiny_config):
+    tiny_config.setdefault("model", {})["looks_at"] = 2
+    before = hashes(tiny_config)
+    tiny_config.setdefault("train", {})["facing_weight"] = 0.5
+    after = hashes(tiny_config)
+    assert {s for s in before if before[s] != after[s]} == {"train", "evaluate", "report"}
+
 def test_embedded_backbone_recipe_is_part_of_the_feature_hash(tiny_config):
     before = hashes(tiny_config)
     tiny_config["features"]["embedded"]["seed"] = 1

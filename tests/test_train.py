@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+from contextlib import nullcontext
 import json
 import shutil
 import signal
@@ -279,19 +280,34 @@ def test_facing_directions_learn_from_grid_stores_and_evaluate_as_trained(tmp_pa
 
     from svip_core.evaluate.evaluation import load_ranker, score_split
     from svip_core.train.data import StoreClips
-    from svip_core.train.loop import train
+    from svip_core.train.loop import _forward, train
 
     stores = build_stores(tmp_path / "grid", {"train": 8, "val": 2}, num_shards=1, features={"roi_pooling": "grid"})
     run = next(iter(runs(validate_config(json.loads(json.dumps(TINY)))).values()))
     run["model"]["looks_at"] = 2
     run["train"].update(epochs=3, patience=100, batch_size=4, facing_weight=1.0, workers=0)
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    train(stores, tmp_path / "run", run["model"], run["train"])
+    try:
+        train(stores, tmp_path / "run", run["model"], run["train"])
+    finally:
+        torch.set_num_threads(threads)
     meta = json.loads((tmp_path / "run" / "model.json").read_text())
     width = TINY["features"]["embedded"]["hidden_size"]
     assert meta["visual_dim"] == 4 * width and meta["features"]["features"]["roi_pooling"] == "grid"
     model = load_ranker(tmp_path / "run")
     assert model.fuse[0].in_features == width + run["model"]["geometry_dim"]
     assert model.facing.read.in_features == 4 * width
+    # The walking loss joins the training loss only (validation's, which early stopping reads, stays the ranking loss).
+    clips = StoreClips(stores, "train")
+    batch = {k: torch.stack([torch.as_tensor(clips[i][k]) for i in range(4)]) for k in ("visual", "geometry", "valid", "target")}
+    total = {}
+    for mode in ("train", "eval"):
+        getattr(model, mode)()
+        for weight in (0.0, 1.0):
+            torch.manual_seed(0)
+            total[mode, weight] = _forward(model, batch, {**run["train"], "facing_weight": weight}, nullcontext())[3]["total"]
+    assert total["train", 1.0] > total["train", 0.0] and total["eval", 1.0] == total["eval", 0.0]
+    model.eval()
     scores = score_split(model, StoreClips(stores, "val"))["scores"]
     assert scores.shape[0] == 2 and torch.isfinite(torch.as_tensor(scores)).any(1).all()

@@ -125,7 +125,8 @@ class ShardClips(Dataset):
 def person_features(backbone, frames: torch.Tensor, boxes: torch.Tensor, mode: str, roi_samples: int | None,
                     crop_size: int | None, mean: torch.Tensor, std: torch.Tensor, precision: str,
                     roi_pooling: str = "mean") -> torch.Tensor:
-    """frames (F, 3, H, W) uint8, boxes (F, N, 4) -> L2-normalised person features (F, N, D) float32.
+    """frames (F, 3, H, W) uint8, boxes (F, N, 4) -> L2-normalised person features (F, N, D') float32 (D' the
+    backbone's width D, k*k D with roi_pooling "grid": ``split_backbone.person_feature_dim``).
     ``roi_samples`` is read in roi mode only, ``crop_size`` in crop mode only; ``precision``: the backbone's
     numeric mode (``features.precision``); ``roi_pooling`` (roi mode): "mean" or "grid" (``roi_pooling.roi_pool``)."""
     return person_features_and_tokens(backbone, frames, boxes, mode, roi_samples, crop_size, mean, std, precision,

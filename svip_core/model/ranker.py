@@ -32,9 +32,10 @@ class SVIPRanker(nn.Module):
     def __init__(self, visual_dim: int, geometry_in: int, cfg: dict, visual_cells: int = 1):
         super().__init__()
         d, drop = cfg["d_model"], cfg["dropout"]
-        # A grid of cells per box (features.roi_pooling: grid): the fusion reads their mean, as mean pooling
-        # gives it (fed the whole grid, the model memorised sooner: 0.873 top-1 against 0.912 at 600 relational
-        # clips), and only the facing directions read where in the box each feature lies.
+        # A grid of cells per box (features.roi_pooling: grid): the fusion reads their mean (of the normalised
+        # cells, renormalised: close to mean pooling's feature, not equal) since, fed the whole grid, the model
+        # memorised sooner (0.873 top-1 against 0.912 at 600 relational clips); only the facing directions read
+        # where in the box each feature lies.
         self.visual_cells = visual_cells
         self.geometry_norm = FeatureNorm(geometry_in)
         self.geometry = nn.Sequential(nn.Linear(geometry_in, cfg["geometry_dim"]), nn.ReLU(),
@@ -133,7 +134,7 @@ class SVIPRanker(nn.Module):
             out.update(self_logits=self_logits, gate=g)
         present = valid.any(1)
         out["logits"] = logits.masked_fill(~present, float("-inf"))
-        if facing is not None:
+        if facing is not None and self.training:
             out["facing_loss"] = walking_facing_loss(facing, geometry, valid)
         return out
 

@@ -39,7 +39,7 @@ def visible_features(backbone, frames: torch.Tensor, boxes: np.ndarray, visible:
     """frames (F, 3, h, w) uint8, boxes (F, M, 4) in [0, 1], visible (F, M) -> (P, D) float16 on the CPU: the
     features of the P visible (frame, person) pairs in np.nonzero(visible) order, each frame through the
     backbone once (windows overlap, so a frame is in about two of them): a few KB per frame, where the frame
-    itself is hundreds. A model that fine-tuned the backbone's last blocks passes them as ``tuned_head``: the
+    itself is hundreds (k*k times more with roi_pooling "grid"). A model that fine-tuned the backbone's last blocks passes them as ``tuned_head``: the
     features are then made by its tuned blocks from the trunk's tokens, as in its training."""
     width = max(int(visible.sum(1).max(initial=0)), 1)
     order = np.argsort(~visible, axis=1, kind="stable")[:, :width]                      # visible people first

@@ -9,7 +9,7 @@ geometry in frame fractions, masks), so it costs no extra read or extraction:
   (standard deviation), as a detector's boxes wobble; the motion fields follow the boxes;
 - ``mirror``: the scene flipped left-right, boxes and motion with it (the visual features are not: they
   were made from the unflipped pixels, so a cue such as where a face looks is contradicted in flipped clips;
-  measured, not assumed);
+  measured, not assumed; refused beside model.looks_at, whose facing directions read exactly that cue);
 - ``drop_people``: each person other than the VIP left out of the clip with this probability, as a detector
   that misses a bystander would (at least two people stay);
 - ``frame_window``: the clip cut to a random window of at least this fraction of its frames (1: never), as

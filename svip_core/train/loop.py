@@ -174,8 +174,8 @@ def _forward(model, batch, cfg, amp):
     present = valid.any(1)
     losses = ranking_loss(logits, target, present, cfg["preference_weight"], cfg["pairwise_weight"],
                           cfg["pairwise_margin"])
+    # Training only: validation's loss, which early stopping reads, stays the ranking loss.
     if cfg.get("facing_weight", 0) > 0 and "facing_loss" in out:
-        losses["facing"] = out["facing_loss"].detach()
         losses["total"] = losses["total"] + cfg["facing_weight"] * out["facing_loss"]
     return logits, target, present, losses
 
