@@ -12,7 +12,7 @@ from svip_core.model.pair_history import PairHistory
 from svip_core.model.ranker import build_ranker
 from svip_core.model.ranking import hit_at_k, rank_people, reciprocal_rank, target_rank_stats
 from svip_core.model.relations import (RELATION_FIELDS, FacingDirections, complete_graph_edges, edge_relations, looks_at,
-                                       pair_mask, pair_relations, walking_facing_loss)
+                                       nearest_pairs, pair_mask, pair_relations, walking_facing_loss)
 from svip_core.model.temporal import EventContext
 
 CFG = {"fused_dim": 32, "geometry_dim": 8, "gat_hidden": 16, "gat_layers": 2, "gat_heads": 2, "d_model": 16,
@@ -26,6 +26,18 @@ def test_complete_graph_edges_link_valid_people_within_each_frame_only():
     assert sorted(map(tuple, edges)) == [(0, 1), (1, 0), (3, 5), (5, 3)]
 
 
+
+def test_nearest_pairs_keep_each_persons_k_nearest_present_others():
+    """Four people on a line at x = 0, 0.1, 0.3, 0.9 and an absent one: with k = 2 the one at 0.9 attends to
+    0.3 and 0.1 only, and nobody attends to or from the absent one."""
+    x = torch.tensor([0.0, 0.1, 0.3, 0.9, 0.5])
+    boxes = torch.stack([x, x * 0 + 0.4, x + 0.05, x * 0 + 0.6], -1)[None]            # (T=1, N=5, 4)
+    valid = torch.tensor([[True, True, True, True, False]])
+    kept = nearest_pairs(box_geometry(boxes, valid), valid, 2)[0]                     # (N src, N dst)
+    assert kept[:, 3].tolist() == [False, True, True, False, False]
+    assert kept[:, 0].tolist() == [False, True, True, False, False]
+    assert kept.sum(0).tolist() == [2, 2, 2, 2, 0] and not kept[4].any()
+
 def random_geometry(B: int, T: int, N: int, valid: torch.Tensor) -> torch.Tensor:
     """Raw geometry (B, T, N, 12) of boxes that wander a little from frame to frame."""
     xy = (torch.rand(B, 1, N, 2) * 0.7 + torch.cumsum(torch.randn(B, T, N, 2) * 0.02, 1)).clamp(0, 0.8)
@@ -38,7 +50,8 @@ RELATIONAL = {"relation_features": True, "attention_flow": True}
 @pytest.mark.parametrize("variant", [{}, RELATIONAL, {**RELATIONAL, "attention_flow": False},
                                      {**RELATIONAL, "relation_features": False}, {"gat_layers": 0},
                                      {"temporal_layers": 0}, {"event_token": False}, {"dual_head": False},
-                                     {"pooling": "mean"}, {"track_summary": False}, {**RELATIONAL, "looks_at": 2}])
+                                     {"pooling": "mean"}, {"track_summary": False}, {**RELATIONAL, "looks_at": 2},
+                                     {**RELATIONAL, "neighbours": 2}])
 def test_absent_people_get_no_score_and_slots_are_permutation_equivariant(variant):
     torch.manual_seed(0)
     B, T, N = 2, 5, 4

@@ -23,6 +23,7 @@ def hashes(cfg):
     ("model", "pooling", "mean", {"train", "evaluate", "report"}),
     ("model", "track_summary", False, {"train", "evaluate", "report"}),
     ("model", "looks_at", 2, {"train", "evaluate", "report"}),
+    ("model", "neighbours", 3, {"train", "evaluate", "report"}),
     ("train", "facing_weight", 0.5, set()),                   # read only with model.looks_at
     ("features", "mode", "crop", {"extract", "train", "evaluate", "report"}),
     ("features", "roi_pooling", "grid", {"extract", "train", "evaluate", "report"}),

@@ -17,8 +17,8 @@ from torch_geometric.utils import scatter
 
 from svip_core.model.normalise import FeatureNorm
 from svip_core.model.pair_history import PairHistory
-from svip_core.model.relations import (RELATION_FIELDS, complete_graph_edges, edge_relations, looks_at, pair_mask,
-                                       pair_relations)
+from svip_core.model.relations import (RELATION_FIELDS, complete_graph_edges, edge_relations, graph_edges, looks_at,
+                                       nearest_pairs, pair_mask, pair_relations)
 
 LAYER_SCALE_INIT = 0.1
 
@@ -28,14 +28,16 @@ def flow_dim(heads: int, relation_count: int) -> int:
 
 
 def attention_flow(alpha: torch.Tensor, edges: torch.Tensor, relations: torch.Tensor | None,
-                   others: torch.Tensor) -> torch.Tensor:
+                   others: torch.Tensor, attends: torch.Tensor | None = None) -> torch.Tensor:
     """alpha (E', heads) over edges (2, E') that include self-loops, relations (E, R) for the first E edges
-    (the non-self ones, in order) or None, others (M,) how many other people share each node's frame ->
-    (M, flow_dim) per-node flow features."""
+    (the non-self ones, in order) or None, others (M,) how many other people can attend to each node (in a
+    complete graph, everyone else in its frame), attends (M,) how many each node attends to (default: others)
+    -> (M, flow_dim) per-node flow features."""
     src, dst = edges
     nodes = len(others)
     a = alpha * (src != dst)[:, None]                                                 # self-attention excluded
     share = others.clamp(min=1)[:, None].to(alpha.dtype)
+    attends = share if attends is None else attends.clamp(min=1)[:, None].to(alpha.dtype)
     received = scatter(a, src, 0, dim_size=nodes, reduce="sum") / share               # (M, heads)
     given = scatter(a, dst, 0, dim_size=nodes, reduce="sum")                          # (M, heads)
     parts = [received, given, (received - given).mean(-1, keepdim=True)]
@@ -43,7 +45,7 @@ def attention_flow(alpha: torch.Tensor, edges: torch.Tensor, relations: torch.Te
         E = len(relations)
         weighted = (a[:E, :, None] * relations[:, None, :]).flatten(1)                 # (E, heads * R)
         parts += [scatter(weighted, src[:E], 0, dim_size=nodes, reduce="sum") / share,
-                  scatter(relations, dst[:E], 0, dim_size=nodes, reduce="sum") / share]
+                  scatter(relations, dst[:E], 0, dim_size=nodes, reduce="sum") / attends]
     return torch.cat(parts, -1)
 
 
@@ -69,7 +71,7 @@ class FrameGAT(nn.Module):
 
     def __init__(self, in_dim: int, hidden: int, layers: int, heads: int, dropout: float,
                  relation_features: bool = True, attention_flow: bool = True, history_dim: int = 0,
-                 pair_summary: bool = False, facing_directions: int = 0):
+                 pair_summary: bool = False, facing_directions: int = 0, neighbours: int = 0):
         super().__init__()
         assert hidden % heads == 0, "model.gat_hidden must be divisible by model.gat_heads"
         # With relation features, each of the ``facing_directions`` given to forward adds a relation per pair.
@@ -86,6 +88,9 @@ class FrameGAT(nn.Module):
         self.scales = nn.ParameterList(nn.Parameter(torch.full((hidden,), LAYER_SCALE_INIT)) for _ in range(layers))
         self.dropout = nn.Dropout(dropout)
         self.attention_flow = attention_flow
+        # Each person attends to its k nearest only (0: everyone in the frame); the pair history still reads
+        # every pair.
+        self.neighbours = neighbours
         self.flow_dim = flow_dim(heads, relation_count) if attention_flow else 0
         self.history = (PairHistory(in_dim, relation_count, hidden, history_dim, dropout, pair_summary)
                         if relation_features and history_dim else None)
@@ -96,9 +101,16 @@ class FrameGAT(nn.Module):
         directions (``relations.FacingDirections``) when the model reads them."""
         B, T, N, _ = x.shape
         # Only present people enter the graph: absent slots (often most of them) would cost every layer.
-        slot_edges = complete_graph_edges(valid.flatten(0, 1))                         # (2, E) over B*T*N slots
+        if self.neighbours:
+            slot_edges = graph_edges(nearest_pairs(geometry, valid, self.neighbours).flatten(0, 1))
+        else:
+            slot_edges = complete_graph_edges(valid.flatten(0, 1))                     # (2, E) over B*T*N slots
         nodes, numbering, others = present_nodes(valid.flatten(0, 1))
         edges = numbering[slot_edges]                                                   # (2, E) over M nodes
+        attends = None
+        if self.neighbours:
+            # A person is attended to by those who have it among their nearest, and attends to its own nearest.
+            others, attends = (torch.bincount(e, minlength=len(nodes)) for e in edges)
         h = self.in_proj(x.flatten(0, 2)[nodes])                                       # (M, hidden)
         relations = history = None
         if self.relation_norm is not None:
@@ -113,7 +125,7 @@ class FrameGAT(nn.Module):
             last = i == len(self.convs) - 1
             if last and self.attention_flow:
                 out, (loop_edges, alpha) = conv(h, edges, relations, return_attention_weights=True)
-                flow = scatter_slots(attention_flow(alpha, loop_edges, relations, others), nodes, B * T * N)
+                flow = scatter_slots(attention_flow(alpha, loop_edges, relations, others, attends), nodes, B * T * N)
                 flow = flow.view(B, T, N, -1)
             else:
                 out = conv(h, edges, relations)

@@ -26,9 +26,24 @@ _F = {name: i for i, name in enumerate(GEOMETRY_FIELDS)}
 def complete_graph_edges(valid: torch.Tensor) -> torch.Tensor:
     """valid (F, N) bool -> edge_index (2, E) over F*N nodes: src -> dst for every ordered pair of distinct
     valid people in the same frame."""
-    N = valid.shape[-1]
-    frame, src, dst = pair_mask(valid).nonzero(as_tuple=True)
+    return graph_edges(pair_mask(valid))
+
+
+def graph_edges(pairs: torch.Tensor) -> torch.Tensor:
+    """pairs (F, N, N) bool, [f, s, d]: s -> d is an edge -> edge_index (2, E) over F*N nodes."""
+    N = pairs.shape[-1]
+    frame, src, dst = pairs.nonzero(as_tuple=True)
     return torch.stack([frame * N + src, frame * N + dst])
+
+
+def nearest_pairs(geometry: torch.Tensor, valid: torch.Tensor, k: int) -> torch.Tensor:
+    """geometry (..., N, G) raw, valid (..., N) -> (..., N, N) bool, [s, d]: s is one of the k people nearest to d
+    (box centres) in the frame, both present and s != d."""
+    pairs = pair_mask(valid)
+    centre = geometry.float()[..., [_F["cx"], _F["cy"]]]
+    distance = torch.cdist(centre, centre).masked_fill(~pairs, float("inf"))         # (..., N src, N dst)
+    rank = distance.argsort(dim=-2, stable=True).argsort(dim=-2, stable=True)      # each src's rank for its dst
+    return pairs & (rank < k)
 
 
 def pair_relations(geometry: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
