@@ -17,9 +17,6 @@ def _box_grid(boxes: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
     return (grid * 2 - 1).flatten(1, 2)
 
 
-ROI_POOLINGS = ("mean", "grid")
-
-
 def roi_pool(tokens: torch.Tensor, boxes: torch.Tensor, samples: int, pooling: str = "mean") -> torch.Tensor:
     """tokens (F, D, h, w) patch-token map, boxes (F, N, 4) -> bilinear samples at a k x k lattice inside each
     box (k = ``samples``): "mean" averages them, (F, N, D); "grid" keeps them row by row, (F, N, k*k, D), as

@@ -17,8 +17,8 @@ from torch_geometric.utils import scatter
 
 from svip_core.model.normalise import FeatureNorm
 from svip_core.model.pair_history import PairHistory
-from svip_core.model.relations import (RELATION_FIELDS, complete_graph_edges, edge_relations, graph_edges, looks_at,
-                                       nearest_pairs, pair_mask, pair_relations)
+from svip_core.model.relations import (RELATION_FIELDS, edge_relations, graph_edges, looks_at, nearest_pairs, pair_mask,
+                                       pair_relations)
 
 LAYER_SCALE_INIT = 0.1
 
@@ -28,16 +28,16 @@ def flow_dim(heads: int, relation_count: int) -> int:
 
 
 def attention_flow(alpha: torch.Tensor, edges: torch.Tensor, relations: torch.Tensor | None,
-                   others: torch.Tensor, attends: torch.Tensor | None = None) -> torch.Tensor:
-    """alpha (E', heads) over edges (2, E') that include self-loops, relations (E, R) for the first E edges
-    (the non-self ones, in order) or None, others (M,) how many other people can attend to each node (in a
-    complete graph, everyone else in its frame), attends (M,) how many each node attends to (default: others)
-    -> (M, flow_dim) per-node flow features."""
+                   nodes: int) -> torch.Tensor:
+    """alpha (E', heads) over edges (2, E') among ``nodes`` nodes that include self-loops, relations (E, R) for
+    the first E edges (the non-self ones, in order) or None -> (M, flow_dim) per-node flow features. Shares are
+    of the others who can attend to a node (its out-edges as src) and of those it attends to (its in-edges as
+    dst): in a complete graph both are everyone else in its frame, with neighbour limits they differ."""
     src, dst = edges
-    nodes = len(others)
-    a = alpha * (src != dst)[:, None]                                                 # self-attention excluded
-    share = others.clamp(min=1)[:, None].to(alpha.dtype)
-    attends = share if attends is None else attends.clamp(min=1)[:, None].to(alpha.dtype)
+    other = (src != dst).to(alpha.dtype)
+    a = alpha * other[:, None]                                                        # self-attention excluded
+    share = scatter(other, src, 0, dim_size=nodes, reduce="sum").clamp(min=1)[:, None]
+    attends = scatter(other, dst, 0, dim_size=nodes, reduce="sum").clamp(min=1)[:, None]
     received = scatter(a, src, 0, dim_size=nodes, reduce="sum") / share               # (M, heads)
     given = scatter(a, dst, 0, dim_size=nodes, reduce="sum")                          # (M, heads)
     parts = [received, given, (received - given).mean(-1, keepdim=True)]
@@ -49,14 +49,11 @@ def attention_flow(alpha: torch.Tensor, edges: torch.Tensor, relations: torch.Te
     return torch.cat(parts, -1)
 
 
-def present_nodes(valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def present_nodes(valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """valid (F, N) -> nodes (M,) the flat indices of the present people, numbering (F*N,) each present
-    slot's node number (0..M-1, in slot order; meaningless for absent slots), others (M,) how many other
-    people share each node's frame."""
+    slot's node number (0..M-1, in slot order; meaningless for absent slots)."""
     flat = valid.flatten()
-    nodes = flat.nonzero().squeeze(1)
-    others = (valid.sum(-1, keepdim=True) - 1).expand_as(valid).flatten()[nodes]
-    return nodes, torch.cumsum(flat, 0) - 1, others
+    return flat.nonzero().squeeze(1), torch.cumsum(flat, 0) - 1
 
 
 def scatter_slots(values: torch.Tensor, nodes: torch.Tensor, slots: int) -> torch.Tensor:
@@ -101,16 +98,10 @@ class FrameGAT(nn.Module):
         directions (``relations.FacingDirections``) when the model reads them."""
         B, T, N, _ = x.shape
         # Only present people enter the graph: absent slots (often most of them) would cost every layer.
-        if self.neighbours:
-            slot_edges = graph_edges(nearest_pairs(geometry, valid, self.neighbours).flatten(0, 1))
-        else:
-            slot_edges = complete_graph_edges(valid.flatten(0, 1))                     # (2, E) over B*T*N slots
-        nodes, numbering, others = present_nodes(valid.flatten(0, 1))
+        linked = nearest_pairs(geometry, valid, self.neighbours) if self.neighbours else pair_mask(valid)
+        slot_edges = graph_edges(linked.flatten(0, 1))                                  # (2, E) over B*T*N slots
+        nodes, numbering = present_nodes(valid.flatten(0, 1))
         edges = numbering[slot_edges]                                                   # (2, E) over M nodes
-        attends = None
-        if self.neighbours:
-            # A person is attended to by those who have it among their nearest, and attends to its own nearest.
-            others, attends = (torch.bincount(e, minlength=len(nodes)) for e in edges)
         h = self.in_proj(x.flatten(0, 2)[nodes])                                       # (M, hidden)
         relations = history = None
         if self.relation_norm is not None:
@@ -125,7 +116,7 @@ class FrameGAT(nn.Module):
             last = i == len(self.convs) - 1
             if last and self.attention_flow:
                 out, (loop_edges, alpha) = conv(h, edges, relations, return_attention_weights=True)
-                flow = scatter_slots(attention_flow(alpha, loop_edges, relations, others, attends), nodes, B * T * N)
+                flow = scatter_slots(attention_flow(alpha, loop_edges, relations, len(nodes)), nodes, B * T * N)
                 flow = flow.view(B, T, N, -1)
             else:
                 out = conv(h, edges, relations)

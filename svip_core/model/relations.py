@@ -84,7 +84,7 @@ def pair_mask(valid: torch.Tensor) -> torch.Tensor:
 
 
 def edge_relations(pairs: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
-    """pairs (B, T, N, N, R) from ``pair_relations``, edges (2, E) from ``complete_graph_edges`` over the B*T
+    """pairs (B, T, N, N, R) from ``pair_relations``, edges (2, E) from ``graph_edges`` over the B*T
     frames -> (E, R)."""
     N = pairs.shape[2]
     flat = pairs.flatten(0, 1)                                                         # (B*T, N, N, R)
@@ -130,8 +130,7 @@ def walking_facing_loss(facing: torch.Tensor, geometry: torch.Tensor, valid: tor
     nobody does). Free labels from the tracks: what it learns of how a walker looks turned one way, the
     direction reads in people standing too."""
     g = geometry.float()
-    step = g[..., [_F["dcx"], _F["dcy"]]]                                               # (B,T,N,2)
-    speed = step.norm(dim=-1)
+    step, speed = g[..., [_F["dcx"], _F["dcy"]]], g[..., _F["speed"]]                   # (B,T,N,2), (B,T,N)
     walking = valid & (speed > MIN_WALKING_SPEED * g[..., _F["h"]].clamp(min=1e-6))
     way = step / speed.clamp(min=1e-6)[..., None]
     error = (facing[..., 0, :].float() - way).pow(2).sum(-1)
