@@ -360,10 +360,11 @@ def value_problems(config: dict) -> list[str]:
         problems.append(f"features.embedded.hidden_size = {embedded['hidden_size']}: not a multiple of "
                         f"features.embedded.num_heads ({embedded['num_heads']}). Fix: "
                         f"{_multiples(embedded['hidden_size'], embedded['num_heads'])}")
-    if config["train"]["finetune_blocks"] and config["train"]["augment"]["drop_visual"] > 0:
-        problems.append(f"train.augment.drop_visual = {config['train']['augment']['drop_visual']}: with "
-                        f"train.finetune_blocks = {config['train']['finetune_blocks']} the visual features are made in "
-                        "the model from stored tokens, and none would be dropped. Fix: set one of them to 0")
+    for key in ("drop_visual", "drop_visual_clips"):
+        if config["train"]["finetune_blocks"] and config["train"]["augment"][key] > 0:
+            problems.append(f"train.augment.{key} = {config['train']['augment'][key]}: with "
+                            f"train.finetune_blocks = {config['train']['finetune_blocks']} the visual features are made "
+                            "in the model from stored tokens, and none would be dropped. Fix: set one of them to 0")
     if config["model"].get("looks_at", 0) and config["train"]["augment"]["mirror"] > 0:
         problems.append(f"train.augment.mirror = {config['train']['augment']['mirror']}: a mirrored clip keeps the "
                         f"unmirrored visual features, so the facing directions (model.looks_at = "

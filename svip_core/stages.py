@@ -50,7 +50,7 @@ _TRAIN = ("train.seeds", "train.nproc", "train.nodes", "train.epochs", "train.ba
           "train.patience", "train.min_epochs", "train.preference_weight", "train.pairwise_weight", "train.pairwise_margin", "train.facing_weight",
           "train.deterministic", "train.precision", "train.finetune_blocks", "train.backbone_lr_scale", "train.clips", "train.ema", "train.min_steps",
           "train.augment.shift", "train.augment.scale", "train.augment.jitter", "train.augment.mirror", "train.augment.drop_people",
-          "train.augment.frame_window", "train.augment.drop_visual")
+          "train.augment.frame_window", "train.augment.drop_visual", "train.augment.drop_visual_clips")
 STAGE_KEYS = {
     # data.source is read as a location and as content (see prepare's identity), never as a string.
     "prepare": ("data.source", "data.num_shards", "data.max_array_bytes", "data.on_duplicate_id", *_SYNTH),

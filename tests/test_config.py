@@ -46,6 +46,8 @@ MISTAKES = {
                                             "give a number > 0"),
     "visual dropout with tuned blocks": ({"train": {"finetune_blocks": 1, "augment": {"drop_visual": 0.2}}},
                                          "train.augment.drop_visual = 0.2", "Fix: set one of them to 0"),
+    "clip visual dropout with tuned blocks": ({"train": {"finetune_blocks": 1, "augment": {"drop_visual_clips": 0.5}}},
+                                              "train.augment.drop_visual_clips = 0.5", "Fix: set one of them to 0"),
     "mirrored clips with facing directions": ({"model": {"looks_at": 1}, "train": {"augment": {"mirror": 0.5}}},
                                               "train.augment.mirror = 0.5", "Fix: set one of them to 0"),
     "an ablation named like a learning-curve run": ({"ablations": {"full@5": {"gat_layers": 0}}}, 'ablations."full@5"',

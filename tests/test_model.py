@@ -337,7 +337,8 @@ def test_people_buckets_follow_the_data():
 
 def test_augmentations_keep_the_vip_and_the_relations_between_people():
     """Shift and scale move the scene without changing any relation the GAT reads; mirroring twice is the
-    identity; dropping people and cutting the clip never remove the VIP, and keep at least two people."""
+    identity; dropping people and cutting the clip never remove the VIP, and keep at least two people; modality
+    dropout removes a clip's visual features entirely or not at all."""
     from svip_core.train.augment import augment, drop_people, frame_window, jitter_boxes, reframe
 
     torch.manual_seed(0)
@@ -382,3 +383,11 @@ def test_augmentations_keep_the_vip_and_the_relations_between_people():
     b = augment(batch, cfg)
     assert a["geometry"].equal(b["geometry"]) and a["valid"].equal(b["valid"])      # the seed decides
     assert (a["geometry"][~a["valid"]] == 0).all() and a["visual"].equal(b["visual"])
+
+    # Modality dropout: a clip keeps all its visual features or none.
+    visual = torch.rand(B, T, N, 4) + 0.1
+    batch = {"visual": visual, "geometry": geometry, "valid": valid, "target": target}
+    dropped = augment(batch, {"drop_visual_clips": 0.5})["visual"]
+    kept = dropped.flatten(1).ne(0).all(1)
+    assert (dropped.flatten(1)[~kept] == 0).all() and dropped[kept].equal(visual[kept])
+    assert 10 < kept.sum() < 54

@@ -25,6 +25,7 @@ def hashes(cfg):
     ("model", "looks_at", 2, {"train", "evaluate", "report"}),
     ("model", "neighbours", 3, {"train", "evaluate", "report"}),
     ("train", "facing_weight", 0.5, set()),                   # read only with model.looks_at
+    ("train", "augment", {"drop_visual_clips": 0.5}, {"train", "evaluate", "report"}),
     ("features", "mode", "crop", {"extract", "train", "evaluate", "report"}),
     ("features", "roi_pooling", "grid", {"extract", "train", "evaluate", "report"}),
     ("data", "max_persons", 5, {"extract", "train", "evaluate", "report"}),

@@ -15,7 +15,11 @@ geometry in frame fractions, masks), so it costs no extra read or extraction:
 - ``frame_window``: the clip cut to a random window of at least this fraction of its frames (1: never), as
   another clip boundary around the same event would (the VIP stays in the window);
 - ``drop_visual``: each person's visual features in each frame zeroed with this probability (stored features
-  only; a regulariser more than a new view: the model cannot lean on one person's look in one frame).
+  only; a regulariser more than a new view: the model cannot lean on one person's look in one frame);
+- ``drop_visual_clips``: a whole clip's visual features zeroed with this probability (modality dropout), so the
+  model must also rank from the boxes alone and cannot learn a clip by how its people happen to look: with a
+  backbone whose features carry little about the VIP (the embedded random one) they are mostly a way to
+  memorise a small training set.
 The draws come from the process's seeded generator, which checkpoints save: same seed, same batches, and a
 resumed run draws what the uninterrupted one would. Each process draws for its own clips, so with augmentations
 on, a run's numbers depend on its number of processes (as its dropout does).
@@ -28,7 +32,7 @@ from svip_core.features.geometry import GEOMETRY_FIELDS, box_geometry
 
 _F = {name: i for i, name in enumerate(GEOMETRY_FIELDS)}
 NO_AUGMENTATION = {"shift": 0.0, "scale": 0.0, "jitter": 0.0, "mirror": 0.0, "drop_people": 0.0, "frame_window": 1.0,
-                   "drop_visual": 0.0}
+                   "drop_visual": 0.0, "drop_visual_clips": 0.0}
 
 
 def enabled(cfg: dict | None) -> bool:
@@ -116,4 +120,7 @@ def augment(batch: dict, cfg: dict) -> dict:
     if cfg["drop_visual"] > 0 and "visual" in batch:
         kept = (torch.rand(valid.shape) >= cfg["drop_visual"]).to(valid.device)
         out["visual"] = batch["visual"] * kept[..., None].to(batch["visual"].dtype)
+    if cfg["drop_visual_clips"] > 0 and "visual" in batch:
+        kept = (torch.rand(valid.shape[:1]) >= cfg["drop_visual_clips"]).to(valid.device)
+        out["visual"] = out["visual"] * kept[:, None, None, None].to(batch["visual"].dtype)
     return out
