@@ -64,3 +64,31 @@ def test_a_clip_without_pixels_is_the_same_clip_with_black_frames(scene):
                           for pixels in (True, False))
         assert painted["frames"].any() and not blank["frames"].any()
         assert all(np.array_equal(painted[k], blank[k]) for k in painted if k != "frames")
+
+
+def test_the_facing_oracle_reads_the_facing_each_clip_was_drawn_with(monkeypatch):
+    """benchmarks/facing_oracle.py repeats the generator's draws to know which way each slot's person faces; the
+    facing the scene actually drew (captured as generate_clips runs) must be what it returns, slot by slot."""
+    import importlib.util
+    from pathlib import Path
+
+    import svip_core.synthetic.relational as relational
+
+    path = Path(__file__).parents[1] / "benchmarks" / "facing_oracle.py"
+    spec = importlib.util.spec_from_file_location("facing_oracle", path)
+    oracle = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(oracle)
+    drawn = []
+    scene = relational.scene
+    monkeypatch.setattr(relational, "scene", lambda *a, **k: drawn.append(scene(*a, **k)) or drawn[-1])
+    s = {**validate_config({})["synthetic"], "scene": "relational", "persons": 8}
+    clips = {"test": 4, "train": 6}
+    for (split, arrays), (index, split_again) in zip(
+            generate_clips(clips, s["frames"], s["persons"], s["height"], s["width"], s["categories"], s["seed"],
+                           s["scene"], pixels=False),
+            [(i, k) for k in sorted(clips) for i in range(clips[k])]):
+        facing, person = drawn[-1][2], arrays["original_ids"]
+        expected = np.zeros((s["frames"], s["persons"]), np.float32)
+        expected[:, person >= 0] = facing[:, person[person >= 0]]
+        got = oracle.true_facing(s, split, index)
+        assert split == split_again and np.array_equal(got, expected) and set(np.unique(got)) <= {-1.0, 0.0, 1.0}
