@@ -4,7 +4,7 @@ the visual features replaced by what a perfect reader of the pixels would give.
     python benchmarks/facing_oracle.py [--configfile benchmarks/relational_benchmark.yaml] [--sizes 112 600 2000]
         [--seeds 0] [--variants stored,none,facing,facing+looks_at] [--out results/benchmarks/facing_oracle.json]
 
-Run it after the benchmark's extract stage (``snakemake --configfile ... --until extract``): it reads the
+Run it after the benchmark's extract stage (``snakemake --configfile ... features``): it reads the
 stores of that stage. Variants (each trained with the config's recipe, on the first n training clips, tested on
 the test split):
 - ``stored``: the visual features as extracted (what the workflow trains on);
@@ -117,10 +117,13 @@ def main() -> None:
     if config["data"]["source"] != "synthetic":
         raise SystemExit(f"{args.configfile}: data.source is {config['data']['source']!r}; the true facing exists "
                          "only for the embedded synthetic scenes. Fix: use a synthetic benchmark's config")
-    stores = sorted(stage_dir(config, "extract").glob("*.zarr"))
-    if not stores:
-        raise SystemExit(f"no feature stores in {stage_dir(config, 'extract')}. Fix: run "
-                         f"snakemake --configfile {args.configfile} --until extract first")
+    # The features folder is shared by every dataset extracted with these settings: this one's stores are those
+    # of the shards its prepare stage listed.
+    shards = sorted(p.stem for p in (stage_dir(config, "prepare") / "shards").glob("*.json"))
+    stores = [stage_dir(config, "extract") / f"{key}.zarr" for key in shards]
+    if not stores or not all(s.exists() for s in stores):
+        raise SystemExit(f"the feature stores of {args.configfile} are not all in {stage_dir(config, 'extract')}. "
+                         f"Fix: run snakemake --configfile {args.configfile} features first")
     base = runs(config)[f"full/seed{config['train']['seeds'][0]}"]
     work = Path(args.out).with_suffix("")
     jobs = []
