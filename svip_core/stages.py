@@ -50,7 +50,8 @@ _TRAIN = ("train.seeds", "train.nproc", "train.nodes", "train.epochs", "train.ba
           "train.patience", "train.min_epochs", "train.preference_weight", "train.pairwise_weight", "train.pairwise_margin", "train.facing_weight",
           "train.deterministic", "train.precision", "train.finetune_blocks", "train.backbone_lr_scale", "train.clips", "train.ema", "train.min_steps",
           "train.augment.shift", "train.augment.scale", "train.augment.jitter", "train.augment.mirror", "train.augment.drop_people",
-          "train.augment.frame_window", "train.augment.drop_visual", "train.augment.drop_visual_clips")
+          "train.augment.frame_window", "train.augment.drop_visual", "train.augment.drop_visual_clips",
+          "train.self_training.weight", "train.self_training.threshold")
 STAGE_KEYS = {
     # data.source is read as a location and as content (see prepare's identity), never as a string.
     "prepare": ("data.source", "data.num_shards", "data.max_array_bytes", "data.on_duplicate_id", *_SYNTH),
@@ -115,6 +116,8 @@ def _reads(config: dict, key: str, stage: str | None = None) -> bool:
         return token_blocks(config) > 0         # frozen stores are the same as before the key existed
     if key == "train.clips":
         return config["train"]["clips"] > 0     # all of them: the same training as before the key existed
+    if key.startswith("train.self_training."):   # off, or no clips beyond the labelled ones: no self-training
+        return config["train"]["self_training"]["weight"] > 0 and config["train"]["clips"] > 0
     if key == "train.backbone_lr_scale":
         return config["train"]["finetune_blocks"] > 0
     if key.startswith("synthetic."):

@@ -26,6 +26,7 @@ def hashes(cfg):
     ("model", "neighbours", 3, {"train", "evaluate", "report"}),
     ("train", "facing_weight", 0.5, set()),                   # read only with model.looks_at
     ("train", "augment", {"drop_visual_clips": 0.5}, {"train", "evaluate", "report"}),
+    ("train", "self_training", {"weight": 1.0}, set()),       # read only with train.clips (unlabelled clips)
     ("features", "mode", "crop", {"extract", "train", "evaluate", "report"}),
     ("features", "roi_pooling", "grid", {"extract", "train", "evaluate", "report"}),
     ("data", "max_persons", 5, {"extract", "train", "evaluate", "report"}),
@@ -48,6 +49,18 @@ def test_the_facing_loss_weight_is_part_of_a_model_with_facing_directions(tiny_c
     tiny_config.setdefault("train", {})["facing_weight"] = 0.5
     after = hashes(tiny_config)
     assert {s for s in before if before[s] != after[s]} == {"train", "evaluate", "report"}
+
+
+def test_self_training_is_part_of_a_run_that_has_clips_to_learn_from_without_labels(tiny_config):
+    tiny_config.setdefault("train", {})["clips"] = 4
+    before = hashes(tiny_config)
+    tiny_config["train"]["self_training"] = {"weight": 1.0}
+    middle = hashes(tiny_config)
+    tiny_config["train"]["self_training"]["threshold"] = 0.5
+    after = hashes(tiny_config)
+    assert {s for s in before if before[s] != middle[s]} == {s for s in middle if middle[s] != after[s]} == \
+        {"train", "evaluate", "report"}
+
 
 def test_embedded_backbone_recipe_is_part_of_the_feature_hash(tiny_config):
     before = hashes(tiny_config)

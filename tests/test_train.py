@@ -311,3 +311,45 @@ def test_facing_directions_learn_from_grid_stores_and_evaluate_as_trained(tmp_pa
     model.eval()
     scores = score_split(model, StoreClips(stores, "val"))["scores"]
     assert scores.shape[0] == 2 and torch.isfinite(torch.as_tensor(scores)).any(1).all()
+
+
+def test_self_training_learns_from_the_clips_after_the_labelled_ones_without_reading_their_labels(stores, tmp_path):
+    """train.self_training: the training clips after the first train.clips are the unlabelled ones (exactly
+    those); two ranks learn from them in step; and what their stored labels say changes nothing."""
+    import numpy as np
+    import zarr
+
+    from svip_core.train.data import StoreClips
+
+    first, rest = StoreClips(stores, "train", first=8), StoreClips(stores, "train", first=8, rest=True)
+    every = StoreClips(stores, "train")
+    ids = lambda clips: sorted(clips.describe(i)["video_id"] for i in range(len(clips)))  # noqa: E731
+    assert ids(first) + ids(rest) == ids(every) and len(ids(rest)) == 8
+
+    # Every pseudo label counts (threshold 0), so the unlabelled clips surely enter the loss.
+    st = {"clips": 8, "self_training": {"weight": 1.0, "threshold": 0.0}}
+    out = tmp_path / "two_ranks"
+    assert finish(launch(stores, out, epochs=2, **st)) == 0, (out / "train.log").read_text()[-2000:]
+    text = (out / "train.log").read_text()
+    assert "self-training on 8 unlabelled clips" in text
+    assert "epoch 2: 1 of the unlabelled clips were confident enough to learn from" in text
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["train_clips"] == 8 and len(set(meta["rank_weight_checksums"])) == 1
+
+    # The same run on copies of the stores whose unlabelled clips name other VIPs: the same weights.
+    relabelled = []
+    for path in stores:
+        copy = tmp_path / "relabelled" / Path(path).name
+        shutil.copytree(path, copy)
+        group = zarr.open_group(str(copy), mode="r+")
+        unlabelled = set(ids(rest))
+        targets = group["target_index"][:]
+        for row, (vid, split) in enumerate(zip(group["video_id"][:], group["split"][:])):
+            if split == "train" and str(vid) in unlabelled:
+                present = np.flatnonzero(group["person_mask"][row].any(0))
+                targets[row] = present[(list(present).index(targets[row]) + 1) % len(present)]
+        group["target_index"][:] = targets
+        relabelled.append(str(copy))
+    again = tmp_path / "relabelled_run"
+    assert finish(launch(relabelled, again, epochs=2, **st)) == 0
+    assert json.loads((again / "model.json").read_text())["rank_weight_checksums"] == meta["rank_weight_checksums"]

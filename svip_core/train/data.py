@@ -17,14 +17,15 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from svip_core.features.store import frame_strides, open_store
 
 
-def _first_by_video_id(groups, rows: list[np.ndarray], first: int, split: str, paths) -> list[np.ndarray]:
-    """Per store, the sorted rows of the ``first`` clips of the split by video id, across the stores."""
+def _first_by_video_id(groups, rows: list[np.ndarray], first: int, split: str, paths, rest: bool = False) -> list[np.ndarray]:
+    """Per store, the sorted rows of the ``first`` clips of the split by video id, across the stores (``rest``:
+    of every clip after them)."""
     ids = [(str(vid), s, int(row)) for s, (g, r) in enumerate(zip(groups, rows)) for vid, row in
            zip(g["video_id"].get_orthogonal_selection((r,)) if len(r) else [], r)]
     if first > len(ids):
         raise ValueError(f"train.clips = {first}: the stores ({', '.join(paths)}) hold {len(ids)} {split} clips. "
                          f"Fix: set train.clips to at most {len(ids)}, or 0 for all of them")
-    kept = sorted(ids)[:first]
+    kept = sorted(ids)[first:] if rest else sorted(ids)[:first]
     return [np.array(sorted(row for _, t, row in kept if t == s), np.int64) for s in range(len(groups))]
 
 
@@ -33,9 +34,10 @@ class StoreClips(Dataset):
     masks and targets come from memory. For a model whose backbone's last k = ``tuned_blocks`` blocks are
     fine-tuned, an item holds the trunk's tokens in place of visual (the model makes its visual features)."""
 
-    def __init__(self, store_paths: list[str], split: str, tuned_blocks: int = 0, first: int = 0):
+    def __init__(self, store_paths: list[str], split: str, tuned_blocks: int = 0, first: int = 0, rest: bool = False):
         """``first`` > 0: only the split's first ``first`` clips by video id (a learning curve's smaller training
-        sets from one extraction: the synthetic benchmarks' n training clips are the first n of any larger set)."""
+        sets from one extraction: the synthetic benchmarks' n training clips are the first n of any larger set);
+        with ``rest``, every clip after those (the unlabelled clips of self-training)."""
         self.paths = [str(p) for p in store_paths]
         groups = [open_store(path) for path in self.paths]
         for path, g in zip(self.paths, groups):
@@ -46,7 +48,7 @@ class StoreClips(Dataset):
         self.visual_key = "tokens" if tuned_blocks else "visual"
         self.rows = [np.flatnonzero(g["split"][:] == split) for g in groups]                       # per store
         if first:
-            self.rows = _first_by_video_id(groups, self.rows, first, split, self.paths)
+            self.rows = _first_by_video_id(groups, self.rows, first, split, self.paths, rest)
         # (store, row in the store, position in the split's part of that store)
         self.index = [(s, row, k) for s, rows in enumerate(self.rows) for k, row in enumerate(rows)]
         # Small arrays of the whole split, read once: (V, T, N) bool masks and (V,) targets.

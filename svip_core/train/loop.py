@@ -41,6 +41,7 @@ from svip_core.train.checkpoint import (
     save_weights,
 )
 from svip_core.train.augment import augment, enabled
+from svip_core.train.self_training import Draws, joined, pseudo_labels
 from svip_core.train.data import StoreClips, clip_loader, loader_workers, on_device, waited_for
 
 log = logging.getLogger(__name__)
@@ -165,15 +166,23 @@ class PhaseTimer:
         return now
 
 
-def _forward(model, batch, cfg, amp):
-    """batch: tensors already on the model's device."""
+def _forward(model, batch, cfg, amp, confident: torch.Tensor | None = None):
+    """batch: tensors already on the model's device. ``confident`` (U,) bool: the batch's last U clips are
+    unlabelled ones with pseudo targets (self-training), learnt from where confident, at
+    ``train.self_training.weight``; logits, target and present are returned for the labelled clips only."""
     valid, target = batch["valid"], batch["target"]
     with amp:
         out = model(batch.get("visual"), batch["geometry"], valid, batch.get("tokens"), batch.get("boxes"))
     logits = out["logits"].float()
     present = valid.any(1)
-    losses = ranking_loss(logits, target, present, cfg["preference_weight"], cfg["pairwise_weight"],
-                          cfg["pairwise_margin"])
+    weights = (cfg["preference_weight"], cfg["pairwise_weight"], cfg["pairwise_margin"])
+    if confident is not None:
+        b = len(target) - len(confident)
+        pseudo = ranking_loss(logits[b:], target[b:], present[b:], *weights, keep=confident)
+        logits, target, present = logits[:b], target[:b], present[:b]
+    losses = ranking_loss(logits, target, present, *weights)
+    if confident is not None:
+        losses["total"] = losses["total"] + cfg["self_training"]["weight"] * pseudo["total"]
     # Training only: validation's loss, which early stopping reads, stays the ranking loss.
     if cfg.get("facing_weight", 0) > 0 and "facing_loss" in out:
         losses["total"] = losses["total"] + cfg["facing_weight"] * out["facing_loss"]
@@ -256,6 +265,18 @@ def train(store_paths: list[str], out_dir, model_cfg: dict, cfg: dict, debug: bo
     workers = loader_workers(cfg.get("workers", 0), device, int(os.environ.get("LOCAL_WORLD_SIZE", world)))
     loader = clip_loader(train_set, cfg["batch_size"], workers, device, sampler)
     val_loader = clip_loader(val_set, cfg["batch_size"], workers, device, range(rank, len(val_set), world))
+    # Self-training (train.self_training): the training split's clips after the first train.clips, their labels
+    # never read, one batch of them beside each labelled batch.
+    self_training = (cfg.get("self_training") or {}).get("weight", 0) > 0 and cfg.get("clips", 0) > 0
+    if self_training:
+        unlabelled_set = StoreClips(store_paths, "train", tuned_blocks, first=cfg["clips"], rest=True)
+        self_training = len(unlabelled_set) > 0
+    if (cfg.get("self_training") or {}).get("weight", 0) > 0 and not self_training and rank == 0:
+        log.info("train.self_training: no training clips after the first train.clips (%d) to learn from without "
+                 "labels; training on the labelled ones alone", cfg.get("clips", 0))
+    if self_training:
+        draws = Draws(len(unlabelled_set), len(loader) * cfg["batch_size"], cfg["seed"], rank, world)
+        unlabelled_loader = clip_loader(unlabelled_set, cfg["batch_size"], workers, device, draws)
     steps_per_epoch = math.ceil(len(loader) / cfg["accumulation_steps"])
     epochs, patience, min_epochs = schedule(cfg, steps_per_epoch)
     optimizer = torch.optim.AdamW(param_groups(model, cfg["weight_decay"], cfg["lr"], cfg.get("backbone_lr_scale", 1.0)),
@@ -283,6 +304,10 @@ def train(store_paths: list[str], out_dir, model_cfg: dict, cfg: dict, debug: bo
         if epochs != cfg["epochs"]:
             log.info("train.min_steps = %d: %d epochs of %d steps (patience %d, min_epochs %d) in place of %d",
                      cfg["min_steps"], epochs, steps_per_epoch, patience, min_epochs, cfg["epochs"])
+        if self_training:
+            log.info("self-training on %d unlabelled clips (%d beside each batch; pseudo labels where the %s is at "
+                     "least %g sure)", len(unlabelled_set), cfg["batch_size"], "moving average" if ema else "model",
+                     cfg["self_training"]["threshold"])
         if tuned_blocks:
             log.info("fine-tuning the backbone's last %d block(s) (%d parameters) at %g x the ranker's learning rate",
                      tuned_blocks, sum(p.numel() for p in model.tuned_head.parameters()), cfg["backbone_lr_scale"])
@@ -328,6 +353,11 @@ def train(store_paths: list[str], out_dir, model_cfg: dict, cfg: dict, debug: bo
             done = state.pop("batches", 0)
             batches = loader if not done else clip_loader(train_set, cfg["batch_size"], workers, device,
                                                           Resumed(sampler, done * cfg["batch_size"]))
+            if self_training:
+                draws.set_epoch(epoch)
+                unlabelled = iter(on_device(unlabelled_loader if not done else clip_loader(
+                    unlabelled_set, cfg["batch_size"], workers, device, Resumed(draws, done * cfg["batch_size"])), device))
+                confident_sums = torch.zeros(2, dtype=torch.float64, device=device)
             sums = partial.get("sums", torch.zeros(5, dtype=torch.float64)).to(device)
             waits: dict[str, float] = {"data_wait": float(partial.get("data_wait", 0.0))}
             start = time.perf_counter() - float(partial.get("seconds", 0.0))
@@ -337,12 +367,19 @@ def train(store_paths: list[str], out_dir, model_cfg: dict, cfg: dict, debug: bo
             optimizer.zero_grad(set_to_none=True)
             t = time.perf_counter()
             for i, batch in enumerate(waited_for(on_device(batches, device), waits), start=done):
+                confident = None
+                if self_training:
+                    extra = next(unlabelled)
+                    extra["target"], confident = pseudo_labels(scored, extra, cfg["self_training"]["threshold"], amp)
+                    confident_sums += torch.stack([confident.double().sum(), torch.full((), len(confident),
+                                                   dtype=torch.float64, device=device)])
+                    batch = joined(batch, extra)
                 if augmenting:
                     batch = augment(batch, cfg["augment"])
                 t = timer.mark("data", t)
                 last_micro = (i + 1) % cfg["accumulation_steps"] == 0 or i + 1 == len(loader)
                 with (nullcontext() if last_micro or ddp is model else ddp.no_sync()):
-                    logits, target, present, losses = _forward(ddp, batch, cfg, amp)
+                    logits, target, present, losses = _forward(ddp, batch, cfg, amp, confident)
                     t = timer.mark("forward+loss", t)
                     scaler.scale(losses["total"] / cfg["accumulation_steps"]).backward()
                     t = timer.mark("backward", t)
@@ -375,6 +412,8 @@ def train(store_paths: list[str], out_dir, model_cfg: dict, cfg: dict, debug: bo
                         stopping(stop, {**state, "batches": i + 1})
             bar.close()
             dist.all_reduce(sums)
+            if self_training:
+                dist.all_reduce(confident_sums)
             train_seconds = time.perf_counter() - start
             loss, ce, preference, hits, n = sums.tolist()
             # The module itself, not its DDP wrapper: DDP's forward broadcasts buffers, a collective that a rank with
@@ -398,6 +437,9 @@ def train(store_paths: list[str], out_dir, model_cfg: dict, cfg: dict, debug: bo
             if rank == 0:
                 log.info("epoch %d: " + " ".join(f"{k}=%.4g" for k in METRIC_COLUMNS[1:]), epoch,
                          *[row[k] for k in METRIC_COLUMNS[1:]])
+                if self_training:
+                    log.info("epoch %d: %.3g of the unlabelled clips were confident enough to learn from", epoch,
+                             confident_sums[0].item() / max(1.0, confident_sums[1].item()))
                 if debug:
                     log.info("debug timing (s, cumulative): %s",
                              json.dumps({k: round(v, 4) for k, v in timer.totals.items()}))
