@@ -357,7 +357,7 @@ def train(store_paths: list[str], out_dir, model_cfg: dict, cfg: dict, debug: bo
                 draws.set_epoch(epoch)
                 unlabelled = iter(on_device(unlabelled_loader if not done else clip_loader(
                     unlabelled_set, cfg["batch_size"], workers, device, Resumed(draws, done * cfg["batch_size"])), device))
-                confident_sums = torch.zeros(2, dtype=torch.float64, device=device)
+                confident_sums = partial.get("confident", torch.zeros(2, dtype=torch.float64)).to(device)
             sums = partial.get("sums", torch.zeros(5, dtype=torch.float64)).to(device)
             waits: dict[str, float] = {"data_wait": float(partial.get("data_wait", 0.0))}
             start = time.perf_counter() - float(partial.get("seconds", 0.0))
@@ -407,7 +407,8 @@ def train(store_paths: list[str], out_dir, model_cfg: dict, cfg: dict, debug: bo
                     stop = agreed_stop(device)
                     if stop or (every and state["step"] % every == 0 and i + 1 < len(loader)):
                         write_checkpoint(stop, i + 1, {"sums": sums.cpu(), "data_wait": torch.tensor(
-                            waits.get("data_wait", 0.0)), "seconds": torch.tensor(time.perf_counter() - start)})
+                            waits.get("data_wait", 0.0)), "seconds": torch.tensor(time.perf_counter() - start),
+                            **({"confident": confident_sums.cpu()} if self_training else {})})
                     if stop:
                         stopping(stop, {**state, "batches": i + 1})
             bar.close()
@@ -476,6 +477,8 @@ def train(store_paths: list[str], out_dir, model_cfg: dict, cfg: dict, debug: bo
             save_weights(model, out_dir / "model.safetensors")
         # Release DDP's reducer while the group is alive: freeing it after destroy_process_group can hang gloo.
         del ddp, loader, val_loader
+        if self_training:
+            del unlabelled_loader, unlabelled
         dist.barrier()
         dist.destroy_process_group()
     if rank == 0:

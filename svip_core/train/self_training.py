@@ -4,9 +4,11 @@ and where it is confident the model learns that name from the clip as the traini
 Labelled VIP clips are scarce and footage is not: tracks of unlabelled clips show how people behave toward
 each other, and a ranker that already finds the VIP in most clips can teach itself from the clips where it is
 sure (pseudo-labelling with a confidence threshold, as FixMatch; the teacher is the weights' moving average,
-``train.ema``, as in Mean Teacher, so a label is not the same step's guess). Only confident clips count, and
-the augmented view the student sees differs from the plain one the teacher saw, so agreeing with itself is
-not free.
+``train.ema``, as in Mean Teacher, so a label is not the same step's guess; with ``ema: 0`` it is the model
+itself). Only confident clips count, their loss averaged over them (not over every unlabelled clip, as FixMatch
+does), and the augmented view the student sees differs from the plain one the teacher saw, so agreeing with
+itself is not free. What needs no label reads the unlabelled clips too (``train.facing_weight``'s walking
+loss), and the epoch's ``train_loss`` includes their term.
 """
 from __future__ import annotations
 
@@ -38,7 +40,8 @@ class Draws(Sampler):
 @torch.no_grad()
 def pseudo_labels(teacher: torch.nn.Module, batch: dict, threshold: float, amp) -> tuple[torch.Tensor, torch.Tensor]:
     """Teacher in eval mode on an unaugmented batch -> (pseudo target (B,), confident (B,) bool): the person the
-    teacher ranks first and whether its softmax over the people present gives them at least ``threshold``."""
+    teacher ranks first and whether its softmax over the people present gives them at least ``threshold`` (in a
+    clip of two people or more)."""
     was_training = teacher.training
     teacher.eval()
     with amp:
@@ -48,7 +51,8 @@ def pseudo_labels(teacher: torch.nn.Module, batch: dict, threshold: float, amp) 
     present = batch["valid"].any(1)
     probability = torch.softmax(logits.masked_fill(~present, -1e4), -1)
     confidence, target = probability.max(-1)
-    return target, (confidence >= threshold) & present.any(-1)
+    # One person is ranked first with certainty and teaches nothing: such a clip is never counted as confident.
+    return target, (confidence >= threshold) & (present.sum(-1) >= 2)
 
 
 def joined(labelled: dict, unlabelled: dict) -> dict:
