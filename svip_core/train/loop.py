@@ -274,6 +274,7 @@ def train(store_paths: list[str], out_dir, model_cfg: dict, cfg: dict, debug: bo
     if (cfg.get("self_training") or {}).get("weight", 0) > 0 and not self_training and rank == 0:
         log.info("train.self_training: no training clips after the first train.clips (%d) to learn from without "
                  "labels; training on the labelled ones alone", cfg.get("clips", 0))
+    unlabelled_loader = unlabelled = None
     if self_training:
         draws = Draws(len(unlabelled_set), len(loader) * cfg["batch_size"], cfg["seed"], rank, world)
         unlabelled_loader = clip_loader(unlabelled_set, cfg["batch_size"], workers, device, draws)
@@ -476,9 +477,7 @@ def train(store_paths: list[str], out_dir, model_cfg: dict, cfg: dict, debug: bo
                 load_weights(model, best)
             save_weights(model, out_dir / "model.safetensors")
         # Release DDP's reducer while the group is alive: freeing it after destroy_process_group can hang gloo.
-        del ddp, loader, val_loader
-        if self_training:
-            del unlabelled_loader, unlabelled
+        del ddp, loader, val_loader, unlabelled_loader, unlabelled
         dist.barrier()
         dist.destroy_process_group()
     if rank == 0:
