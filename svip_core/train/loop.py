@@ -267,11 +267,11 @@ def train(store_paths: list[str], out_dir, model_cfg: dict, cfg: dict, debug: bo
     val_loader = clip_loader(val_set, cfg["batch_size"], workers, device, range(rank, len(val_set), world))
     # Self-training (train.self_training): the training split's clips after the first train.clips, their labels
     # never read, one batch of them beside each labelled batch.
-    self_training = (cfg.get("self_training") or {}).get("weight", 0) > 0 and cfg.get("clips", 0) > 0
-    if self_training:
-        unlabelled_set = StoreClips(store_paths, "train", tuned_blocks, first=cfg["clips"], rest=True)
-        self_training = len(unlabelled_set) > 0
-    if (cfg.get("self_training") or {}).get("weight", 0) > 0 and not self_training and rank == 0:
+    wanted = (cfg.get("self_training") or {}).get("weight", 0) > 0
+    unlabelled_set = StoreClips(store_paths, "train", tuned_blocks, first=cfg["clips"], rest=True) \
+        if wanted and cfg.get("clips", 0) > 0 else None
+    self_training = unlabelled_set is not None and len(unlabelled_set) > 0
+    if wanted and not self_training and rank == 0:
         log.info("train.self_training: no training clips after the first train.clips (%d) to learn from without "
                  "labels; training on the labelled ones alone", cfg.get("clips", 0))
     unlabelled_loader = unlabelled = None
