@@ -43,14 +43,18 @@ def cmd_synth(args) -> int:
 
 def cmd_validate(args) -> int:
     from svip_core.config import missing_dataset, no_clips
-    from svip_core.dataset.containers import container_clips, list_clips
+    from svip_core.dataset.containers import SPLITS, container_clips, list_clips
     from svip_core.dataset.manifest import resolve_duplicates, unlisted_files, validate_files, verdict_counts
 
     path = Path(args.path)
     if not path.exists():
         print(missing_dataset(path), file=sys.stderr)
         return 1
-    files = [("", a) for a in container_clips(path)] if path.is_file() else list_clips(path)
+    if path.is_file():      # its split by where it lies (unlabelled/x.npz, unlabelled.h5): whether a label is due
+        split = next((name for name in (path.parent.name, path.stem) if name in SPLITS), "")
+        files = [(split, a) for a in container_clips(path)]
+    else:
+        files = list_clips(path)
     if not files:
         print(no_clips(path), file=sys.stderr)
         return 1
@@ -125,6 +129,12 @@ def cmd_predict(args) -> int:
 def cmd_import(args) -> int:
     from svip_core.video.import_clip import video_to_clip
 
+    if (args.vip is None) != (args.split == "unlabelled"):
+        print("svip import: " + ("--vip TRACK names the VIP of a clip of the train, val or test split; give it, or "
+                                 "write a clip without a label with --split unlabelled" if args.vip is None else
+                                 "a clip of the unlabelled split has no VIP: drop --vip, or choose train, val or test"),
+              file=sys.stderr)
+        return 2
     path = video_to_clip(args.video, args.tracks, args.vip, args.out, args.split, args.video_id, args.category,
                          args.max_frames, args.max_side)
     print(f"wrote {path}")
@@ -266,8 +276,9 @@ def main(argv=None) -> int:
     p.add_argument("video")
     p.add_argument("tracks", help="MOTChallenge tracks of the video")
     p.add_argument("out", help="dataset folder; the clip goes to OUT/SPLIT/VIDEO_ID.npz")
-    p.add_argument("--vip", type=int, required=True, help="track id of the most important person")
-    p.add_argument("--split", default="train", choices=["train", "val", "test"])
+    p.add_argument("--vip", type=int, help="track id of the most important person (required, but for --split "
+                                           "unlabelled: a clip for self-training, without a label)")
+    p.add_argument("--split", default="train", choices=["train", "val", "test", "unlabelled"])
     p.add_argument("--video-id")
     p.add_argument("--category", default="unknown")
     p.add_argument("--max-frames", type=int, default=120)

@@ -116,8 +116,11 @@ def _reads(config: dict, key: str, stage: str | None = None) -> bool:
         return token_blocks(config) > 0         # frozen stores are the same as before the key existed
     if key == "train.clips":
         return config["train"]["clips"] > 0     # all of them: the same training as before the key existed
-    if key.startswith("train.self_training."):   # off, or no clips beyond the labelled ones: no self-training
-        return config["train"]["self_training"]["weight"] > 0 and config["train"]["clips"] > 0
+    if key.startswith("train.self_training."):
+        # Off, or no unlabelled clips: no self-training. Those are the training clips after the first train.clips,
+        # and a dataset's unlabelled split (which a synthetic benchmark has not).
+        return config["train"]["self_training"]["weight"] > 0 and (
+            config["train"]["clips"] > 0 or config["data"]["source"] != SYNTHETIC)
     if key == "train.backbone_lr_scale":
         return config["train"]["finetune_blocks"] > 0
     if key.startswith("synthetic."):

@@ -207,7 +207,10 @@ def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
 
 def build_stores(folder: Path, clips: dict[str, int], num_shards: int, features: dict | None = None) -> list[str]:
     """Tiny synthetic clips -> prepare -> embedded backbone -> one Zarr store per shard (the real stage code);
-    ``features``: keys of the features section changed from TINY's."""
+    ``features``: keys of the features section changed from TINY's. Clips of an "unlabelled" split lose their
+    label as a user's would come: every other one has no target_index, the rest have -1."""
+    import numpy as np
+
     from svip_core.config import validate_config
     from svip_core.dataset.manifest import prepare_dataset
     from svip_core.dataset.shards import read_shard
@@ -218,6 +221,10 @@ def build_stores(folder: Path, clips: dict[str, int], num_shards: int, features:
     cfg = validate_config(copy.deepcopy(TINY))
     s, f = cfg["synthetic"], {**cfg["features"], **(features or {})}
     write_dataset(folder / "clips", clips, s["frames"], s["persons"], s["height"], s["width"], s["categories"], s["seed"])
+    for k, path in enumerate(sorted((folder / "clips" / "unlabelled").glob("*.npz"))):
+        with np.load(path, allow_pickle=False) as stored:
+            arrays = {name: stored[name] for name in stored.files if name != "target_index" or k % 2}
+        np.savez_compressed(path, **{**arrays, **({"target_index": np.int64(-1)} if k % 2 else {})})
     prepare_dataset(folder / "clips", folder / "prepare", num_shards, 10**9, "error")
     backbone = build_embedded(f["embedded"], folder / "backbone")
     stores = []

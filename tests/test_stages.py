@@ -26,7 +26,7 @@ def hashes(cfg):
     ("model", "neighbours", 3, {"train", "evaluate", "report"}),
     ("train", "facing_weight", 0.5, set()),                   # read only with model.looks_at
     ("train", "augment", {"drop_visual_clips": 0.5}, {"train", "evaluate", "report"}),
-    ("train", "self_training", {"weight": 1.0}, set()),       # read only with train.clips (unlabelled clips)
+    ("train", "self_training", {"weight": 1.0}, set()),       # a synthetic benchmark's unlabelled clips: train.clips
     ("features", "mode", "crop", {"extract", "train", "evaluate", "report"}),
     ("features", "roi_pooling", "grid", {"extract", "train", "evaluate", "report"}),
     ("data", "max_persons", 5, {"extract", "train", "evaluate", "report"}),
@@ -60,6 +60,13 @@ def test_self_training_is_part_of_a_run_that_has_clips_to_learn_from_without_lab
     after = hashes(tiny_config)
     assert {s for s in before if before[s] != middle[s]} == {s for s in middle if middle[s] != after[s]} == \
         {"train", "evaluate", "report"}
+
+
+def test_self_training_is_part_of_a_run_on_a_users_dataset_which_may_hold_unlabelled_clips(tiny_config, tmp_path):
+    tiny_config["data"] = {**tiny_config.get("data", {}), "source": str(folder_dataset(tmp_path, {"train": 2, "val": 1}, 0))}
+    before = hashes(tiny_config)
+    tiny_config.setdefault("train", {})["self_training"] = {"weight": 1.0}
+    assert {s for s in before if before[s] != hashes(tiny_config)[s]} == {"train", "evaluate", "report"}
 
 
 def test_embedded_backbone_recipe_is_part_of_the_feature_hash(tiny_config):

@@ -137,6 +137,17 @@ def test_import_of_tud_campus_with_its_ground_truth_makes_a_valid_clip(tmp_path)
     checked = svip("validate", data)
     assert checked.returncode == 0 and "1 accepted, 0 rejected" in checked.stdout, checked.stdout + checked.stderr
 
+    # The same footage as a clip without a label, for self-training: --vip belongs to the labelled splits only.
+    unsure = svip("import", folder / "TUD-Campus.mp4", folder / "gt" / "gt.txt", data, "--split", "train")
+    assert unsure.returncode == 2 and "--split unlabelled" in unsure.stderr
+    made = svip("import", folder / "TUD-Campus.mp4", folder / "gt" / "gt.txt", data, "--split", "unlabelled",
+                "--video-id", "TUD-Campus-unlabelled", "--max-frames", 16)
+    assert made.returncode == 0, made.stderr
+    with np.load(data / "unlabelled" / "TUD-Campus-unlabelled.npz", allow_pickle=False) as clip:
+        assert clip["target_index"] == -1 and clip["frames"].shape[0] == 16
+    checked = svip("validate", data / "unlabelled" / "TUD-Campus-unlabelled.npz")
+    assert checked.returncode == 0 and "1 accepted, 0 rejected" in checked.stdout, checked.stdout + checked.stderr
+
 
 def test_the_default_detector_is_ssdlite_and_a_wrong_name_says_the_choices():
     from svip_core.video.detection import load_detector

@@ -353,3 +353,35 @@ def test_self_training_learns_from_the_clips_after_the_labelled_ones_without_rea
     again = tmp_path / "relabelled_run"
     assert finish(launch(relabelled, again, epochs=2, **st)) == 0
     assert json.loads((again / "model.json").read_text())["rank_weight_checksums"] == meta["rank_weight_checksums"]
+
+
+def test_a_datasets_unlabelled_split_is_accepted_stored_without_labels_and_learnt_from(tmp_path):
+    """Clips under unlabelled/ (no target_index, or -1) pass validation and reach the stores with target -1;
+    with every training clip labelled (train.clips 0), they are what self-training learns from, two ranks in
+    step. A labelled split's clip marked -1 is refused, naming the way out."""
+    import numpy as np
+    import pandas as pd
+    import zarr
+
+    from svip_core.dataset.clip import ClipError, clip_from_arrays
+    from svip_core.train.data import StoreClips
+
+    stores = build_stores(tmp_path / "data", {"train": 8, "val": 1, "unlabelled": 6}, num_shards=2)
+    manifest = pd.read_parquet(tmp_path / "data" / "prepare" / "manifest.parquet")
+    assert (manifest.verdict == "accepted").all() and (manifest.split == "unlabelled").sum() == 6
+    groups = [zarr.open_group(path, mode="r") for path in stores]
+    stored = [int(t) for g in groups for s, t in zip(g["split"][:], g["target_index"][:]) if s == "unlabelled"]
+    assert len(StoreClips(stores, "unlabelled")) == 6 and stored == [-1] * 6
+
+    out = tmp_path / "run"
+    assert finish(launch(stores, out, epochs=2, self_training={"weight": 1.0, "threshold": 0.0})) == 0, \
+        (out / "train.log").read_text()[-2000:]
+    assert "self-training on 6 unlabelled clips" in (out / "train.log").read_text()
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["train_clips"] == 8 and len(set(meta["rank_weight_checksums"])) == 1
+
+    with np.load(sorted((tmp_path / "data" / "clips" / "train").glob("*.npz"))[0], allow_pickle=False) as clip:
+        marked = {**clip, "target_index": np.int64(-1)}
+    with pytest.raises(ClipError, match="marks a clip without a label.*unlabelled/"):
+        clip_from_arrays("train/marked.npz", marked)
+    assert clip_from_arrays("unlabelled/marked.npz", marked, labelled=False).target_index is None

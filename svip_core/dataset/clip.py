@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from svip_core.dataset.containers import PAYLOAD_FIELDS, REQUIRED_FIELDS, ClipError, open_clip
+from svip_core.dataset.containers import NO_LABEL, PAYLOAD_FIELDS, REQUIRED_FIELDS, ClipError, open_clip
 
 __all__ = ["Clip", "ClipError", "PAYLOAD_FIELDS", "REQUIRED_FIELDS", "clip_from_arrays", "inspect_clip",
            "read_clip"]
@@ -24,7 +24,7 @@ class Clip:
     path: str
     video_id: str
     scene_category: str
-    target_index: int
+    target_index: int | None  # None: an unlabelled clip (the unlabelled split)
     boxes: np.ndarray          # (T, N, 4) float32 x1, y1, x2, y2 in [0, 1]
     valid: np.ndarray          # (T, N) bool: person_mask & frame_mask
     frame_mask: np.ndarray     # (T,) bool
@@ -67,19 +67,25 @@ def _scalar_str(path, field: str, arr: np.ndarray) -> str:
     return value
 
 
+def _fields(labelled: bool) -> tuple[str, ...]:
+    """The fields a clip must have: an unlabelled one may lack its target."""
+    return REQUIRED_FIELDS if labelled else tuple(f for f in REQUIRED_FIELDS if f != "target_index")
+
+
 def inspect_clip(path, max_array_bytes: int = 2_000_000_000,
-                 load_frames: bool | Callable[["Clip"], np.ndarray] = False) -> Clip:
+                 load_frames: bool | Callable[["Clip"], np.ndarray] = False, labelled: bool = True) -> Clip:
     """Validate a clip (an address: ``.npz`` path or ``file.h5::group``) against the contract and read all its
     fields but the frames. ``load_frames``: True reads every frame; a function of the validated clip returning
-    frame indices (K,) reads only those (from HDF5, only their chunks) into ``frames`` (K, H, W, 3)."""
+    frame indices (K,) reads only those (from HDF5, only their chunks) into ``frames`` (K, H, W, 3).
+    ``labelled`` False (the unlabelled split): the target is not read, and the clip's ``target_index`` is None."""
     with open_clip(path, max_array_bytes) as source:
         shapes = source.fields
-        missing = [f for f in REQUIRED_FIELDS if f not in shapes]
+        missing = [f for f in _fields(labelled) if f not in shapes]
         if missing:
             raise ClipError(path, missing[0], f"required field missing (missing: {', '.join(missing)})",
                             "add every field of shared/spec/clip-format.md")
-        arr = {f: source.read(f) for f in REQUIRED_FIELDS if f != "frames"}
-        clip = _validated(path, shapes, arr)
+        arr = {f: source.read(f) for f in _fields(labelled) if f != "frames"}
+        clip = _validated(path, shapes, arr, labelled)
         if load_frames is True:
             clip.frames = _frames_uint8(source.read("frames"), clip.frame_mask)
         elif load_frames:
@@ -91,15 +97,15 @@ def inspect_clip(path, max_array_bytes: int = 2_000_000_000,
     return clip
 
 
-def clip_from_arrays(name: str, arrays: dict) -> Clip:
+def clip_from_arrays(name: str, arrays: dict, labelled: bool = True) -> Clip:
     """Validate a clip held in memory (a dict of the contract's arrays, as ``np.load`` or a generator gives it) by
     the same rules as a file; ``name`` stands for the path in errors. Frames are not kept."""
-    missing = [f for f in REQUIRED_FIELDS if f not in arrays]
+    missing = [f for f in _fields(labelled) if f not in arrays]
     if missing:
         raise ClipError(name, missing[0], f"required field missing (missing: {', '.join(missing)})",
                         "add every field of shared/spec/clip-format.md")
-    arr = {f: np.asarray(arrays[f]) for f in REQUIRED_FIELDS}
-    return _validated(name, {f: (a.shape, a.dtype) for f, a in arr.items()}, arr)
+    arr = {f: np.asarray(arrays[f]) for f in _fields(labelled)}
+    return _validated(name, {f: (a.shape, a.dtype) for f, a in arr.items()}, arr, labelled)
 
 
 def _where(bad: np.ndarray, boxes: np.ndarray) -> str:
@@ -109,7 +115,7 @@ def _where(bad: np.ndarray, boxes: np.ndarray) -> str:
     return f"first at frame {t}, slot {n}: [{box}]; {int(bad.sum())} such box{'es' if bad.sum() > 1 else ''} in all"
 
 
-def _validated(path, shapes: dict, arr: dict) -> Clip:
+def _validated(path, shapes: dict, arr: dict, labelled: bool = True) -> Clip:
     frame_shape, frame_dtype = shapes["frames"]
     if len(frame_shape) != 4 or frame_shape[-1] != 3:
         raise ClipError(path, "frames", f"shape {frame_shape} is not (T, H, W, 3)",
@@ -122,7 +128,7 @@ def _validated(path, shapes: dict, arr: dict) -> Clip:
         raise ClipError(path, "bboxes", f"shape {boxes.shape} is not (T={T}, N, 4)", "one xyxy box per slot per frame")
     N = boxes.shape[1]
     expected = {"person_mask": (T, N), "frame_mask": (T,), "person_ids": (T, N), "original_ids": (N,),
-                "target_index": ()}
+                **({"target_index": ()} if labelled else {})}
     for field, shape in expected.items():
         if arr[field].shape != shape:
             raise ClipError(path, field, f"shape {arr[field].shape} does not match (T={T}, N={N}) -> {shape}",
@@ -150,14 +156,7 @@ def _validated(path, shapes: dict, arr: dict) -> Clip:
     if outside.any():
         raise ClipError(path, "bboxes", f"a valid person's box lies outside the {W}x{H} frame ({_where(outside, b)})",
                         "boxes must be pixels of the clip's own frame size")
-    target = arr["target_index"]
-    if not np.issubdtype(target.dtype, np.integer):
-        raise ClipError(path, "target_index", f"dtype {target.dtype} is not an integer", "store the VIP's slot as int")
-    target = int(target)
-    if not 0 <= target < N:
-        raise ClipError(path, "target_index", f"{target} is outside 0..{N - 1}", "point it at the VIP's slot")
-    if not valid[:, target].any():
-        raise ClipError(path, "target_index", f"slot {target} is never present", "point it at a present person")
+    target = _target(path, arr["target_index"], N, valid) if labelled else None
     for field in ("person_ids", "original_ids"):
         if not np.issubdtype(arr[field].dtype, np.integer):
             raise ClipError(path, field, f"dtype {arr[field].dtype} is not an integer", "store ids as int, -1 for padding")
@@ -169,6 +168,21 @@ def _validated(path, shapes: dict, arr: dict) -> Clip:
                 target_index=target, boxes=norm.astype(np.float32), valid=valid, frame_mask=frame_mask,
                 person_ids=arr["person_ids"].astype(np.int64), original_ids=arr["original_ids"].astype(np.int64),
                 height=H, width=W)
+
+
+def _target(path, target: np.ndarray, N: int, valid: np.ndarray) -> int:
+    """The VIP's slot of a labelled clip, checked: an integer naming a present person."""
+    if not np.issubdtype(target.dtype, np.integer):
+        raise ClipError(path, "target_index", f"dtype {target.dtype} is not an integer", "store the VIP's slot as int")
+    target = int(target)
+    if target == NO_LABEL:
+        raise ClipError(path, "target_index", f"{NO_LABEL} marks a clip without a label",
+                        "name the VIP's slot, or move the clip to the dataset's unlabelled/ folder (self-training)")
+    if not 0 <= target < N:
+        raise ClipError(path, "target_index", f"{target} is outside 0..{N - 1}", "point it at the VIP's slot")
+    if not valid[:, target].any():
+        raise ClipError(path, "target_index", f"slot {target} is never present", "point it at a present person")
+    return target
 
 
 def _frames_uint8(frames: np.ndarray, frame_mask: np.ndarray, peak: float | None = None) -> np.ndarray:

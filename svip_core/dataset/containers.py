@@ -21,12 +21,16 @@ import numpy as np
 
 from svip_core.hashing import ContentHashes, file_hashes
 
-SPLITS = ("train", "val", "test")
+# Unlabelled clips (no VIP named) feed self-training only; ``target_index`` there is absent or -1 (NO_LABEL).
+UNLABELLED = "unlabelled"
+SPLITS = ("train", "val", "test", UNLABELLED)
+NO_LABEL = -1
 REQUIRED_FIELDS = ("frames", "bboxes", "person_mask", "frame_mask", "person_ids", "original_ids",
                    "target_index", "video_id", "scene_category")
 STRING_FIELDS = ("video_id", "scene_category")
-# The members that make a clip what it is; the ids and names do not (a copy under another id is the same clip).
-PAYLOAD_FIELDS = ("frames", "bboxes", "person_mask", "frame_mask", "target_index")
+# The members that make a clip what it is; the ids, names and label do not (a copy under another id is the same
+# clip, and so is a copy whose label was dropped for the unlabelled split or changed).
+PAYLOAD_FIELDS = ("frames", "bboxes", "person_mask", "frame_mask")
 HDF5_SUFFIXES = (".h5", ".hdf5")
 SEPARATOR = "::"
 # Deflate cannot compress better than about 1032:1, so a member claiming more is lying about its size.
@@ -364,8 +368,8 @@ def open_clip(address, max_array_bytes: int = 2_000_000_000) -> NpzClip | H5Clip
 # ---- content digests ---------------------------------------------------------------------------------------
 
 def clip_digests(address, max_array_bytes: int = 2_000_000_000) -> tuple[str, str]:
-    """(content, payload) hashes of a clip's values: content covers the nine fields, payload the pixels, boxes,
-    masks and target only (the same clip under another id). Independent of the container, its compression and
+    """(content, payload) hashes of a clip's values: content covers the nine fields, payload the pixels, boxes
+    and masks only (the same clip under another id or label). Independent of the container, its compression and
     chunking, and of byte order. Raises ClipError for a clip that cannot be read."""
     with open_clip(address, max_array_bytes) as clip:
         parts = {}
@@ -390,7 +394,7 @@ def clip_digests(address, max_array_bytes: int = 2_000_000_000) -> tuple[str, st
 
 # The digest scheme's version: part of every cached digest's key and of planning's listing stamp, so a cache
 # written by another scheme is never read as this one's.
-DIGEST_SCHEME = "values-v1"
+DIGEST_SCHEME = "values-v2"
 
 
 def clip_hashes(addresses, cache=None, max_array_bytes: int = 2_000_000_000) -> dict[str, tuple[str, str | None]]:

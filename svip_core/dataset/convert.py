@@ -20,6 +20,7 @@ from svip_core.dataset.clip import inspect_clip
 from svip_core.dataset.containers import (
     REQUIRED_FIELDS,
     STRING_FIELDS,
+    UNLABELLED,
     ClipError,
     container_clips,
     is_hdf5,
@@ -33,9 +34,10 @@ FRAME_COMPRESSION = {"compression": "gzip", "compression_opts": 4}
 
 
 def clip_arrays(address, max_array_bytes: int = 2_000_000_000) -> dict[str, np.ndarray]:
-    """The nine fields of a clip exactly as stored (strings as 0-d unicode arrays, or bytes that are not UTF-8)."""
+    """The nine fields of a clip exactly as stored (strings as 0-d unicode arrays, or bytes that are not UTF-8);
+    an unlabelled clip's target only when it has one."""
     with open_clip(address, max_array_bytes) as clip:
-        arrays = {field: clip.read(field) for field in REQUIRED_FIELDS}
+        arrays = {field: clip.read(field) for field in REQUIRED_FIELDS if field in clip.fields}
     for field in STRING_FIELDS:
         value = arrays[field].item()
         if isinstance(value, bytes):
@@ -86,11 +88,11 @@ def convert_dataset(src, dst, to: str | None = None, max_array_bytes: int = 2_00
     for split, path, _ in files:
         by_split.setdefault(split, []).extend(container_clips(path))
 
-    def valid_clips(addresses):
+    def valid_clips(addresses, split):
         """(name, arrays) of each clip that passes the contract and reads whole; the others go to ``refused``."""
         for address in progress(addresses, desc="convert", unit="clip", disable=len(addresses) < 50):
             try:
-                inspect_clip(address, max_array_bytes)
+                inspect_clip(address, max_array_bytes, labelled=split != UNLABELLED)
                 yield _clip_name(address), clip_arrays(address, max_array_bytes)
             except ClipError as e:
                 refused.append((address, f"{e.reason}. Fix: {e.fix}"))
@@ -100,9 +102,9 @@ def convert_dataset(src, dst, to: str | None = None, max_array_bytes: int = 2_00
         if len(set(names)) != len(names):
             raise ValueError(f"{src}/{split}: two clips share a name; rename one so each clip keeps its own")
         if to == "h5":
-            converted += _write_h5_split(dst / f"{split}.h5", valid_clips(addresses))
+            converted += _write_h5_split(dst / f"{split}.h5", valid_clips(addresses, split))
         else:
-            for name, arrays in valid_clips(addresses):
+            for name, arrays in valid_clips(addresses, split):
                 _write_npz(dst / split / f"{name}.npz", arrays)
                 converted += 1
     return {"converted": converted, "refused": refused, "layout": to}

@@ -16,7 +16,7 @@ import pandas as pd
 
 from svip_core.config import no_clips
 from svip_core.dataset.clip import ClipError, inspect_clip
-from svip_core.dataset.containers import (SPLITS, clip_digests, clip_hashes, is_hdf5, list_clips,
+from svip_core.dataset.containers import (SPLITS, UNLABELLED, clip_digests, clip_hashes, is_hdf5, list_clips,
                                          split_address)
 from svip_core.dataset.shards import write_shared_shard
 from svip_core.hashing import ContentHashes
@@ -85,7 +85,7 @@ def validate_files(files: list[tuple[str, str]], max_array_bytes: int,
         content, payload = hashes[str(path)]
         row.update(path=str(path), split=split, verdict="accepted", reason="", shard=-1, content_hash=content)
         try:
-            clip = inspect_clip(path, max_array_bytes)
+            clip = inspect_clip(path, max_array_bytes, labelled=split != UNLABELLED)
             if payload is None:     # a value the contract check does not read (pixels) is corrupt: say which
                 clip_digests(path, max_array_bytes)
             row.update(video_id=clip.video_id, T=clip.num_frames, N=clip.num_slots,
@@ -97,9 +97,9 @@ def validate_files(files: list[tuple[str, str]], max_array_bytes: int,
     return pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
 
 
-# What makes two clips the same: the same id, or the same content (file bytes, or the same pixels, boxes,
-# masks and target under another id or compression).
-SAME_CLIP = {"video_id": "video_id", "content_hash": "content", "payload_hash": "frames, boxes and target"}
+# What makes two clips the same: the same id, or the same content (file bytes, or the same pixels, boxes and
+# masks under another id, label or compression).
+SAME_CLIP = {"video_id": "video_id", "content_hash": "content", "payload_hash": "frames and boxes"}
 
 
 def resolve_duplicates(manifest: pd.DataFrame, policy: str) -> pd.DataFrame:

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 import svip_core
 from svip_core.dataset.clip import inspect_clip
-from svip_core.dataset.containers import clip_hashes
+from svip_core.dataset.containers import NO_LABEL, UNLABELLED, clip_hashes
 from svip_core.features.backbone import BackboneError, fetch_backbone, leading_tokens, load_backbone, normalisation
 from svip_core.features.geometry import GEOMETRY_FIELDS, box_geometry
 from svip_core.features.precision import autocast, set_matmul_precision
@@ -106,8 +106,9 @@ class ShardClips(Dataset):
 
     def __getitem__(self, i):
         # Only the sampled frames are read (from HDF5, only their chunks); clip.frames holds them in t_idx order.
-        clip = inspect_clip(self.members[i]["path"], self.max_array_bytes,
-                            load_frames=lambda c: self.sampled_frames(c).clip(0))
+        member = self.members[i]
+        clip = inspect_clip(member["path"], self.max_array_bytes, load_frames=lambda c: self.sampled_frames(c).clip(0),
+                            labelled=member.get("split") != UNLABELLED)
         t_idx = self.sampled_frames(clip)
         n_idx = person_slots(clip.valid, clip.target_index, self.max_persons)
         t_ok, n_ok = t_idx >= 0, n_idx >= 0
@@ -118,7 +119,8 @@ class ShardClips(Dataset):
             frames = resize_frames(frames, self.frame_size)
         return {"frames": frames, "boxes": torch.from_numpy(clip.boxes[pick] * valid[..., None]),
                 "valid": torch.from_numpy(valid), "frame_mask": torch.from_numpy(clip.frame_mask[t_idx.clip(0)] & t_ok),
-                "target": int(np.flatnonzero(n_idx == clip.target_index)[0]), "index": i,
+                "target": NO_LABEL if clip.target_index is None else int(np.flatnonzero(n_idx == clip.target_index)[0]),
+                "index": i,
                 "scene": clip.scene_category, "frame_stride": frame_stride(t_idx)}
 
 

@@ -34,10 +34,12 @@ class StoreClips(Dataset):
     masks and targets come from memory. For a model whose backbone's last k = ``tuned_blocks`` blocks are
     fine-tuned, an item holds the trunk's tokens in place of visual (the model makes its visual features)."""
 
-    def __init__(self, store_paths: list[str], split: str, tuned_blocks: int = 0, first: int = 0, rest: bool = False):
-        """``first`` > 0: only the split's first ``first`` clips by video id (a learning curve's smaller training
-        sets from one extraction: the synthetic benchmarks' n training clips are the first n of any larger set);
-        with ``rest``, every clip after those (the unlabelled clips of self-training)."""
+    def __init__(self, store_paths: list[str], split: str | tuple[str, ...], tuned_blocks: int = 0, first: int = 0,
+                 rest: bool = False):
+        """``split``: one split, or several read as one set. ``first`` > 0: only the (first) split's first ``first``
+        clips by video id (a learning curve's smaller training sets from one extraction: the synthetic benchmarks'
+        n training clips are the first n of any larger set); with ``rest``, every clip after those (self-training
+        learns from them as unlabelled, beside the unlabelled split's)."""
         self.paths = [str(p) for p in store_paths]
         groups = [open_store(path) for path in self.paths]
         for path, g in zip(self.paths, groups):
@@ -46,9 +48,12 @@ class StoreClips(Dataset):
                                  f"(it was made for {g.attrs.get('tuned_blocks', 0)}). Fix: extract it again with "
                                  f"that setting (snakemake does, from the config), or set train.finetune_blocks: 0")
         self.visual_key = "tokens" if tuned_blocks else "visual"
-        self.rows = [np.flatnonzero(g["split"][:] == split) for g in groups]                       # per store
+        splits = (split,) if isinstance(split, str) else tuple(split)
+        columns = [g["split"][:] for g in groups]
+        rows = {name: [np.flatnonzero(column == name) for column in columns] for name in splits}    # per store
         if first:
-            self.rows = _first_by_video_id(groups, self.rows, first, split, self.paths, rest)
+            rows[splits[0]] = _first_by_video_id(groups, rows[splits[0]], first, splits[0], self.paths, rest)
+        self.rows = [np.sort(np.concatenate([rows[name][s] for name in splits])) for s in range(len(groups))]
         # (store, row in the store, position in the split's part of that store)
         self.index = [(s, row, k) for s, rows in enumerate(self.rows) for k, row in enumerate(rows)]
         # Small arrays of the whole split, read once: (V, T, N) bool masks and (V,) targets.

@@ -24,6 +24,7 @@ from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DistributedSampler
 
 from svip_core.atomic import atomic_path
+from svip_core.dataset.containers import UNLABELLED
 from svip_core.interrupt import holding_stops, pending_stop, stop_now
 from svip_core.features.precision import autocast, grad_scaler, set_matmul_precision
 from svip_core.logs import progress
@@ -265,15 +266,15 @@ def train(store_paths: list[str], out_dir, model_cfg: dict, cfg: dict, debug: bo
     workers = loader_workers(cfg.get("workers", 0), device, int(os.environ.get("LOCAL_WORLD_SIZE", world)))
     loader = clip_loader(train_set, cfg["batch_size"], workers, device, sampler)
     val_loader = clip_loader(val_set, cfg["batch_size"], workers, device, range(rank, len(val_set), world))
-    # Self-training (train.self_training): the training split's clips after the first train.clips, their labels
-    # never read, one batch of them beside each labelled batch.
+    # Self-training (train.self_training): the unlabelled split and the training split's clips after the first
+    # train.clips, their labels never read, one batch of them beside each labelled batch.
     wanted = (cfg.get("self_training") or {}).get("weight", 0) > 0
-    unlabelled_set = StoreClips(store_paths, "train", tuned_blocks, first=cfg["clips"], rest=True) \
-        if wanted and cfg.get("clips", 0) > 0 else None
+    unlabelled_set = (StoreClips(store_paths, ("train", UNLABELLED), tuned_blocks, first=cfg["clips"], rest=True)
+                      if cfg.get("clips", 0) else StoreClips(store_paths, UNLABELLED, tuned_blocks)) if wanted else None
     self_training = unlabelled_set is not None and len(unlabelled_set) > 0
     if wanted and not self_training and rank == 0:
-        log.info("train.self_training: no training clips after the first train.clips (%d) to learn from without "
-                 "labels; training on the labelled ones alone", cfg.get("clips", 0))
+        log.info("train.self_training: no unlabelled clips (the dataset's unlabelled split, or training clips after "
+                 "the first train.clips = %d) to learn from; training on the labelled ones alone", cfg.get("clips", 0))
     unlabelled_loader = unlabelled = None
     if self_training:
         draws = Draws(len(unlabelled_set), len(loader) * cfg["batch_size"], cfg["seed"], rank, world)
