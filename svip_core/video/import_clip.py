@@ -6,7 +6,6 @@ from pathlib import Path
 import numpy as np
 
 from svip_core.atomic import atomic_path
-from svip_core.dataset.containers import NO_LABEL
 from svip_core.video.frames import read_frames, video_info
 from svip_core.video.tracks import TracksError, read_mot
 
@@ -15,8 +14,9 @@ def video_to_clip(video, tracks_path, vip_track: int | None, out_root, split: st
                   video_id: str | None = None, category: str = "unknown", max_frames: int = 120,
                   max_side: int = 384) -> Path:
     """Write ``<out_root>/<split>/<video_id>.npz``: frames uniformly subsampled to at most ``max_frames`` and
-    resized so the longer side is at most ``max_side``; one slot per track; the VIP's slot as the target, or
-    NO_LABEL when ``vip_track`` is None (a clip of the unlabelled split)."""
+    resized so the longer side is at most ``max_side``; one slot per track; the VIP's slot as the target, or -1
+    (the contract's ``dataset.containers.NO_LABEL``, a module beside this one) when ``vip_track`` is None: a clip
+    of the unlabelled split."""
     import cv2
 
     info = video_info(video)
@@ -41,7 +41,7 @@ def video_to_clip(video, tracks_path, vip_track: int | None, out_root, split: st
     video_id = video_id or Path(video).stem
     arrays = {"frames": np.stack(frames).astype(np.uint8), "bboxes": boxes.astype(np.float32), "person_mask": valid,
               "frame_mask": np.ones(len(keep), bool), "person_ids": np.where(valid, ids[None, :], -1).astype(np.int64),
-              "original_ids": ids.astype(np.int64), "target_index": np.int64(NO_LABEL if vip_track is None else np.flatnonzero(ids == vip_track)[0]),
+              "original_ids": ids.astype(np.int64), "target_index": np.int64(-1 if vip_track is None else np.flatnonzero(ids == vip_track)[0]),
               "video_id": np.array(video_id), "scene_category": np.array(category)}
     out = Path(out_root) / split / f"{video_id}.npz"
     with atomic_path(out) as tmp:
