@@ -26,8 +26,8 @@ BIN = Path(sys.executable).parent
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory):
     """One validation clip: under 2 ranks, one of them validates nothing and must still meet the other's
-    collectives."""
-    return build_stores(tmp_path_factory.mktemp("stores"), {"train": 16, "val": 1}, num_shards=2)
+    collectives. Eight clips without labels (the dataset's unlabelled split) for self-training."""
+    return build_stores(tmp_path_factory.mktemp("stores"), {"train": 16, "val": 1, "unlabelled": 8}, num_shards=2)
 
 
 def launch(stores, out: Path, epochs: int, nproc: int = 2, batch_size: int = 4, lr: float = 0.001,
@@ -67,8 +67,9 @@ def curves(out: Path) -> pd.DataFrame:
     return pd.read_csv(out / "metrics.csv").drop(columns=list(TIME_COLUMNS))
 
 
-# The resume reference: small batches make epochs long enough to kill a job between two of them.
-CLEAN = {"epochs": 5, "batch_size": 1}
+# The resume reference: small batches make epochs long enough to kill a job between two of them. It self-trains
+# on the unlabelled split (every pseudo label counts), so a resumed run must also resume that stream of clips.
+CLEAN = {"epochs": 5, "batch_size": 1, "self_training": {"weight": 1.0, "threshold": 0.0}}
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +81,7 @@ def clean_run(stores, tmp_path_factory) -> Path:
 
 
 def test_two_ranks_hold_identical_weights(clean_run):
+    assert "self-training on 8 unlabelled clips" in (clean_run / "train.log").read_text()
     meta = json.loads((clean_run / "model.json").read_text())
     assert meta["world_size"] == 2 and len(set(meta["rank_weight_checksums"])) == 1
     assert curves(clean_run).train_loss.notna().all() and len(curves(clean_run)) == CLEAN["epochs"]
@@ -314,8 +316,9 @@ def test_facing_directions_learn_from_grid_stores_and_evaluate_as_trained(tmp_pa
 
 
 def test_self_training_learns_from_the_clips_after_the_labelled_ones_without_reading_their_labels(stores, tmp_path):
-    """train.self_training: the training clips after the first train.clips are the unlabelled ones (exactly
-    those); two ranks learn from them in step; and what their stored labels say changes nothing."""
+    """train.self_training: the training clips after the first train.clips are unlabelled ones (exactly those,
+    beside the unlabelled split's 8); two ranks learn from them in step; and what their stored labels say changes
+    nothing."""
     import numpy as np
     import zarr
 
@@ -331,7 +334,7 @@ def test_self_training_learns_from_the_clips_after_the_labelled_ones_without_rea
     out = tmp_path / "two_ranks"
     assert finish(launch(stores, out, epochs=2, **st)) == 0, (out / "train.log").read_text()[-2000:]
     text = (out / "train.log").read_text()
-    assert "self-training on 8 unlabelled clips" in text
+    assert "self-training on 16 unlabelled clips" in text
     assert "epoch 2: 1 of the unlabelled clips were confident enough to learn from" in text
     meta = json.loads((out / "model.json").read_text())
     assert meta["train_clips"] == 8 and len(set(meta["rank_weight_checksums"])) == 1
@@ -355,10 +358,10 @@ def test_self_training_learns_from_the_clips_after_the_labelled_ones_without_rea
     assert json.loads((again / "model.json").read_text())["rank_weight_checksums"] == meta["rank_weight_checksums"]
 
 
-def test_a_datasets_unlabelled_split_is_accepted_stored_without_labels_and_learnt_from(tmp_path):
-    """Clips under unlabelled/ (no target_index, or -1) pass validation and reach the stores with target -1;
-    with every training clip labelled (train.clips 0), they are what self-training learns from, two ranks in
-    step. A labelled split's clip marked -1 is refused, naming the way out."""
+def test_a_datasets_unlabelled_split_is_accepted_and_stored_without_labels(stores):
+    """Clips under unlabelled/ (no target_index, or -1: ``build_stores``) pass validation and reach the stores
+    with target -1 (the clean run self-trains on them, above); a labelled split's clip marked -1 is refused,
+    naming the way out."""
     import numpy as np
     import pandas as pd
     import zarr
@@ -366,21 +369,14 @@ def test_a_datasets_unlabelled_split_is_accepted_stored_without_labels_and_learn
     from svip_core.dataset.clip import ClipError, clip_from_arrays
     from svip_core.train.data import StoreClips
 
-    stores = build_stores(tmp_path / "data", {"train": 8, "val": 1, "unlabelled": 6}, num_shards=2)
-    manifest = pd.read_parquet(tmp_path / "data" / "prepare" / "manifest.parquet")
-    assert (manifest.verdict == "accepted").all() and (manifest.split == "unlabelled").sum() == 6
+    data = Path(stores[0]).parent
+    manifest = pd.read_parquet(data / "prepare" / "manifest.parquet")
+    assert (manifest.verdict == "accepted").all() and (manifest.split == "unlabelled").sum() == 8
     groups = [zarr.open_group(path, mode="r") for path in stores]
     stored = [int(t) for g in groups for s, t in zip(g["split"][:], g["target_index"][:]) if s == "unlabelled"]
-    assert len(StoreClips(stores, "unlabelled")) == 6 and stored == [-1] * 6
+    assert len(StoreClips(stores, "unlabelled")) == 8 and stored == [-1] * 8
 
-    out = tmp_path / "run"
-    assert finish(launch(stores, out, epochs=2, self_training={"weight": 1.0, "threshold": 0.0})) == 0, \
-        (out / "train.log").read_text()[-2000:]
-    assert "self-training on 6 unlabelled clips" in (out / "train.log").read_text()
-    meta = json.loads((out / "model.json").read_text())
-    assert meta["train_clips"] == 8 and len(set(meta["rank_weight_checksums"])) == 1
-
-    with np.load(sorted((tmp_path / "data" / "clips" / "train").glob("*.npz"))[0], allow_pickle=False) as clip:
+    with np.load(sorted((data / "clips" / "train").glob("*.npz"))[0], allow_pickle=False) as clip:
         marked = {**clip, "target_index": np.int64(-1)}
     with pytest.raises(ClipError, match="marks a clip without a label.*unlabelled/"):
         clip_from_arrays("train/marked.npz", marked)
