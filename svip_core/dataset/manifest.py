@@ -168,5 +168,7 @@ def prepare_dataset(source, out_dir, num_shards: int, max_array_bytes: int, on_d
         if shared_shards is not None:
             write_shared_shard(Path(shared_shards) / f"{key}.json", members)
     manifest.to_parquet(out_dir / "manifest.parquet", index=False)
-    log.info("%s; %d shards", verdict_counts(manifest), len(shards))
+    per_split = accepted.split.value_counts()
+    log.info("%s (%s); %d shards", verdict_counts(manifest),
+             ", ".join(f"{split} {per_split[split]}" for split in SPLITS if split in per_split), len(shards))
     return manifest
