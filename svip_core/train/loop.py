@@ -427,9 +427,10 @@ def train(store_paths: list[str], out_dir, model_cfg: dict, cfg: dict, debug: bo
                    "train_top1": hits / n, "val_loss": val_loss, "val_top1": val_top1,
                    "data_wait_seconds": waits["data_wait"], "train_seconds": train_seconds,
                    "seconds": time.perf_counter() - start}
-            # Ties count as improvement for patience (>=), but only a strictly better epoch replaces the best.
-            if val_top1 > state["best_top1"]:
-                state.update(best_top1=val_top1, best_epoch=epoch)
+            # The selected epoch: the best val top-1, and among epochs that tie on it (a plateau on a small split
+            # ties often) the lowest val loss, not merely the first to reach it.
+            if (val_top1, -val_loss) > (state["best_top1"], -state.get("selected_loss", math.inf)):
+                state.update(best_top1=val_top1, best_epoch=epoch, selected_loss=val_loss)
                 if rank == 0:
                     save_weights(scored, ckpt / "best.safetensors")
             state["best_loss"] = min(state.get("best_loss", math.inf), val_loss)
