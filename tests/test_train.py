@@ -85,6 +85,9 @@ def test_two_ranks_hold_identical_weights(clean_run):
     meta = json.loads((clean_run / "model.json").read_text())
     assert meta["world_size"] == 2 and len(set(meta["rank_weight_checksums"])) == 1
     assert curves(clean_run).train_loss.notna().all() and len(curves(clean_run)) == CLEAN["epochs"]
+    # The kept epoch: the best val top-1, the lowest val loss among the epochs tied on it.
+    kept = curves(clean_run).assign(neg_loss=lambda c: -c.val_loss).sort_values(["val_top1", "neg_loss"]).iloc[-1]
+    assert meta["best_epoch"] == kept.epoch
 
 
 def test_loader_items_are_the_stored_clips_and_workers_deliver_the_same_batches(stores):
