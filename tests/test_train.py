@@ -383,4 +383,6 @@ def test_a_datasets_unlabelled_split_is_accepted_and_stored_without_labels(store
         marked = {**clip, "target_index": np.int64(-1)}
     with pytest.raises(ClipError, match="marks a clip without a label.*unlabelled/"):
         clip_from_arrays("train/marked.npz", marked)
+    with pytest.raises(ClipError, match="names no VIP.*unlabelled/"):
+        clip_from_arrays("train/unnamed.npz", {k: v for k, v in marked.items() if k != "target_index"})
     assert clip_from_arrays("unlabelled/marked.npz", marked, labelled=False).target_index is None

@@ -72,6 +72,16 @@ def _fields(labelled: bool) -> tuple[str, ...]:
     return REQUIRED_FIELDS if labelled else tuple(f for f in REQUIRED_FIELDS if f != "target_index")
 
 
+def _refuse_missing(path, missing: list[str]) -> None:
+    if missing == ["target_index"]:
+        raise ClipError(path, "target_index", "required field missing: the clip names no VIP",
+                        "store the VIP's slot as target_index, or move the clip to the dataset's unlabelled/ folder "
+                        "(self-training)")
+    if missing:
+        raise ClipError(path, missing[0], f"required field missing (missing: {', '.join(missing)})",
+                        "add every field of shared/spec/clip-format.md")
+
+
 def inspect_clip(path, max_array_bytes: int = 2_000_000_000,
                  load_frames: bool | Callable[["Clip"], np.ndarray] = False, labelled: bool = True) -> Clip:
     """Validate a clip (an address: ``.npz`` path or ``file.h5::group``) against the contract and read all its
@@ -80,10 +90,7 @@ def inspect_clip(path, max_array_bytes: int = 2_000_000_000,
     ``labelled`` False (the unlabelled split): the target is not read, and the clip's ``target_index`` is None."""
     with open_clip(path, max_array_bytes) as source:
         shapes = source.fields
-        missing = [f for f in _fields(labelled) if f not in shapes]
-        if missing:
-            raise ClipError(path, missing[0], f"required field missing (missing: {', '.join(missing)})",
-                            "add every field of shared/spec/clip-format.md")
+        _refuse_missing(path, [f for f in _fields(labelled) if f not in shapes])
         arr = {f: source.read(f) for f in _fields(labelled) if f != "frames"}
         clip = _validated(path, shapes, arr, labelled)
         if load_frames is True:
@@ -100,10 +107,7 @@ def inspect_clip(path, max_array_bytes: int = 2_000_000_000,
 def clip_from_arrays(name: str, arrays: dict, labelled: bool = True) -> Clip:
     """Validate a clip held in memory (a dict of the contract's arrays, as ``np.load`` or a generator gives it) by
     the same rules as a file; ``name`` stands for the path in errors. Frames are not kept."""
-    missing = [f for f in _fields(labelled) if f not in arrays]
-    if missing:
-        raise ClipError(name, missing[0], f"required field missing (missing: {', '.join(missing)})",
-                        "add every field of shared/spec/clip-format.md")
+    _refuse_missing(name, [f for f in _fields(labelled) if f not in arrays])
     arr = {f: np.asarray(arrays[f]) for f in _fields(labelled)}
     return _validated(name, {f: (a.shape, a.dtype) for f, a in arr.items()}, arr, labelled)
 
