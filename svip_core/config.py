@@ -327,7 +327,7 @@ def _show(value) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-DATASET_LAYOUT = "train/ val/ [test/] folders of .npz clips, or train.h5 val.h5 [test.h5]"
+DATASET_LAYOUT = "train/ val/ [test/] [unlabelled/] folders of .npz clips, or train.h5 val.h5 [test.h5] [unlabelled.h5]"
 
 
 def missing_dataset(source) -> str:

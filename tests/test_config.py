@@ -347,8 +347,8 @@ def test_a_key_named_as_other_tools_name_it_is_pointed_to_ours(tmp_path):
 
 def test_a_missing_data_folder_is_said_alike_by_svip_validate_and_the_workflow(tmp_path):
     missing = tmp_path / "nowhere"
-    fix = "folder not found. Fix: give a dataset folder (train/ val/ [test/] folders of .npz clips, or train.h5 " \
-          "val.h5 [test.h5])"
+    fix = "folder not found. Fix: give a dataset folder (train/ val/ [test/] [unlabelled/] folders of .npz clips, " \
+          "or train.h5 val.h5 [test.h5] [unlabelled.h5])"
     validated = svip("validate", missing)
     assert validated.returncode == 1 and validated.stderr.strip() == f"{missing}: {fix}"
     wd = copy_workflow(tmp_path / "wf", {**TINY, "data": {**TINY["data"], "source": str(missing)}})

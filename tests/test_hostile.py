@@ -136,6 +136,14 @@ def test_the_same_clip_under_another_id_is_a_leak(tmp_path):
     assert manifest.loc[str(tmp_path / "val" / "renamed.npz"), "reason"].startswith("payload_hash: leak of")
     assert manifest.loc[str(tmp_path / "val" / "d.npz"), "verdict"] == "accepted"
 
+    # A test clip copied to unlabelled/ without its label is the same clip: a leak into self-training.
+    (tmp_path / "unlabelled").mkdir()
+    unlabelled = {k: v for k, v in hostile_corpus.good(2, "other").items() if k != "target_index"}
+    np.savez(tmp_path / "unlabelled" / "d copy.npz", **{**unlabelled, "video_id": np.array("copy")})
+    manifest = prepare_dataset(tmp_path, tmp_path / "out", 2, 10**9, "drop").set_index("path")
+    assert manifest.loc[str(tmp_path / "val" / "d.npz"), "verdict"] == "accepted"
+    assert manifest.loc[str(tmp_path / "unlabelled" / "d copy.npz"), "reason"].startswith("payload_hash: leak of")
+
 
 def test_a_box_outside_the_frame_is_named_by_frame_slot_and_box_with_the_count(tmp_path):
     clip = hostile_corpus.good(5, "astray")

@@ -99,7 +99,8 @@ def validate_files(files: list[tuple[str, str]], max_array_bytes: int,
 
 # What makes two clips the same: the same id, or the same content (file bytes, or the same pixels, boxes and
 # masks under another id, label or compression).
-SAME_CLIP = {"video_id": "video_id", "content_hash": "content", "payload_hash": "frames and boxes"}
+SAME_CLIP = {"video_id": "video_id", "content_hash": "content",
+             "payload_hash": "frames, boxes and masks, whatever the labels"}
 
 
 def resolve_duplicates(manifest: pd.DataFrame, policy: str) -> pd.DataFrame:

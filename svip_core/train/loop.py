@@ -429,8 +429,9 @@ def train(store_paths: list[str], out_dir, model_cfg: dict, cfg: dict, debug: bo
                    "seconds": time.perf_counter() - start}
             # The selected epoch: the best val top-1, and among epochs that tie on it (a plateau on a small split
             # ties often) the lowest val loss, not merely the first to reach it.
-            if (val_top1, -val_loss) > (state["best_top1"], -state.get("selected_loss", math.inf)):
-                state.update(best_top1=val_top1, best_epoch=epoch, selected_loss=val_loss)
+            tie_loss = val_loss if math.isfinite(val_loss) else math.inf      # a NaN never blocks a later tie
+            if (val_top1, -tie_loss) > (state["best_top1"], -state.get("selected_loss", math.inf)):
+                state.update(best_top1=val_top1, best_epoch=epoch, selected_loss=tie_loss)
                 if rank == 0:
                     save_weights(scored, ckpt / "best.safetensors")
             state["best_loss"] = min(state.get("best_loss", math.inf), val_loss)
