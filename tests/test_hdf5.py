@@ -4,6 +4,7 @@ re-extracts only their shards."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import h5py
@@ -78,6 +79,17 @@ def test_convert_round_trip_is_lossless_and_digests_ignore_the_container(npz_dat
     same = clip_digests(originals[0][1])
     assert clip_digests(tmp_path / "plain.npz") == same == clip_digests(tmp_path / "big_endian.npz")
     assert clip_digests(tmp_path / "moved.npz")[0] != same[0]
+
+    # An unlabelled split travels too, its clips still without target_index; validated there, in either layout.
+    mixed = tmp_path / "mixed"
+    shutil.copytree(npz_data / "train", mixed / "train")
+    shutil.copytree(npz_data / "val", mixed / "val")
+    (mixed / "unlabelled").mkdir()
+    np.savez(mixed / "unlabelled" / "u.npz", **{k: v for k, v in arrays.items() if k != "target_index"})
+    convert(mixed, tmp_path / "mixed_h5")
+    assert svip("validate", tmp_path / "mixed_h5" / "unlabelled.h5").returncode == 0
+    with h5py.File(tmp_path / "mixed_h5" / "unlabelled.h5", "r") as f:
+        assert "target_index" not in f["u"] and np.array_equal(f["u"]["bboxes"][()], arrays["bboxes"])
 
 
 def _hostile_file(path: Path, good: dict[str, np.ndarray], tmp_path: Path) -> dict[str, tuple[str, str]]:
