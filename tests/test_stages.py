@@ -63,7 +63,8 @@ def test_self_training_is_part_of_a_run_that_has_clips_to_learn_from_without_lab
 
 
 def test_self_training_is_part_of_a_run_on_a_users_dataset_which_may_hold_unlabelled_clips(tiny_config, tmp_path):
-    tiny_config["data"] = {**tiny_config.get("data", {}), "source": str(folder_dataset(tmp_path, {"train": 2, "val": 1}, 0))}
+    source = folder_dataset(tmp_path, {"train": 2, "val": 1}, 0)
+    tiny_config["data"] = {**tiny_config.get("data", {}), "source": str(source)}
     before = hashes(tiny_config)
     tiny_config.setdefault("train", {})["self_training"] = {"weight": 1.0}
     assert {s for s in before if before[s] != hashes(tiny_config)[s]} == {"train", "evaluate", "report"}

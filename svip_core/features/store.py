@@ -3,7 +3,8 @@
 Arrays (V clips, T frames, N person slots): visual (V,T,N,D) float16, geometry (V,T,N,G) float32,
 person_mask (V,T,N) bool (already ANDed with frame_mask), frame_mask (V,T) bool, target_index (V,) int64 (-1 in
 the unlabelled split), frame_stride (V,) float32 (source frames between consecutive samples of the clip, on
-average), video_id, scene_category, split (V,) str; attrs["frame_stride"] is the shard's median stride. One clip is one chunk.
+average), video_id, scene_category, split (V,) str; attrs["frame_stride"] is the shard's median stride. One clip
+is one chunk.
 A store made for fine-tuning the backbone's last k blocks (attrs["tuned_blocks"] = k > 0) also holds tokens: what
 enters block L-k, float16, zstd-compressed, (V,T,S,D) per frame in roi mode or (V,T,N,S,D) per person's crop in
 crop mode (S: leading tokens and patches; zeros where a frame or person is absent).

@@ -269,8 +269,11 @@ def train(store_paths: list[str], out_dir, model_cfg: dict, cfg: dict, debug: bo
     # Self-training (train.self_training): the unlabelled split and the training split's clips after the first
     # train.clips, their labels never read, one batch of them beside each labelled batch.
     wanted = (cfg.get("self_training") or {}).get("weight", 0) > 0
-    unlabelled_set = (StoreClips(store_paths, ("train", UNLABELLED), tuned_blocks, first=cfg["clips"], rest=True)
-                      if cfg.get("clips", 0) else StoreClips(store_paths, UNLABELLED, tuned_blocks)) if wanted else None
+    unlabelled_set = None
+    if wanted and cfg.get("clips", 0):
+        unlabelled_set = StoreClips(store_paths, ("train", UNLABELLED), tuned_blocks, first=cfg["clips"], rest=True)
+    elif wanted:
+        unlabelled_set = StoreClips(store_paths, UNLABELLED, tuned_blocks)
     self_training = unlabelled_set is not None and len(unlabelled_set) > 0
     if wanted and not self_training and rank == 0:
         log.info("train.self_training: no unlabelled clips (the dataset's unlabelled split, or training clips after "

@@ -41,7 +41,8 @@ def video_to_clip(video, tracks_path, vip_track: int | None, out_root, split: st
     video_id = video_id or Path(video).stem
     arrays = {"frames": np.stack(frames).astype(np.uint8), "bboxes": boxes.astype(np.float32), "person_mask": valid,
               "frame_mask": np.ones(len(keep), bool), "person_ids": np.where(valid, ids[None, :], -1).astype(np.int64),
-              "original_ids": ids.astype(np.int64), "target_index": np.int64(-1 if vip_track is None else np.flatnonzero(ids == vip_track)[0]),
+              "original_ids": ids.astype(np.int64),
+              "target_index": np.int64(-1 if vip_track is None else np.flatnonzero(ids == vip_track)[0]),
               "video_id": np.array(video_id), "scene_category": np.array(category)}
     out = Path(out_root) / split / f"{video_id}.npz"
     with atomic_path(out) as tmp:
