@@ -20,7 +20,8 @@ shell.prefix(f"trap 'exit 143' TERM; {_PATH}"
              "export HF_HUB_DISABLE_PROGRESS_BARS=1; ")
 
 from svip_core.config import EMBEDDED, ConfigError, backbone_source, validate_config  # noqa: E402
-from svip_core.stages import STAGE_DIRS, run_settings, runs, stage_hash, stage_inputs  # noqa: E402
+from svip_core.dataset.shards import is_unlabelled_shard  # noqa: E402
+from svip_core.stages import STAGE_DIRS, run_settings, runs, self_trains, stage_hash, stage_inputs  # noqa: E402
 from svip_core.interrupt import report_stopped_jobs  # noqa: E402
 
 # Ctrl-C (or SIGTERM) during a run: a line per stopped job instead of an error report (svip_core/interrupt.py).
@@ -202,6 +203,18 @@ def shard_list(wildcards):
 
 def feature_stores(wildcards):
     return [f"{FEATURES}/{key}.zarr" for key in shard_keys()]
+
+
+def labelled_stores(wildcards):
+    """The stores of the labelled clips: what evaluation reads, and training without self-training."""
+    return [f"{FEATURES}/{key}.zarr" for key in shard_keys() if not is_unlabelled_shard(key)]
+
+
+def train_stores(wildcards):
+    """A run's stores: the unlabelled clips' only when it self-trains, so that adding them to a dataset
+    re-extracts and retrains nothing else (stages.self_trains)."""
+    run = RUNS[TRAIN_NAME[wildcards.train_hash]]
+    return feature_stores(wildcards) if self_trains(run) else labelled_stores(wildcards)
 
 
 def backbone_input(wildcards):

@@ -1,7 +1,7 @@
 rule evaluate:
     input:
         unpack(trained_model),
-        stores=feature_stores,
+        stores=labelled_stores,
     output:
         metrics="results/evaluate/{eval_hash}/metrics.json",
         predictions="results/evaluate/{eval_hash}/predictions.parquet",

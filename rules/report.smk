@@ -2,7 +2,7 @@ rule report:
     input:
         all_run_results(),
         manifest=f"{PREPARE}/manifest.parquet",
-        stores=feature_stores,
+        stores=labelled_stores,
     output:
         curves=report(f"{REPORT}/training_curves.png", caption="../captions/training_curves.rst", category="Training"),
         top1=report(f"{REPORT}/top1_vs_baselines.png", caption="../captions/top1.rst", category="Evaluation"),

@@ -1,7 +1,7 @@
 rule train:
     input:
         # Stores only: they are addressed by content, so training does not depend on where the clips lie.
-        stores=feature_stores,
+        stores=train_stores,
     output:
         model="results/train/{train_hash}/model.safetensors",
         meta="results/train/{train_hash}/model.json",

@@ -238,18 +238,26 @@ def library_versions(names) -> dict[str, str]:
     return {name: importlib.metadata.version(name).split("+")[0] for name in names}
 
 
-def dataset_identity(config: dict, memo: dict | None = None) -> dict:
+def self_trains(config: dict) -> bool:
+    """Whether training reads the unlabelled split (train.self_training on): its clips' stores are then among
+    train's inputs and their content part of its identity; otherwise adding unlabelled clips retrains nothing."""
+    return config["train"]["self_training"]["weight"] > 0
+
+
+def dataset_identity(config: dict, memo: dict | None = None, unlabelled: bool = True) -> dict:
     """What the clips are, wherever they lie: prepare's config, the clips' content and the prepare code.
-    Train depends on this, so moving or renaming a dataset re-runs prepare only."""
+    Train depends on this, so moving or renaming a dataset re-runs prepare only. ``unlabelled`` False: without
+    the unlabelled split's clips (the same identity as before they were added)."""
     memo = {} if memo is None else memo
-    if "dataset" not in memo:
+    key = "dataset" if unlabelled else "labelled dataset"
+    if key not in memo:
         source = config["data"]["source"]
-        content = "synthetic" if source == SYNTHETIC else _data_content(config, memo)["clips"]
-        memo["dataset"] = {"config": _stage_config(config, "prepare"), "clips": content,
-                           "code": stage_code("prepare", config)}
+        content = ("synthetic" if source == SYNTHETIC
+                   else _data_content(config, memo)["clips" if unlabelled else "labelled"])
+        memo[key] = {"config": _stage_config(config, "prepare"), "clips": content, "code": stage_code("prepare", config)}
         if source == SYNTHETIC:             # numpy's random streams may change between its releases
-            memo["dataset"]["libraries"] = library_versions(("numpy",))
-    return memo["dataset"]
+            memo[key]["libraries"] = library_versions(("numpy",))
+    return memo[key]
 
 
 def backbone_identity(features: dict, cache: ContentHashes | None = None) -> dict:
@@ -283,8 +291,8 @@ def stage_inputs(config: dict, stage: str, memo: dict | None = None) -> dict:
     resolved = {"stage": stage, "config": _stage_config(config, stage), "code": stage_code(stage, config),
                 "libraries": memo["libraries", stage], "upstream": {}}
     for up in STAGE_UPSTREAM[stage]:
-        resolved["upstream"][up] = (digest(dataset_identity(config, memo)) if up == "dataset"
-                                    else stage_hash(config, up, memo))
+        resolved["upstream"][up] = (digest(dataset_identity(config, memo, unlabelled=self_trains(config)))
+                                    if up == "dataset" else stage_hash(config, up, memo))
     if stage == "report":
         resolved["upstream"]["evaluate"] = [stage_hash(run, "evaluate", memo) for run in runs(config).values()]
     if stage == "prepare":

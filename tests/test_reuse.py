@@ -319,6 +319,36 @@ def test_a_data_edit_reruns_what_it_touches_and_going_back_finds_the_old_results
 
 
 @pytest.mark.slow
+def test_unlabelled_clips_retrain_only_a_run_that_self_trains(finished_workflow, tmp_path):
+    """Unlabelled clips lie in shards of their own: added to the dataset, they re-run prepare (which lists them)
+    and nothing a run without self-training reads; a self-training run takes their stores and retrains."""
+    wd = clone_workflow(finished_workflow, tmp_path / "wf", with_data=True)
+    config = yaml.safe_load((wd / "config.yaml").read_text())
+    before = {s: stage_dir(load_config(wd / "config.yaml"), s) for s in STAGES}
+    (wd / "data" / "unlabelled").mkdir()
+    for i, path in enumerate(write_dataset(tmp_path / "extra", {"train": 4}, 6, 4, 48, 80, ["meeting"], seed=23)):
+        arrays = {k: v for k, v in np.load(path).items() if k != "target_index"}
+        np.savez(wd / "data" / "unlabelled" / f"unlabelled_{i}.npz", **{**arrays, "video_id": np.array(f"unlabelled_{i}")})
+    after = {s: stage_dir(load_config(wd / "config.yaml"), s) for s in STAGES}
+    assert {s for s in STAGES if before[s] != after[s]} == {"prepare", "report"}
+
+    run = snakemake(wd, str(after["prepare"] / "manifest.parquet"), str(after["evaluate"] / "metrics.json"))
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert ran_jobs(run) == {"prepare": 1}                        # the model and its evaluation are found
+    keys = [p.stem for p in (wd / after["prepare"] / "shards").glob("*.json")]
+    unlabelled = [k for k in keys if k.startswith("unlabelled-")]
+    stores = {p.stem for p in (wd / after["extract"]).glob("*.zarr")}      # those the finished workflow made
+    assert unlabelled and set(keys) - set(unlabelled) == stores    # the labelled shards are the same
+    assert not any((wd / after["extract"] / f"{k}.zarr").exists() for k in unlabelled)
+
+    config["train"]["self_training"] = {"weight": 1.0}
+    write_config(wd / "config.yaml", config)
+    plan = snakemake(wd, "-n", str(stage_dir(load_config(wd / "config.yaml"), "evaluate") / "metrics.json"))
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    assert planned_jobs(plan) == {"extract": len(unlabelled), "train": 1, "evaluate": 1}, plan.stdout[-2000:]
+
+
+@pytest.mark.slow
 def test_datasets_sharing_clips_share_their_feature_stores(finished_workflow, tmp_path):
     wd = clone_workflow(finished_workflow, tmp_path / "wf", with_data=True)
     a = wd / "data"

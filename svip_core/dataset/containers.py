@@ -52,6 +52,11 @@ class ClipError(ValueError):
         return f"{self.field}: {self.problem}"
 
 
+def labelled(split: str) -> bool:
+    """Whether a split's clips name their VIP (all but the unlabelled split)."""
+    return split != UNLABELLED
+
+
 # ---- addresses and listing ----------------------------------------------------------------------------------
 
 def is_hdf5(path) -> bool:

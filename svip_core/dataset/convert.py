@@ -20,10 +20,10 @@ from svip_core.dataset.clip import inspect_clip
 from svip_core.dataset.containers import (
     REQUIRED_FIELDS,
     STRING_FIELDS,
-    UNLABELLED,
     ClipError,
     container_clips,
     is_hdf5,
+    labelled,
     open_clip,
     scan_containers,
     split_address,
@@ -92,7 +92,7 @@ def convert_dataset(src, dst, to: str | None = None, max_array_bytes: int = 2_00
         """(name, arrays) of each clip that passes the contract and reads whole; the others go to ``refused``."""
         for address in progress(addresses, desc="convert", unit="clip", disable=len(addresses) < 50):
             try:
-                inspect_clip(address, max_array_bytes, labelled=split != UNLABELLED)
+                inspect_clip(address, max_array_bytes, labelled=labelled(split))
                 yield _clip_name(address), clip_arrays(address, max_array_bytes)
             except ClipError as e:
                 refused.append((address, f"{e.reason}. Fix: {e.fix}"))

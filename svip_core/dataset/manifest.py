@@ -16,9 +16,9 @@ import pandas as pd
 
 from svip_core.config import no_clips
 from svip_core.dataset.clip import ClipError, inspect_clip
-from svip_core.dataset.containers import (SPLITS, UNLABELLED, clip_digests, clip_hashes, is_hdf5, list_clips,
+from svip_core.dataset.containers import (SPLITS, clip_digests, clip_hashes, is_hdf5, labelled, list_clips,
                                          split_address)
-from svip_core.dataset.shards import write_shared_shard
+from svip_core.dataset.shards import UNLABELLED_SHARD, write_shared_shard
 from svip_core.hashing import ContentHashes
 from svip_core.logs import progress
 
@@ -85,7 +85,7 @@ def validate_files(files: list[tuple[str, str]], max_array_bytes: int,
         content, payload = hashes[str(path)]
         row.update(path=str(path), split=split, verdict="accepted", reason="", shard=-1, content_hash=content)
         try:
-            clip = inspect_clip(path, max_array_bytes, labelled=split != UNLABELLED)
+            clip = inspect_clip(path, max_array_bytes, labelled=labelled(split))
             if payload is None:     # a value the contract check does not read (pixels) is corrupt: say which
                 clip_digests(path, max_array_bytes)
             row.update(video_id=clip.video_id, T=clip.num_frames, N=clip.num_slots,
@@ -135,14 +135,17 @@ def resolve_duplicates(manifest: pd.DataFrame, policy: str) -> pd.DataFrame:
 
 
 def assign_shards(manifest: pd.DataFrame, num_shards: int) -> dict[str, list[dict]]:
-    """Fill the manifest's shard column; return {shard key: members} for the non-empty shards."""
+    """Fill the manifest's shard column; return {shard key: members} for the non-empty shards. Unlabelled clips
+    lie in shards of their own, keyed ``unlabelled-<hash>`` (``shards.is_unlabelled_shard``): a training that does not
+    self-train leaves their stores out, so adding them re-extracts and retrains nothing it reads."""
     ok = manifest.verdict == "accepted"
     manifest.loc[ok, "shard"] = [shard_of(v, num_shards) for v in manifest.loc[ok, "video_id"]]
     shards = {}
-    for _, group in manifest[ok].groupby("shard"):
+    for (unlabelled, _), group in manifest[ok].groupby([~manifest.split[ok].map(labelled), "shard"]):
         members = group.sort_values("video_id")[["video_id", "split", "path", "content_hash"]].to_dict("records")
         key_src = [(m["video_id"], m["split"], m["content_hash"]) for m in members]
-        shards[hashlib.sha256(json.dumps(key_src).encode()).hexdigest()[:16]] = members
+        key = hashlib.sha256(json.dumps(key_src).encode()).hexdigest()[:16]
+        shards[f"{UNLABELLED_SHARD}{key}" if unlabelled else key] = members
     return shards
 
 

@@ -9,6 +9,14 @@ from pathlib import Path
 
 from svip_core.atomic import write_text
 
+# The key prefix of a shard of unlabelled clips (manifest.assign_shards): planning tells their stores apart by name.
+UNLABELLED_SHARD = "unlabelled-"
+
+
+def is_unlabelled_shard(key: str) -> bool:
+    """Whether a shard key (a store's name without .zarr) holds clips of the unlabelled split."""
+    return key.startswith(UNLABELLED_SHARD)
+
 
 def write_shared_shard(path: Path, members: list[dict]) -> None:
     """The member list extract reads for a shard key. Same key, same clips: only the paths can differ (another

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 import svip_core
 from svip_core.dataset.clip import inspect_clip
-from svip_core.dataset.containers import NO_LABEL, UNLABELLED, clip_hashes
+from svip_core.dataset.containers import NO_LABEL, clip_hashes, labelled
 from svip_core.features.backbone import BackboneError, fetch_backbone, leading_tokens, load_backbone, normalisation
 from svip_core.features.geometry import GEOMETRY_FIELDS, box_geometry
 from svip_core.features.precision import autocast, set_matmul_precision
@@ -108,7 +108,7 @@ class ShardClips(Dataset):
         # Only the sampled frames are read (from HDF5, only their chunks); clip.frames holds them in t_idx order.
         member = self.members[i]
         clip = inspect_clip(member["path"], self.max_array_bytes, load_frames=lambda c: self.sampled_frames(c).clip(0),
-                            labelled=member.get("split") != UNLABELLED)
+                            labelled=labelled(member.get("split")))
         t_idx = self.sampled_frames(clip)
         n_idx = person_slots(clip.valid, clip.target_index, self.max_persons)
         t_ok, n_ok = t_idx >= 0, n_idx >= 0
