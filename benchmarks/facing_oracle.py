@@ -36,9 +36,9 @@ def true_facing(synthetic: dict, split: str, index: int) -> np.ndarray:
     ``split``, drawn exactly as ``generate_clips`` draws the clip."""
     import importlib
 
-    from svip_core.synthetic.generate import SCENE_MODULES, make_clip
+    from svip_core.synthetic.generate import SCENE_MODULES, make_clip, split_stream
 
-    split_index = sorted(synthetic["clips"]).index(split)
+    split_index = split_stream(synthetic["clips"], split)
     T, N, H, W = synthetic["frames"], synthetic["persons"], synthetic["height"], synthetic["width"]
     seed = [synthetic["seed"], split_index, index]
     rng = np.random.default_rng(seed)

@@ -34,7 +34,7 @@ STAGE_DIRS = {"prepare": "prepare", "extract": "features", "train": "train", "ev
 
 # Every leaf key of config.schema.yaml is declared here: read by stages (part of their identity) or a run
 # setting. tests/test_reuse.py fails for a key declared nowhere.
-_SYNTH = ("synthetic.clips.train", "synthetic.clips.val", "synthetic.clips.test", "synthetic.frames",
+_SYNTH = ("synthetic.clips.train", "synthetic.clips.val", "synthetic.clips.test", "synthetic.clips.unlabelled", "synthetic.frames",
           "synthetic.persons", "synthetic.height", "synthetic.width", "synthetic.categories", "synthetic.seed",
           "synthetic.scene")
 _EMBEDDED = ("features.embedded.hidden_size", "features.embedded.num_layers", "features.embedded.num_heads",
@@ -110,6 +110,12 @@ def token_blocks(config: dict) -> int:
     return config["train"].get("token_blocks", config["train"]["finetune_blocks"])
 
 
+def self_trains(config: dict) -> bool:
+    """Whether training reads the unlabelled split (train.self_training on): its clips' stores are then among
+    train's inputs and their content part of its identity; otherwise adding unlabelled clips retrains nothing."""
+    return config["train"]["self_training"]["weight"] > 0
+
+
 def _reads(config: dict, key: str, stage: str | None = None) -> bool:
     """Whether a declared key matters in this configuration (a key the chosen mode ignores is not read)."""
     if key == "train.finetune_blocks" and stage == "extract":
@@ -118,9 +124,11 @@ def _reads(config: dict, key: str, stage: str | None = None) -> bool:
         return config["train"]["clips"] > 0     # all of them: the same training as before the key existed
     if key.startswith("train.self_training."):
         # Off, or no unlabelled clips: no self-training. Those are the training clips after the first train.clips,
-        # and a dataset's unlabelled split (which a synthetic benchmark has not).
-        return config["train"]["self_training"]["weight"] > 0 and (
-            config["train"]["clips"] > 0 or config["data"]["source"] != SYNTHETIC)
+        # and a dataset's unlabelled split (which a synthetic benchmark has only with synthetic.clips.unlabelled).
+        return self_trains(config) and (config["train"]["clips"] > 0 or config["data"]["source"] != SYNTHETIC
+                                        or config["synthetic"]["clips"]["unlabelled"] > 0)
+    if key == "synthetic.clips.unlabelled":   # none: the same dataset as before the key existed
+        return config["data"]["source"] == SYNTHETIC and config["synthetic"]["clips"]["unlabelled"] > 0
     if key == "train.backbone_lr_scale":
         return config["train"]["finetune_blocks"] > 0
     if key.startswith("synthetic."):
@@ -238,12 +246,6 @@ def library_versions(names) -> dict[str, str]:
     return {name: importlib.metadata.version(name).split("+")[0] for name in names}
 
 
-def self_trains(config: dict) -> bool:
-    """Whether training reads the unlabelled split (train.self_training on): its clips' stores are then among
-    train's inputs and their content part of its identity; otherwise adding unlabelled clips retrains nothing."""
-    return config["train"]["self_training"]["weight"] > 0
-
-
 def dataset_identity(config: dict, memo: dict | None = None, unlabelled: bool = True) -> dict:
     """What the clips are, wherever they lie: prepare's config, the clips' content and the prepare code.
     Train depends on this, so moving or renaming a dataset re-runs prepare only. ``unlabelled`` False: without
@@ -254,7 +256,10 @@ def dataset_identity(config: dict, memo: dict | None = None, unlabelled: bool = 
         source = config["data"]["source"]
         content = ("synthetic" if source == SYNTHETIC
                    else _data_content(config, memo)["clips" if unlabelled else "labelled"])
-        memo[key] = {"config": _stage_config(config, "prepare"), "clips": content, "code": stage_code("prepare", config)}
+        prepared = _stage_config(config, "prepare")
+        if not unlabelled and "synthetic" in prepared:
+            prepared["synthetic"]["clips"].pop("unlabelled", None)
+        memo[key] = {"config": prepared, "clips": content, "code": stage_code("prepare", config)}
         if source == SYNTHETIC:             # numpy's random streams may change between its releases
             memo[key]["libraries"] = library_versions(("numpy",))
     return memo[key]

@@ -70,6 +70,17 @@ def test_self_training_is_part_of_a_run_on_a_users_dataset_which_may_hold_unlabe
     assert {s for s in before if before[s] != hashes(tiny_config)[s]} == {"train", "evaluate", "report"}
 
 
+def test_a_benchmarks_unlabelled_clips_are_part_of_a_run_that_self_trains_on_them(tiny_config):
+    tiny_config.setdefault("synthetic", {}).setdefault("clips", {})["unlabelled"] = 4
+    before = hashes(tiny_config)
+    del tiny_config["synthetic"]["clips"]["unlabelled"]
+    assert {s for s in before if before[s] != hashes(tiny_config)[s]} == {"prepare", "report"}
+    tiny_config.setdefault("train", {})["self_training"] = {"weight": 1.0}
+    off = hashes(tiny_config)
+    tiny_config["synthetic"]["clips"]["unlabelled"] = 4
+    assert {s for s in off if off[s] != hashes(tiny_config)[s]} == {"prepare", "train", "evaluate", "report"}
+
+
 def test_embedded_backbone_recipe_is_part_of_the_feature_hash(tiny_config):
     before = hashes(tiny_config)
     tiny_config["features"]["embedded"]["seed"] = 1

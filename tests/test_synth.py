@@ -92,3 +92,21 @@ def test_the_facing_oracle_reads_the_facing_each_clip_was_drawn_with(monkeypatch
         expected[:, person >= 0] = facing[:, person[person >= 0]]
         got = oracle.true_facing(s, split, index)
         assert split == split_again and np.array_equal(got, expected) and set(np.unique(got)) <= {-1.0, 0.0, 1.0}
+
+
+def test_unlabelled_clips_come_without_a_label_and_change_no_labelled_clip(tmp_path):
+    from svip_core.dataset.clip import inspect_clip
+    from svip_core.synthetic.generate import write_dataset
+
+    def drawn(clips):
+        return {(split, str(a["video_id"])): a for split, a in generate_clips(clips, 6, 4, 48, 80, ["meeting"], 3,
+                                                                             pixels=False)}
+
+    labelled = drawn({"train": 3, "val": 2})
+    both = drawn({"train": 3, "val": 2, "unlabelled": 2})
+    assert all(np.array_equal(both[k][f], labelled[k][f]) for k in labelled for f in labelled[k])
+    unlabelled = [a for (split, _), a in both.items() if split == "unlabelled"]
+    assert len(unlabelled) == 2 and not any("target_index" in a for a in unlabelled)
+    assert not any(np.array_equal(u["bboxes"], a["bboxes"]) for u in unlabelled for a in labelled.values())
+    for path in write_dataset(tmp_path, {"unlabelled": 1}, 6, 4, 48, 80, ["meeting"], 3):
+        assert path.parent.name == "unlabelled" and inspect_clip(path, 10**9, labelled=False).target_index is None

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from svip_core.atomic import atomic_path
+from svip_core.dataset.containers import UNLABELLED
 
 # Imported by name so that a family's code counts only for the datasets that use it (stages.stage_code).
 SCENE_MODULES = {"social": "svip_core.synthetic.social", "relational": "svip_core.synthetic.relational",
@@ -24,6 +25,9 @@ SCENE_MODULES = {"social": "svip_core.synthetic.social", "relational": "svip_cor
 # How far a badge's stripes stand from the shirt's colour, either way (pixel levels).
 BADGE_CONTRAST = 40
 CATEGORY_TINTS = np.array([[120, 110, 95], [90, 105, 125], [105, 120, 95], [125, 100, 115], [100, 100, 100]])
+# The unlabelled split's random stream: apart from the labelled splits' (numbered in name order), so adding
+# unlabelled clips changes none of theirs.
+UNLABELLED_STREAM = 1000
 
 
 def _figures(centres: np.ndarray, heights: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -137,17 +141,26 @@ def make_clip(rng: np.random.Generator, video_id: str, category: str, category_i
             "video_id": np.array(video_id), "scene_category": np.array(category)}
 
 
+def split_stream(clips: dict[str, int], split: str) -> int:
+    """The random stream of a split's clips: clip i of it is drawn from ``default_rng([seed, stream, i])``."""
+    return UNLABELLED_STREAM if split == UNLABELLED else sorted(s for s in clips if s != UNLABELLED).index(split)
+
+
 def generate_clips(clips: dict[str, int], frames: int, persons: int, height: int, width: int,
                    categories: list[str], seed: int, scene: str = "social", pixels: bool = True):
     """Yield ``(split, arrays)`` for every clip of every split (``make_clip``'s arrays), in the order
-    ``write_dataset`` writes them."""
-    for split_index, (split, count) in enumerate(sorted(clips.items())):
+    ``write_dataset`` writes them. A clip of the unlabelled split is drawn as any other, and comes without its
+    ``target_index``."""
+    for split, count in sorted(clips.items()):
         for i in range(count):
             # One generator per clip, so a clip's bytes do not depend on how many clips came before it.
-            rng = np.random.default_rng([seed, split_index, i])
+            rng = np.random.default_rng([seed, split_stream(clips, split), i])
             category_index = int(rng.integers(len(categories)))
-            yield split, make_clip(rng, f"synth_{split}_{i:05d}", categories[category_index], category_index,
-                                   frames, persons, height, width, scene, pixels)
+            arrays = make_clip(rng, f"synth_{split}_{i:05d}", categories[category_index], category_index,
+                               frames, persons, height, width, scene, pixels)
+            if split == UNLABELLED:
+                del arrays["target_index"]
+            yield split, arrays
 
 
 def write_dataset(out_dir, clips: dict[str, int], frames: int, persons: int, height: int, width: int,
