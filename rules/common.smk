@@ -211,10 +211,9 @@ def labelled_stores(wildcards):
 
 
 def train_stores(wildcards):
-    """A run's stores: the unlabelled clips' only when it self-trains, so that adding them to a dataset
-    re-extracts and retrains nothing else (stages.self_trains)."""
-    run = RUNS[TRAIN_NAME[wildcards.train_hash]]
-    return feature_stores(wildcards) if self_trains(run) else labelled_stores(wildcards)
+    """The stores training reads: the unlabelled clips' only when it self-trains (a config-wide key, no
+    ablation's), so that adding them to a dataset re-extracts and retrains nothing else (stages.self_trains)."""
+    return feature_stores(wildcards) if self_trains(config) else labelled_stores(wildcards)
 
 
 def backbone_input(wildcards):

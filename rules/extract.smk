@@ -40,8 +40,8 @@ rule extract:
         "--log-file {log} 2>> {log}"
 
 
-# `snakemake features`: prepare and extract only, the feature stores of the current config (to extract on GPU
-# nodes before training elsewhere, or to check a dataset's features without training on them).
+# `snakemake features`: prepare and extract only, the feature stores the current config trains on (to extract
+# on GPU nodes before training elsewhere, or to check a dataset's features without training on them).
 rule features:
     input:
-        feature_stores,
+        train_stores,

@@ -256,13 +256,19 @@ def dataset_identity(config: dict, memo: dict | None = None, unlabelled: bool = 
         source = config["data"]["source"]
         content = ("synthetic" if source == SYNTHETIC
                    else _data_content(config, memo)["clips" if unlabelled else "labelled"])
-        prepared = _stage_config(config, "prepare")
-        if not unlabelled and "synthetic" in prepared:
-            prepared["synthetic"]["clips"].pop("unlabelled", None)
-        memo[key] = {"config": prepared, "clips": content, "code": stage_code("prepare", config)}
+        identity = {"config": _stage_config(config, "prepare"), "clips": content, "code": stage_code("prepare", config)}
         if source == SYNTHETIC:             # numpy's random streams may change between its releases
-            memo[key]["libraries"] = library_versions(("numpy",))
+            identity["libraries"] = library_versions(("numpy",))
+        memo[key] = identity if unlabelled else without_unlabelled(identity)
     return memo[key]
+
+
+def without_unlabelled(identity: dict) -> dict:
+    """A synthetic dataset's identity without its unlabelled clips' count (a folder dataset's leaves them out of
+    its content digest instead: data_content's "labelled")."""
+    identity = copy.deepcopy(identity)
+    identity["config"].get("synthetic", {}).get("clips", {}).pop("unlabelled", None)
+    return identity
 
 
 def backbone_identity(features: dict, cache: ContentHashes | None = None) -> dict:

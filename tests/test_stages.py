@@ -81,6 +81,42 @@ def test_a_benchmarks_unlabelled_clips_are_part_of_a_run_that_self_trains_on_the
     assert {s for s in off if off[s] != hashes(tiny_config)[s]} == {"prepare", "train", "evaluate", "report"}
 
 
+def test_a_users_unlabelled_clips_are_part_of_a_run_that_self_trains_on_them(tiny_config, tmp_path):
+    import numpy as np
+
+    source = folder_dataset(tmp_path / "data", {"train": 2, "val": 1}, 0)
+    tiny_config["data"] = {**tiny_config.get("data", {}), "source": str(source)}
+    off = hashes(tiny_config)
+    tiny_config.setdefault("train", {})["self_training"] = {"weight": 1.0}
+    on = hashes(tiny_config)
+    extra = folder_dataset(tmp_path / "extra", {"train": 1}, 5) / "train"
+    arrays = {k: v for k, v in np.load(next(extra.glob("*.npz"))).items() if k != "target_index"}
+    (source / "unlabelled").mkdir()
+    np.savez(source / "unlabelled" / "u.npz", **{**arrays, "video_id": np.array("u")})
+    assert {s for s in on if on[s] != hashes(tiny_config)[s]} == {"prepare", "train", "evaluate", "report"}
+    tiny_config["train"]["self_training"] = {"weight": 0.0}
+    assert {s for s in off if off[s] != hashes(tiny_config)[s]} == {"prepare", "report"}
+
+
+def test_a_model_trained_without_its_benchmarks_unlabelled_clips_still_knows_its_scenes(tiny_config, tmp_path):
+    """svip predict's caveat finds the synthetic dataset a model was trained on, also when the run left the
+    benchmark's unlabelled clips out of its identity."""
+    import json
+
+    from svip_core.predict.model_choice import model_caveat
+    from svip_core.stages import stage_inputs
+
+    tiny_config["synthetic"]["scene"] = "relational"
+    tiny_config["synthetic"]["clips"]["unlabelled"] = 4
+    config = validate_config(copy.deepcopy(tiny_config))
+    run = next(iter(runs(config).values()))
+    for stage, inputs in (("prepare", stage_inputs(config, "prepare")), ("train", stage_inputs(run, "train"))):
+        (tmp_path / stage / "h").mkdir(parents=True)
+        (tmp_path / stage / "h" / "config.json").write_text(json.dumps(inputs))
+    (tmp_path / "train" / "h" / "model.json").write_text(json.dumps({"features": {}}))
+    assert "trained on synthetic relational scenes only" in model_caveat(tmp_path / "train" / "h")
+
+
 def test_embedded_backbone_recipe_is_part_of_the_feature_hash(tiny_config):
     before = hashes(tiny_config)
     tiny_config["features"]["embedded"]["seed"] = 1

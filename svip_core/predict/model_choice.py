@@ -46,6 +46,7 @@ def model_caveat(checkpoint) -> str:
     neither is known to be so."""
     checkpoint = Path(checkpoint)
     from svip_core.hashing import digest
+    from svip_core.stages import without_unlabelled
 
     meta = json.loads((checkpoint / "model.json").read_text())
     random_backbone = meta["features"].get("identity", {}).get("backbone", {}).get("kind") == "embedded"
@@ -55,7 +56,9 @@ def model_caveat(checkpoint) -> str:
     for prepared in checkpoint.parent.parent.glob("prepare/*/config.json"):
         prepare = json.loads(prepared.read_text())
         identity = prepare.get("dataset")
-        if identity and digest(identity) == dataset and identity.get("clips") == "synthetic":
+        # A run that does not self-train names its dataset without the unlabelled clips (stages.dataset_identity).
+        if identity and identity.get("clips") == "synthetic" and dataset in (digest(identity),
+                                                                             digest(without_unlabelled(identity))):
             scenes = prepare["config"]["synthetic"]["scene"]
     if random_backbone and scenes:
         what = f"the demo's kind of model: trained on synthetic {scenes} scenes, with a random backbone"
