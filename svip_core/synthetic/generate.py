@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 
 from svip_core.atomic import atomic_path
-from svip_core.dataset.containers import UNLABELLED
 
 # Imported by name so that a family's code counts only for the datasets that use it (stages.stage_code).
 SCENE_MODULES = {"social": "svip_core.synthetic.social", "relational": "svip_core.synthetic.relational",
@@ -25,8 +24,10 @@ SCENE_MODULES = {"social": "svip_core.synthetic.social", "relational": "svip_cor
 # How far a badge's stripes stand from the shirt's colour, either way (pixel levels).
 BADGE_CONTRAST = 40
 CATEGORY_TINTS = np.array([[120, 110, 95], [90, 105, 125], [105, 120, 95], [125, 100, 115], [100, 100, 100]])
-# The unlabelled split's random stream: apart from the labelled splits' (numbered in name order), so adding
+# The clip format's split of clips without a label (containers.UNLABELLED; the generator sits beside the contract,
+# not above it), and its random stream: apart from the labelled splits' (numbered in name order), so adding
 # unlabelled clips changes none of theirs.
+UNLABELLED = "unlabelled"
 UNLABELLED_STREAM = 1000
 
 
