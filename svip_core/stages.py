@@ -34,8 +34,8 @@ STAGE_DIRS = {"prepare": "prepare", "extract": "features", "train": "train", "ev
 
 # Every leaf key of config.schema.yaml is declared here: read by stages (part of their identity) or a run
 # setting. tests/test_reuse.py fails for a key declared nowhere.
-_SYNTH = ("synthetic.clips.train", "synthetic.clips.val", "synthetic.clips.test", "synthetic.clips.unlabelled", "synthetic.frames",
-          "synthetic.persons", "synthetic.height", "synthetic.width", "synthetic.categories", "synthetic.seed",
+_SYNTH = ("synthetic.clips.train", "synthetic.clips.val", "synthetic.clips.test", "synthetic.clips.unlabelled",
+          "synthetic.frames", "synthetic.persons", "synthetic.height", "synthetic.width", "synthetic.categories", "synthetic.seed",
           "synthetic.scene")
 _EMBEDDED = ("features.embedded.hidden_size", "features.embedded.num_layers", "features.embedded.num_heads",
              "features.embedded.patch_size", "features.embedded.seed")

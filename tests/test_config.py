@@ -368,7 +368,8 @@ def test_every_command_takes_the_configfile_after_its_name_and_synth_shows_its_s
     shown = svip("synth", "--help", cwd=tmp_path).stdout.splitlines()
     settings = shown[shown.index("settings (config.yaml's synthetic section, or a --configfile layered over it; "
                                  "./config.yaml):") + 1:]
-    assert settings[:2] == ["  clips: {train: 12, val: 4, test: 4, unlabelled: 0}", "  frames: 6"]        # TINY's, not defaults
+    # TINY's, not defaults
+    assert settings[:2] == ["  clips: {train: 12, val: 4, test: 4, unlabelled: 0}", "  frames: 6"]
     assert settings[-1].startswith("  scene: social  (scene family: social")
 
 

@@ -331,7 +331,8 @@ def test_unlabelled_clips_retrain_only_a_run_that_self_trains(finished_workflow,
     (wd / "data" / "unlabelled").mkdir()
     for i, path in enumerate(write_dataset(tmp_path / "extra", {"train": 4}, 6, 4, 48, 80, ["meeting"], seed=23)):
         arrays = {k: v for k, v in np.load(path).items() if k != "target_index"}
-        np.savez(wd / "data" / "unlabelled" / f"unlabelled_{i}.npz", **{**arrays, "video_id": np.array(f"unlabelled_{i}")})
+        arrays["video_id"] = np.array(f"unlabelled_{i}")
+        np.savez(wd / "data" / "unlabelled" / f"unlabelled_{i}.npz", **arrays)
     after = {s: stage_dir(load_config(wd / "config.yaml"), s) for s in STAGES}
     assert {s for s in STAGES if before[s] != after[s]} == {"prepare", "report"}
 
