@@ -111,8 +111,7 @@ def main() -> None:
     args = p.parse_args()
 
     from svip_core.config import load_config
-    from svip_core.dataset.shards import is_unlabelled_shard
-    from svip_core.stages import runs, self_trains, stage_dir
+    from svip_core.stages import runs, stage_dir, trains_on_shard
 
     config = load_config(args.configfile)
     if config["data"]["source"] != "synthetic":
@@ -121,7 +120,7 @@ def main() -> None:
     # The features folder is shared by every dataset extracted with these settings: this one's stores are those
     # of the shards its prepare stage listed.
     shards = sorted(p.stem for p in (stage_dir(config, "prepare") / "shards").glob("*.json")
-                    if self_trains(config) or not is_unlabelled_shard(p.stem))
+                    if trains_on_shard(config, p.stem))
     stores = [stage_dir(config, "extract") / f"{key}.zarr" for key in shards]
     if not stores or not all(s.exists() for s in stores):
         raise SystemExit(f"the feature stores of {args.configfile} are not all in {stage_dir(config, 'extract')}. "

@@ -21,7 +21,7 @@ shell.prefix(f"trap 'exit 143' TERM; {_PATH}"
 
 from svip_core.config import EMBEDDED, ConfigError, backbone_source, validate_config  # noqa: E402
 from svip_core.dataset.shards import is_unlabelled_shard  # noqa: E402
-from svip_core.stages import STAGE_DIRS, run_settings, runs, self_trains, stage_hash, stage_inputs  # noqa: E402
+from svip_core.stages import STAGE_DIRS, run_settings, runs, stage_hash, stage_inputs, trains_on_shard  # noqa: E402
 from svip_core.interrupt import report_stopped_jobs  # noqa: E402
 
 # Ctrl-C (or SIGTERM) during a run: a line per stopped job instead of an error report (svip_core/interrupt.py).
@@ -212,8 +212,8 @@ def labelled_stores(wildcards):
 
 def train_stores(wildcards):
     """The stores training reads: the unlabelled clips' only when it self-trains (a config-wide key, no
-    ablation's), so that adding them to a dataset re-extracts and retrains nothing else (stages.self_trains)."""
-    return feature_stores(wildcards) if self_trains(config) else labelled_stores(wildcards)
+    ablation's), so that adding them to a dataset re-extracts and retrains nothing else."""
+    return [f"{FEATURES}/{key}.zarr" for key in shard_keys() if trains_on_shard(config, key)]
 
 
 def backbone_input(wildcards):

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from svip_core.config import ABLATION_TRAIN_KEYS, BACKBONE_FILES, EMBEDDED, PROJECT_ROOT, SYNTHETIC, ConfigError, backbone_files, no_clips
 from svip_core.dataset.content import data_content
+from svip_core.dataset.shards import is_unlabelled_shard
 from svip_core.hashing import ContentHashes, code_digest, digest, file_hashes, imported_modules
 
 FROZEN_BACKBONE = "frozen_backbone"
@@ -35,8 +36,8 @@ STAGE_DIRS = {"prepare": "prepare", "extract": "features", "train": "train", "ev
 # Every leaf key of config.schema.yaml is declared here: read by stages (part of their identity) or a run
 # setting. tests/test_reuse.py fails for a key declared nowhere.
 _SYNTH = ("synthetic.clips.train", "synthetic.clips.val", "synthetic.clips.test", "synthetic.clips.unlabelled",
-          "synthetic.frames", "synthetic.persons", "synthetic.height", "synthetic.width", "synthetic.categories", "synthetic.seed",
-          "synthetic.scene")
+          "synthetic.frames", "synthetic.persons", "synthetic.height", "synthetic.width", "synthetic.categories",
+          "synthetic.seed", "synthetic.scene")
 _EMBEDDED = ("features.embedded.hidden_size", "features.embedded.num_layers", "features.embedded.num_heads",
              "features.embedded.patch_size", "features.embedded.seed")
 _MODEL = ("model.fused_dim", "model.geometry_dim", "model.gat_hidden", "model.gat_layers", "model.gat_heads",
@@ -114,6 +115,11 @@ def self_trains(config: dict) -> bool:
     """Whether training reads the unlabelled split (train.self_training on): its clips' stores are then among
     train's inputs and their content part of its identity; otherwise adding unlabelled clips retrains nothing."""
     return config["train"]["self_training"]["weight"] > 0
+
+
+def trains_on_shard(config: dict, key: str) -> bool:
+    """Whether training reads a shard's store: an unlabelled shard's only when it self-trains."""
+    return self_trains(config) or not is_unlabelled_shard(key)
 
 
 def _reads(config: dict, key: str, stage: str | None = None) -> bool:

@@ -153,9 +153,10 @@ def generate_clips(clips: dict[str, int], frames: int, persons: int, height: int
     ``write_dataset`` writes them. A clip of the unlabelled split is drawn as any other, and comes without its
     ``target_index``."""
     for split, count in sorted(clips.items()):
+        stream = split_stream(clips, split)
         for i in range(count):
             # One generator per clip, so a clip's bytes do not depend on how many clips came before it.
-            rng = np.random.default_rng([seed, split_stream(clips, split), i])
+            rng = np.random.default_rng([seed, stream, i])
             category_index = int(rng.integers(len(categories)))
             arrays = make_clip(rng, f"synth_{split}_{i:05d}", categories[category_index], category_index,
                                frames, persons, height, width, scene, pixels)
