@@ -153,13 +153,27 @@ def test_a_folder_without_a_model_config_is_not_a_backbone(tmp_path, tiny_config
         validate_config(tiny_config)
 
 
-@pytest.mark.parametrize("config", ["config.yaml", "benchmarks/relational_benchmark.yaml",
-                                    "benchmarks/synthetic_benchmark.yaml", "benchmarks/learning_curve.yaml"])
+# Each shipped config with the layers it is documented to go over.
+SHIPPED_CONFIGS = {"config.yaml": [], "benchmarks/relational_benchmark.yaml": [],
+                   "benchmarks/synthetic_benchmark.yaml": [],
+                   "benchmarks/learning_curve.yaml": ["benchmarks/relational_benchmark.yaml"],
+                   "benchmarks/self_training.yaml": ["benchmarks/relational_benchmark.yaml",
+                                                     "benchmarks/learning_curve.yaml"]}
+
+
+@pytest.mark.parametrize("config", sorted(SHIPPED_CONFIGS))
 def test_the_shipped_configs_pass_the_checks(config):
-    configfiles = [] if config == "config.yaml" else [ROOT / config]
-    if config == "benchmarks/learning_curve.yaml":        # a layer over the relational benchmark
-        configfiles = [ROOT / "benchmarks/relational_benchmark.yaml", *configfiles]
+    configfiles = [] if config == "config.yaml" else [ROOT / c for c in (*SHIPPED_CONFIGS[config], config)]
     assert load_config(ROOT / "config.yaml", configfiles)["features"]["backbone"] == "embedded"
+
+
+def test_the_scarce_label_recipe_layers_over_the_learning_curve():
+    layers = [ROOT / c for c in SHIPPED_CONFIGS["benchmarks/self_training.yaml"]]
+    curve = load_config(ROOT / "config.yaml", layers)
+    recipe = load_config(ROOT / "config.yaml", [*layers, ROOT / "benchmarks/self_training.yaml"])
+    assert recipe["learning_curve"] == curve["learning_curve"] and recipe["ablations"] == curve["ablations"]
+    assert recipe["train"]["self_training"]["weight"] > 0 and recipe["train"]["min_steps"] > curve["train"]["min_steps"]
+    assert recipe["train"]["lr"] == curve["train"]["lr"]    # a layer changes only what it names
 
 
 def test_a_backbone_folder_with_an_unusable_patch_size_is_named(tmp_path, tiny_config):
