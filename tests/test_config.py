@@ -255,9 +255,11 @@ def test_a_hub_id_offline_fails_at_once_in_one_line(tmp_path, endpoint):
         assert_one_line(out, 'features.backbone = "facebook/dinov2-base"', "hf download facebook/dinov2-base")
         assert "not in the local Hugging Face cache" in out.stderr
     # Each against a typo's run of the same command (what starting it costs on this machine, however busy it is):
-    # the probe gives up within a second, where one request waited out would take the client's 10 s.
-    assert elapsed < typo_svip + 3.0, (elapsed, typo_svip)
-    assert workflow_elapsed < typo_elapsed + 3.0, (workflow_elapsed, typo_elapsed)
+    # the probe gives up within a second, where one request waited out would take the client's 10 s. The margin
+    # is 6 s, not less: with 3 s a burst of load between the two runs failed it (4.7 s against 1.6, 2 cores
+    # shared with a training), and 6 s still catches the 10 s wait.
+    assert elapsed < typo_svip + 6.0, (elapsed, typo_svip)
+    assert workflow_elapsed < typo_elapsed + 6.0, (workflow_elapsed, typo_elapsed)
 
 
 HUB_REPO = "svip-tests/tiny-dinov2"
