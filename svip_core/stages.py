@@ -44,7 +44,7 @@ _MODEL = ("model.fused_dim", "model.geometry_dim", "model.gat_hidden", "model.ga
           "model.relation_features", "model.attention_flow",
           "model.d_model", "model.temporal_layers", "model.temporal_heads", "model.temporal_ffn",
           "model.time_encoding", "model.event_token", "model.dual_head", "model.pooling", "model.track_summary",
-          "model.pair_summary", "model.looks_at", "model.neighbours",
+          "model.pair_summary", "model.looks_at", "model.neighbours", "model.relational_memory",
           "model.dropout")
 _TRAIN = ("train.seeds", "train.nproc", "train.nodes", "train.epochs", "train.batch_size", "train.accumulation_steps",
           "train.lr", "train.weight_decay", "train.warmup_steps", "train.min_lr_ratio", "train.grad_clip",
@@ -153,6 +153,8 @@ def _reads(config: dict, key: str, stage: str | None = None) -> bool:
         return config["model"]["gat_layers"] > 0 and config["model"]["relation_features"]
     if key == "model.neighbours":             # 0, everyone: the same model as before the key existed
         return config["model"]["gat_layers"] > 0 and config["model"]["neighbours"] > 0
+    if key == "model.relational_memory":      # off: the same model as before the key existed
+        return config["model"]["gat_layers"] > 0 and config["model"]["relational_memory"]
     if key == "train.facing_weight":          # 0, or no facing directions: the same training as without it
         return config["train"]["facing_weight"] > 0 and _reads(config, "model.looks_at")
     if key == "model.looks_at":               # none: the same model as before the key existed

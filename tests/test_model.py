@@ -51,7 +51,7 @@ RELATIONAL = {"relation_features": True, "attention_flow": True}
                                      {**RELATIONAL, "relation_features": False}, {"gat_layers": 0},
                                      {"temporal_layers": 0}, {"event_token": False}, {"dual_head": False},
                                      {"pooling": "mean"}, {"track_summary": False}, {**RELATIONAL, "looks_at": 2},
-                                     {**RELATIONAL, "neighbours": 2}])
+                                     {**RELATIONAL, "neighbours": 2}, {**RELATIONAL, "relational_memory": True}])
 def test_absent_people_get_no_score_and_slots_are_permutation_equivariant(variant):
     torch.manual_seed(0)
     B, T, N = 2, 5, 4
@@ -224,6 +224,35 @@ def test_the_gat_over_present_people_only_equals_the_gat_over_every_slot():
     torch.testing.assert_close(h, h_ref, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(flow, flow_ref, atol=1e-6, rtol=1e-5)
     assert (h[~valid] == 0).all() and h[valid].abs().sum(-1).gt(0).all()
+
+
+def test_relational_memory_starts_as_the_gat_without_it_and_carries_each_persons_state_forward_only():
+    """Frame by frame with a zero recall (as built), the memory's GAT gives the batched GAT's outputs; once the
+    recall counts, a change of the people's features in frame 2 reaches frames 3 and 4 through their states and
+    leaves frames 0 and 1 as they were. Without memory it stays in frame 2."""
+    torch.manual_seed(0)
+    B, T, N = 3, 5, 4
+    valid = torch.rand(B, T, N) > 0.3
+    valid[:, :, 0] = True
+    valid[0, 3] = False                                              # an empty frame: states wait through it
+    geometry, x = random_geometry(B, T, N, valid), torch.randn(B, T, N, 10)
+    changed = x.clone()
+    changed[:, 2] += 1.0
+    gats = {}
+    for memory in (False, True):
+        torch.manual_seed(1)
+        gats[memory] = FrameGAT(10, 8, 2, 2, 0.0, memory=memory).eval()
+        gats[memory].relation_norm.fit(pair_relations(geometry, valid)[pair_mask(valid)])
+    with torch.no_grad():
+        (h, flow, _), (h_mem, flow_mem, _) = (gats[m](x, geometry, valid) for m in (False, True))
+        torch.testing.assert_close(h_mem, h, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(flow_mem, flow, atol=1e-6, rtol=1e-5)
+        torch.nn.init.normal_(gats[True].recall.weight)
+        for memory, reaches in ((False, [False, False, True, False, False]), (True, [False, False, True, True, True])):
+            before, after = gats[memory](x, geometry, valid)[0], gats[memory](changed, geometry, valid)[0]
+            moved = (after - before).abs().amax(dim=(0, 2, 3)) > 1e-6                  # per frame
+            assert moved.tolist() == reaches
+            assert (after[~valid] == 0).all()
 
 
 def test_the_event_token_adds_to_each_person_and_never_replaces_them_all_by_one_vector():

@@ -24,6 +24,7 @@ def hashes(cfg):
     ("model", "track_summary", False, {"train", "evaluate", "report"}),
     ("model", "looks_at", 2, {"train", "evaluate", "report"}),
     ("model", "neighbours", 3, {"train", "evaluate", "report"}),
+    ("model", "relational_memory", True, {"train", "evaluate", "report"}),
     ("train", "facing_weight", 0.5, set()),                   # read only with model.looks_at
     ("train", "augment", {"drop_visual_clips": 0.5}, {"train", "evaluate", "report"}),
     ("train", "self_training", {"weight": 1.0}, set()),       # a synthetic benchmark's unlabelled clips: train.clips

@@ -6,7 +6,10 @@ With ``relation_features`` each edge carries how the two people stand and move r
 the others (per head, as a share of what they could give), how much it gives away from itself, their
 difference (focality), the relations of the people attending to it, weighted by each head's attention, and the
 mean relation of everyone else to it (how the others, on average, stand and move relative to it). With
-relation features it also summarises each pair's relations over the whole clip (``pair_history``).
+relation features it also summarises each pair's relations over the whole clip (``pair_history``). With
+``memory`` each person carries a relational state from frame to frame (a GRU over its GAT outputs and attention
+flow) that enters the next frame's graph beside its features, so who attended to whom before can steer who
+attends to whom now.
 """
 from __future__ import annotations
 
@@ -68,7 +71,7 @@ class FrameGAT(nn.Module):
 
     def __init__(self, in_dim: int, hidden: int, layers: int, heads: int, dropout: float,
                  relation_features: bool = True, attention_flow: bool = True, history_dim: int = 0,
-                 pair_summary: bool = False, facing_directions: int = 0, neighbours: int = 0):
+                 pair_summary: bool = False, facing_directions: int = 0, neighbours: int = 0, memory: bool = False):
         super().__init__()
         assert hidden % heads == 0, "model.gat_hidden must be divisible by model.gat_heads"
         # With relation features, each of the ``facing_directions`` given to forward adds a relation per pair.
@@ -91,6 +94,12 @@ class FrameGAT(nn.Module):
         self.flow_dim = flow_dim(heads, relation_count) if attention_flow else 0
         self.history = (PairHistory(in_dim, relation_count, hidden, history_dim, dropout, pair_summary)
                         if relation_features and history_dim else None)
+        self.memory = nn.GRUCell(hidden + self.flow_dim, hidden) if memory else None
+        # The recalled state enters at zero: the model starts as the one without memory and learns to read it.
+        self.recall = nn.Linear(hidden, hidden) if memory else None
+        if memory:
+            nn.init.zeros_(self.recall.weight)
+            nn.init.zeros_(self.recall.bias)
 
     def forward(self, x: torch.Tensor, geometry: torch.Tensor, valid: torch.Tensor,
                 facing: torch.Tensor | None = None):
@@ -111,14 +120,49 @@ class FrameGAT(nn.Module):
             relations = edge_relations(pairs, slot_edges)                             # (E, R)
             if self.history is not None:
                 history = self.history(x, pairs, pair_mask(valid))
+        if self.memory is None:
+            h, flow = self.layers(h, edges, relations)
+        else:
+            h, flow = self.recurrent_layers(h, edges, relations, nodes, B, T, N)
+        if flow is not None:
+            flow = scatter_slots(flow, nodes, B * T * N).view(B, T, N, -1)
+        return scatter_slots(h, nodes, B * T * N).view(B, T, N, -1), flow, history
+
+    def layers(self, h: torch.Tensor, edges: torch.Tensor, relations: torch.Tensor | None):
+        """h (M, hidden) node features, edges (2, E) among them, relations (E, R) or None -> h (M, hidden) after
+        the GAT layers, flow (M, flow_dim) from the last layer's attention (None without attention_flow)."""
         flow = None
         for i, (conv, norm, scale) in enumerate(zip(self.convs, self.norms, self.scales)):
-            last = i == len(self.convs) - 1
-            if last and self.attention_flow:
+            if i == len(self.convs) - 1 and self.attention_flow:
                 out, (loop_edges, alpha) = conv(h, edges, relations, return_attention_weights=True)
-                flow = scatter_slots(attention_flow(alpha, loop_edges, relations, len(nodes)), nodes, B * T * N)
-                flow = flow.view(B, T, N, -1)
+                flow = attention_flow(alpha, loop_edges, relations, len(h))
             else:
                 out = conv(h, edges, relations)
             h = h + scale * norm(self.dropout(nn.functional.elu(out)))
-        return scatter_slots(h, nodes, B * T * N).view(B, T, N, -1), flow, history
+        return h, flow
+
+    def recurrent_layers(self, h: torch.Tensor, edges: torch.Tensor, relations: torch.Tensor | None,
+                         nodes: torch.Tensor, B: int, T: int, N: int):
+        """As ``layers``, one frame at a time (frame t's graph reads the state its people left at their last
+        frame before t): h (M, hidden) over nodes (M,), the flat B*T*N slot of each, edges (2, E) within frames.
+        A recurrence is sequential, so the frames are a loop; each step still holds every clip and person."""
+        frame, person = (nodes // N) % T, (nodes // (T * N)) * N + nodes % N           # (M,), (M,) in B*N
+        edge_frame = frame[edges[0]]
+        local = torch.empty_like(nodes)
+        state = h.new_zeros(B * N, h.shape[-1])                                          # (B*N, hidden)
+        out, flow = torch.empty_like(h), h.new_empty(len(h), self.flow_dim) if self.attention_flow else None
+        for t in range(T):
+            here = (frame == t).nonzero().squeeze(1)                                    # (M_t,)
+            if not len(here):
+                continue
+            local[here] = torch.arange(len(here), device=h.device)
+            chosen = edge_frame == t
+            who = person[here]
+            h_t, flow_t = self.layers(h[here] + self.recall(state[who]), local[edges[:, chosen]],
+                                      relations[chosen] if relations is not None else None)
+            out[here] = h_t
+            step = h_t if flow_t is None else torch.cat([h_t, flow_t], -1)
+            state = state.index_copy(0, who, self.memory(step, state[who]))
+            if flow is not None:
+                flow[here] = flow_t
+        return out, flow

@@ -45,7 +45,8 @@ class SVIPRanker(nn.Module):
         self.gat = (FrameGAT(cfg["fused_dim"] + geometry_in, cfg["gat_hidden"], cfg["gat_layers"], cfg["gat_heads"],
                              drop, cfg.get("relation_features", False), cfg.get("attention_flow", False),
                              history_dim=d, pair_summary=cfg.get("pair_summary", False),
-                             facing_directions=cfg.get("looks_at", 0), neighbours=cfg.get("neighbours", 0))
+                             facing_directions=cfg.get("looks_at", 0), neighbours=cfg.get("neighbours", 0),
+                             memory=cfg.get("relational_memory", False))
                     if cfg["gat_layers"] > 0 else None)
         # Facing directions (model.looks_at of them) are read from the visual features alone, by one linear map:
         # through the fusion the ranking loss never found them (600 clips), and with the motion fields beside
