@@ -94,10 +94,11 @@ class FrameGAT(nn.Module):
         self.flow_dim = flow_dim(heads, relation_count) if attention_flow else 0
         self.history = (PairHistory(in_dim, relation_count, hidden, history_dim, dropout, pair_summary)
                         if relation_features and history_dim else None)
-        self.memory = nn.GRUCell(hidden + self.flow_dim, hidden) if memory else None
-        # The recalled state enters at zero: the model starts as the one without memory and learns to read it.
-        self.recall = nn.Linear(hidden, hidden) if memory else None
+        self.memory = self.recall = None
         if memory:
+            self.memory = nn.GRUCell(hidden + self.flow_dim, hidden)
+            # The recalled state enters at zero: the model starts as the one without memory and learns to read it.
+            self.recall = nn.Linear(hidden, hidden)
             nn.init.zeros_(self.recall.weight)
             nn.init.zeros_(self.recall.bias)
 
@@ -148,15 +149,17 @@ class FrameGAT(nn.Module):
         A recurrence is sequential, so the frames are a loop; each step still holds every clip and person."""
         frame, person = (nodes // N) % T, (nodes // (T * N)) * N + nodes % N           # (M,), (M,) in B*N
         edge_frame = frame[edges[0]]
+        # Each frame's nodes and edges, in their order, from one sort each and a single host sync for the sizes.
+        node_sizes, edge_sizes = torch.stack([frame.bincount(minlength=T), edge_frame.bincount(minlength=T)]).tolist()
+        frame_nodes = frame.sort(stable=True).indices.split(node_sizes)                 # T x (M_t,)
+        frame_edges = edge_frame.sort(stable=True).indices.split(edge_sizes)            # T x (E_t,)
         local = torch.empty_like(nodes)
         state = h.new_zeros(B * N, h.shape[-1])                                          # (B*N, hidden)
         out, flow = torch.empty_like(h), h.new_empty(len(h), self.flow_dim) if self.attention_flow else None
-        for t in range(T):
-            here = (frame == t).nonzero().squeeze(1)                                    # (M_t,)
+        for here, chosen in zip(frame_nodes, frame_edges):
             if not len(here):
                 continue
             local[here] = torch.arange(len(here), device=h.device)
-            chosen = edge_frame == t
             who = person[here]
             h_t, flow_t = self.layers(h[here] + self.recall(state[who]), local[edges[:, chosen]],
                                       relations[chosen] if relations is not None else None)
