@@ -22,6 +22,28 @@ def setup_logging(log_file=None, level=logging.INFO) -> None:
     logging.basicConfig(level=level, handlers=handlers, force=True, format=LOG_FORMAT)
 
 
+def keep_across_attempts(log_file, attempts_log, resuming: bool) -> None:
+    """Log also to ``attempts_log``, a file Snakemake does not manage, and start a resumed run's ``log_file`` with
+    what the earlier attempts logged. Snakemake deletes a job's log before the job starts, so without this a
+    training resumed by running the workflow again (preempted, stopped, crashed) would lose the lines of every
+    attempt before it. A run that starts fresh starts ``attempts_log`` afresh."""
+    attempts_log = Path(attempts_log)
+    attempts_log.parent.mkdir(parents=True, exist_ok=True)
+    if not resuming:
+        attempts_log.unlink(missing_ok=True)
+    elif log_file and attempts_log.exists():
+        earlier = attempts_log.read_text()
+        log_file = Path(log_file)
+        # A log that was kept (a run by hand, appending to the same file) holds those lines already.
+        first = earlier.partition("\n")[0]
+        if first and first not in (log_file.read_text(errors="replace") if log_file.exists() else ""):
+            with open(log_file, "a") as f:
+                f.write(earlier)
+    handler = logging.FileHandler(attempts_log, mode="a")
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    logging.getLogger().addHandler(handler)
+
+
 class _LogLines(io.TextIOBase):
     """A file for tqdm: each refresh becomes one plain log line, without carriage returns or a bar."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -14,6 +15,8 @@ import yaml
 from conftest import BIN, clone_workflow, snakemake, svip, venv_env, write_config
 
 EPOCHS = 3
+# A line the train script logged (svip_core.logs.LOG_FORMAT), not one of torchrun's or Snakemake's.
+LOGGED = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ [\w.]+: ")
 
 
 def _wait_for_epoch(state, job: subprocess.Popen, output, timeout: float = 300) -> None:
@@ -78,7 +81,8 @@ def test_ctrl_c_during_train_prints_one_line_and_the_rerun_resumes(finished_work
     assert "Traceback" not in text and "Error in rule" not in text, "\n".join(after)
     assert line in after, "\n".join(after)
     assert len(after) <= 5, "\n".join(after)                 # one stopped job: at most 5 lines
-    assert "Traceback" not in (folder / "logs" / "train.log").read_text()
+    stopped_log = (folder / "logs" / "train.log").read_text()
+    assert "Traceback" not in stopped_log
     assert not (folder / "model.safetensors").exists()
     deadline = time.monotonic() + 10
     while (left := _left_in(wd)) and time.monotonic() < deadline:
@@ -87,7 +91,12 @@ def test_ctrl_c_during_train_prints_one_line_and_the_rerun_resumes(finished_work
 
     again = snakemake(wd, target)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert f"resuming {where} " in (folder / "logs" / "train.log").read_text()
+    # Snakemake deletes a job's log before it runs: the resumed run's log starts with what the stopped one logged.
+    lines = (folder / "logs" / "train.log").read_text().splitlines()
+    resumed_at = next(i for i, entry in enumerate(lines) if f"resuming {where} " in entry)
+    logged = [entry for entry in stopped_log.splitlines() if LOGGED.match(entry)]
+    assert any(entry.endswith(f": {line}") for entry in logged), logged          # the stop, as it was logged
+    assert [entry for entry in lines[:resumed_at] if entry in set(logged)] == logged, "\n".join(lines[:resumed_at])
     assert len((folder / "metrics.csv").read_text().splitlines()) == 1 + EPOCHS
 
 

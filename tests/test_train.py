@@ -203,11 +203,13 @@ def test_a_stopped_then_killed_run_resumes_inside_epochs_and_ends_with_the_same_
 
 def test_the_same_seed_gives_the_same_run_and_a_finished_run_is_not_resumed(stores, inline_run, tmp_path):
     """My run again (snakemake -R train) in its finished folder trains from scratch, to the same curves and
-    weights: the same seed gives the same numbers."""
+    weights: the same seed gives the same numbers. The log kept across attempts starts afresh with it."""
     mine = tmp_path / "mine"
     shutil.copytree(inline_run, mine)
     assert finish(launch(stores, mine, **INLINE)) == 0
     assert "that run finished" in (mine / "train.log").read_text()
+    attempts = (mine / "logs" / "train_attempts.log").read_text()
+    assert "that run finished" in attempts and attempts.count(" clips to train on") == 1, attempts
     same_run(inline_run, mine)
     assert json.loads((mine / "checkpoints" / "state.json").read_text())["finished"] is True
 

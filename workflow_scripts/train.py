@@ -26,10 +26,14 @@ die_with_launcher()                 # a rank outlives neither its torchrun nor t
 
 def main():
     from svip_core.hashing import digest
-    from svip_core.logs import setup_logging
+    from svip_core.logs import keep_across_attempts, setup_logging
+    from svip_core.train.checkpoint import resumable
     from svip_core.train.loop import train
 
     setup_logging(args.log_file if rank == 0 else out / f"train_rank{rank}.log")
+    if rank == 0:
+        keep_across_attempts(args.log_file, out / "logs" / "train_attempts.log",
+                             resumable(out / "checkpoints", identity(digest))[0])
     out.mkdir(parents=True, exist_ok=True)
     if rank == 0:
         (out / "config.json").write_text(json.dumps(stage, indent=1))
