@@ -31,11 +31,10 @@ def main():
     from svip_core.train.loop import train
 
     setup_logging(args.log_file if rank == 0 else out / f"train_rank{rank}.log")
+    out.mkdir(parents=True, exist_ok=True)
     if rank == 0:
         keep_across_attempts(args.log_file, out / "logs" / "train_attempts.log",
                              resumable(out / "checkpoints", identity(digest))[0])
-    out.mkdir(parents=True, exist_ok=True)
-    if rank == 0:
         (out / "config.json").write_text(json.dumps(stage, indent=1))
     settings = json.loads(args.settings)
     train(args.stores, out, stage["config"]["model"], {**stage["config"]["train"], **settings.get("train", {})},
