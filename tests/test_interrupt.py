@@ -96,7 +96,8 @@ def test_ctrl_c_during_train_prints_one_line_and_the_rerun_resumes(finished_work
     resumed_at = next(i for i, entry in enumerate(lines) if f"resuming {where} " in entry)
     logged = [entry for entry in stopped_log.splitlines() if LOGGED.match(entry)]
     assert any(entry.endswith(f": {line}") for entry in logged), logged          # the stop, as it was logged
-    assert [entry for entry in lines[:resumed_at] if entry in set(logged)] == logged, "\n".join(lines[:resumed_at])
+    kept = set(logged)
+    assert [entry for entry in lines[:resumed_at] if entry in kept] == logged, "\n".join(lines[:resumed_at])
     assert len((folder / "metrics.csv").read_text().splitlines()) == 1 + EPOCHS
 
 
